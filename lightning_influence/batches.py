@@ -1,0 +1,136 @@
+"""Batch parsing and a dataset wrapper that gives every sample a stable id.
+
+Influence and unlearning need to know *which* samples a batch holds (to exclude a forget set,
+to match captured features to training samples, to drop the duplicates a distributed sampler
+pads in). Batch positions are not stable across epochs, shuffles or ranks, so ids must come
+from the data: wrap a dataset in :class:`IndexedDataset`, or return an index from your own
+dataset, and :func:`parse_batch` will find it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["IndexedDataset", "ParsedBatch", "parse_batch", "BatchParser"]
+
+_X_KEYS = ("x", "input", "inputs", "image", "images")
+_Y_KEYS = ("y", "target", "targets", "label", "labels")
+_ID_KEYS = ("idx", "index", "indices", "id", "ids")
+
+
+class IndexedDataset(Dataset):
+    """Wrap a dataset of ``(x, y)`` pairs so that it returns ``(x, y, idx)``.
+
+    ``idx`` is the position in the wrapped dataset (a plain ``int``), which the default
+    collate function turns into a LongTensor per batch. It is a stable sample id: the same
+    sample gets the same id in every epoch, under any shuffle and on every DDP rank.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        item = self.dataset[index]
+        if isinstance(item, Mapping):
+            x, y = _pick(item, _X_KEYS), _pick(item, _Y_KEYS)
+            if x is _MISSING or y is _MISSING:
+                raise ValueError(
+                    f"IndexedDataset: item {index} is a dict with keys {sorted(item)}; expected "
+                    f"an input key among {_X_KEYS} and a label key among {_Y_KEYS}."
+                )
+        elif isinstance(item, Sequence) and len(item) >= 2:
+            x, y = item[0], item[1]
+        else:
+            raise ValueError(
+                f"IndexedDataset: item {index} is a {type(item).__name__}; expected an (x, y) "
+                "tuple or a dict with input and label keys."
+            )
+        return x, y, int(index)
+
+
+@dataclass
+class ParsedBatch:
+    """The parts of a batch that capture and unlearning need.
+
+    ``ids`` is a LongTensor of stable sample ids, or ``None`` when the batch carries none.
+    """
+
+    x: Any
+    y: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+#: A callable that turns whatever a dataloader yields into a :class:`ParsedBatch`.
+BatchParser = Callable[[Any], ParsedBatch]
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def _pick(mapping: Mapping, keys: Sequence[str]) -> Any:
+    for key in keys:
+        if key in mapping:
+            return mapping[key]
+    return _MISSING
+
+
+def _as_ids(ids: Any) -> torch.Tensor:
+    ids = torch.as_tensor(ids)
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"sample ids must be integers, got dtype {ids.dtype}")
+    return ids.reshape(-1).long()
+
+
+def parse_batch(batch: Any) -> ParsedBatch:
+    """Split a batch into inputs, labels and (optional) sample ids.
+
+    Understands ``(x, y)``, ``(x, y, idx)`` tuples/lists and dicts whose keys are among
+    ``x/input/inputs/image/images``, ``y/target/targets/label/labels`` and
+    ``idx/index/indices/id/ids``. Anything else raises ``ValueError``: pass your own
+    ``batch_parser`` callable returning a :class:`ParsedBatch` instead.
+    """
+    hint = (
+        "Pass a custom `batch_parser` callable that returns "
+        "lightning_influence.batches.ParsedBatch(x=..., y=..., ids=...)."
+    )
+    if isinstance(batch, ParsedBatch):
+        return batch
+    if isinstance(batch, Mapping):
+        x, y, ids = _pick(batch, _X_KEYS), _pick(batch, _Y_KEYS), _pick(batch, _ID_KEYS)
+        if x is _MISSING or y is _MISSING:
+            raise ValueError(
+                f"Cannot parse a dict batch with keys {sorted(map(str, batch))}: expected an "
+                f"input key among {_X_KEYS}, a label key among {_Y_KEYS} and optionally an id "
+                f"key among {_ID_KEYS}. {hint}"
+            )
+        return ParsedBatch(x, torch.as_tensor(y), None if ids is _MISSING else _as_ids(ids))
+    if isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+        x, y = batch[0], torch.as_tensor(batch[1])
+        ids = _as_ids(batch[2]) if len(batch) == 3 else None
+        if ids is not None and ids.numel() != y.shape[0]:
+            raise ValueError(
+                f"Batch ids have {ids.numel()} entries but the labels have {y.shape[0]}. {hint}"
+            )
+        return ParsedBatch(x, y, ids)
+    what = f"a {type(batch).__name__}"
+    if isinstance(batch, (tuple, list)):
+        what += f" of length {len(batch)}"
+    raise ValueError(
+        f"Cannot parse {what} as a batch: expected (x, y), (x, y, idx) or a dict with input, "
+        f"label and optional id keys. {hint}"
+    )
