@@ -105,7 +105,10 @@ class _SplitMetric(Metric):
                 f"logits have {logits.shape[1]} classes, the metric expects {self.num_classes}."
             )
         if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[1]):
-            raise ValueError(f"targets must lie in 0..{logits.shape[1] - 1}.")
+            raise ValueError(
+                f"targets must lie in 0..{logits.shape[1] - 1} (the logits have "
+                f"{logits.shape[1]} classes); got labels {int(targets.min())}..{int(targets.max())}."
+            )
         if forget_mask is not None:
             mask = forget_mask.reshape(-1).to(device=targets.device, dtype=torch.bool)
             if mask.shape[0] != targets.shape[0]:
