@@ -1,0 +1,92 @@
+"""Parameter selection (method.md §5): counts, whole units, determinism, BN never selected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lightning_influence as li
+from lightning_influence.selection import units_per_layer
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 20, 3)
+        self.bn = nn.BatchNorm2d(20)
+        self.conv1d = nn.Conv1d(20, 10, 1)
+        self.fc1 = nn.Linear(10 * 16, 40)
+        self.fc2 = nn.Linear(40, 5, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv1(x)))  # [B, 20, 4, 4]
+        h = torch.relu(self.conv1d(h.flatten(2)))  # [B, 10, 16]
+        return self.fc2(torch.relu(self.fc1(h.flatten(1))))
+
+
+@pytest.fixture(scope="module")
+def net_and_data():
+    torch.manual_seed(0)
+    return Net(), (torch.randn(12, 1, 6, 6), torch.randint(0, 5, (12,)))
+
+
+@pytest.mark.parametrize("method", ["highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random"])
+@pytest.mark.parametrize("ratio", [0.05, 0.25, 1.0])
+def test_counts_whole_units_and_no_bn(net_and_data, method, ratio):
+    net, data = net_and_data
+    masks = li.select_parameters(net, data, method=method, ratio=ratio, seed=3)
+    assert not any(k.startswith("bn") for k in masks)
+    for name, layer in [("conv1", net.conv1), ("conv1d", net.conv1d), ("fc1", net.fc1), ("fc2", net.fc2)]:
+        w = masks[f"{name}.weight"]
+        n_out = layer.weight.shape[0]
+        rows = w.reshape(n_out, -1)
+        assert (rows.all(1) | ~rows.any(1)).all(), "a unit is either wholly selected or not"
+        chosen = rows.all(1)
+        assert int(chosen.sum()) == units_per_layer(n_out, ratio) == min(n_out, max(1, round(ratio * n_out)))
+        if layer.bias is not None:
+            assert torch.equal(masks[f"{name}.bias"], chosen)
+    assert "fc2.bias" not in masks
+
+
+def test_deterministic_and_seeded(net_and_data):
+    net, data = net_and_data
+    a = li.select_parameters(net, data, method="random", ratio=0.25, seed=1)
+    b = li.select_parameters(net, data, method="random", ratio=0.25, seed=1)
+    c = li.select_parameters(net, data, method="random", ratio=0.25, seed=2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    h1 = li.select_parameters(net, data, method="highest_gradients", ratio=0.25)
+    h2 = li.select_parameters(net, data, method="highest_gradients", ratio=0.25)
+    assert all(torch.equal(h1[k], h2[k]) for k in h1)
+
+
+def test_highest_outputs_ranks_by_abs_mean_output(net_and_data):
+    net, data = net_and_data
+    masks = li.select_parameters(net, data, method="highest_outputs", ratio=0.1)
+    with torch.no_grad():
+        net.eval()
+        out = net.fc1(torch.relu(net.conv1d(torch.relu(net.bn(net.conv1(data[0]))).flatten(2))).flatten(1))
+    top = out.mean(0).abs().topk(4).indices
+    assert set(top.tolist()) == set(masks["fc1.bias"].nonzero().squeeze(1).tolist())
+    low = li.select_parameters(net, data, method="lowest_outputs", ratio=0.1)
+    assert not (low["fc1.bias"] & masks["fc1.bias"]).any()
+
+
+def test_selection_leaves_model_state_alone(net_and_data):
+    net, data = net_and_data
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    li.select_parameters(net, data, method="highest_gradients")
+    assert net.training and all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_frozen_layers_are_not_selectable(net_and_data):
+    net, data = net_and_data
+    net.fc1.requires_grad_(False)
+    try:
+        masks = li.select_parameters(net, data)
+        assert "fc1.weight" not in masks
+    finally:
+        net.fc1.requires_grad_(True)
