@@ -186,14 +186,27 @@ class FeatureRecorder:
 
 
 class _OutputRecorder:
-    """Forward hook that keeps a module's output (the model's logits)."""
+    """Forward hook that keeps a module's outputs during one batch (to find the logits).
+
+    Keeps every call, not just the last: under DDP, Lightning redirects the wrapped module's
+    ``forward`` to ``validation_step``, so the LightningModule's hook also fires with the
+    step's output (e.g. the loss) after the inner ``self(x)`` that produced the logits.
+    """
 
     def __init__(self, module: nn.Module) -> None:
-        self.last: Any = None
+        self.outputs: list[Any] = []
         self._handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        self.last = output
+        self.outputs.append(output)
+
+    def logits(self, batch_size: int) -> torch.Tensor | None:
+        """The most recent output that looks like logits for this batch: [batch_size, C]."""
+        for out in reversed(self.outputs):
+            t = _logits_from(out)
+            if t is not None and t.ndim == 2 and int(t.shape[0]) == batch_size:
+                return t
+        return None
 
     def remove(self) -> None:
         self._handle.remove()
@@ -496,7 +509,7 @@ class CaptureCallback(pl.Callback):
             if self._features is not None:
                 self._features.reset()
             if self._outputs is not None:
-                self._outputs.last = None
+                self._outputs.outputs.clear()
 
     def on_validation_batch_end(
         self,
@@ -532,7 +545,7 @@ class CaptureCallback(pl.Callback):
 
         logits = _logits_from(outputs) if not isinstance(outputs, (tuple, list)) else None
         if logits is None or logits.ndim != 2 or int(logits.shape[0]) != b:
-            logits = _logits_from(self._outputs.last) if self._outputs is not None else None
+            logits = self._outputs.logits(b) if self._outputs is not None else None
         if logits is None:
             raise RuntimeError(
                 "CaptureCallback found no logits for this batch: return the logits (a Tensor or "
