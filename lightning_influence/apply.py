@@ -1,0 +1,229 @@
+"""Apply an influence direction with a step search scored on validation data (method.md §7).
+
+The direction of Δθ is reliable, its first-order magnitude is not. So Δθ is normalised to
+unit (global) norm and tried at radii ``r_k · ‖θ_S‖``, where ‖θ_S‖ is the norm of the
+*selected* parameters' current values (the entries where Δθ is non-zero). The radii are a
+geometric grid from ``min_radius`` to ``max_radius``: relative to the weights (not to ‖Δθ‖),
+so the same grid means "move the chosen neurons by 0.1 %…N % of their size" for any model,
+any forget-set size and any solver scale.
+
+Every step is scored by a caller-supplied function on validation data returning
+``(forget_acc, retain_acc)``; the score is the forgetting F1 (method.md §8). The search walks
+the grid upwards and stops early when forgetting is complete (``forget_acc <= forget_target``)
+or retained accuracy collapses (drops more than ``max_retain_drop`` below its value before).
+After the first step that reaches the target, a few bisection steps between it and the
+previous radius look for a smaller step with the same forgetting and better retained accuracy.
+The best-scoring step is kept; if none beats the unchanged model (or anything raises), the
+original weights are restored bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_influence.metrics import forgetting_f1
+
+__all__ = [
+    "StepResult",
+    "StepTrial",
+    "apply_step",
+    "radius_grid",
+    "step_search",
+    "weights_snapshot",
+    "restore_weights",
+]
+
+#: ``score_fn(model) -> (forget_acc, retain_acc)`` on validation data.
+ScoreFn = Callable[[nn.Module], tuple[float, float]]
+
+
+@dataclass
+class StepTrial:
+    """One evaluated step: radius (relative to ‖θ_S‖), absolute step norm and its scores."""
+
+    radius: float
+    step_norm: float
+    forget_acc: float
+    retain_acc: float
+    f1: float
+
+
+@dataclass
+class StepResult:
+    """Outcome of :func:`step_search`: whether a step was applied, which, and every trial."""
+
+    applied: bool
+    radius: float = 0.0
+    step_norm: float = 0.0
+    before: StepTrial | None = None
+    best: StepTrial | None = None
+    trials: list[StepTrial] = field(default_factory=list)
+    reason: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain python (floats, lists, dicts): safe for checkpoints and JSON."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def radius_grid(steps: int, min_radius: float, max_radius: float) -> list[float]:
+    """``steps`` geometrically spaced radii from ``min_radius`` to ``max_radius`` (inclusive)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    if not 0.0 < min_radius <= max_radius:
+        raise ValueError(f"need 0 < min_radius <= max_radius, got {min_radius}, {max_radius}.")
+    if steps == 1:
+        return [float(max_radius)]
+    ratio = (max_radius / min_radius) ** (1.0 / (steps - 1))
+    return [float(min_radius * ratio**k) for k in range(steps)]
+
+
+def weights_snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """A detached clone of every ``state_dict`` tensor (parameters and buffers)."""
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict(keep_vars=True).items()
+        if isinstance(v, Tensor)
+    }
+
+
+@torch.no_grad()
+def restore_weights(model: nn.Module, snapshot: Mapping[str, Tensor]) -> None:
+    """Copy ``snapshot`` back in place (bit for bit; same tensors, so optimisers stay valid)."""
+    state = model.state_dict(keep_vars=True)
+    for k, v in snapshot.items():
+        state[k].data.copy_(v)
+
+
+def _params(model: nn.Module, names: Iterator[str]) -> dict[str, Tensor]:
+    named = dict(model.named_parameters())
+    missing = [n for n in names if n not in named]
+    if missing:
+        raise ValueError(f"delta names parameters the model does not have: {missing[:5]}.")
+    return named
+
+
+@torch.no_grad()
+def apply_step(
+    model: nn.Module, base: Mapping[str, Tensor], direction: Mapping[str, Tensor], scale: float
+) -> None:
+    """Set every parameter in ``direction`` to ``base + scale · direction`` (in place)."""
+    named = dict(model.named_parameters())
+    for k, d in direction.items():
+        p = named[k]
+        p.copy_(base[k] + scale * d.to(device=p.device, dtype=p.dtype))
+
+
+def step_search(
+    model: nn.Module,
+    delta: Mapping[str, Tensor],
+    score_fn: ScoreFn,
+    steps: int = 12,
+    min_radius: float = 1e-3,
+    max_radius: float = 0.5,
+    forget_target: float = 0.0,
+    max_retain_drop: float = 0.25,
+    refine: int = 3,
+    progress: Callable[[int, StepTrial], None] | None = None,
+) -> StepResult:
+    """Search a step along ``delta / ‖delta‖``, keep the best by validation F1 (see module doc).
+
+    ``score_fn`` must not change the weights. On return the model holds either the best step
+    (``result.applied``) or its original weights, bit for bit. Exceptions restore the weights
+    and propagate.
+    """
+    import time
+
+    start = time.perf_counter()
+    if not delta:
+        raise ValueError("delta is empty: nothing to apply.")
+    named = _params(model, iter(delta))
+    moving = {k: d for k, d in delta.items() if bool(torch.any(d != 0))}
+    if not moving:
+        raise ValueError(
+            "delta is zero everywhere: the solve found no direction (check the selection and g)."
+        )
+    d_norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in moving.values()))
+    if not math.isfinite(d_norm):
+        raise FloatingPointError("delta contains NaN/inf: refusing to apply it.")
+    direction = {k: d / d_norm for k, d in moving.items()}
+    # ‖θ_S‖: the norm of the selected entries (where the direction is non-zero).
+    theta_s = math.sqrt(
+        sum(float(named[k].detach().double()[d != 0].pow(2).sum()) for k, d in moving.items())
+    )
+    scale_ref = theta_s if theta_s > 0 else 1.0
+
+    snapshot = weights_snapshot(model)
+    base = {k: named[k].detach().clone() for k in moving}
+    result = StepResult(applied=False)
+    try:
+        fa, ra = score_fn(model)
+        result.before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
+        floor = ra - max_retain_drop
+
+        def trial(radius: float) -> StepTrial:
+            scale = radius * scale_ref
+            apply_step(model, base, direction, scale)
+            f, r = score_fn(model)
+            t = StepTrial(radius, scale, f, r, float(forgetting_f1(f, r)))
+            if not (math.isfinite(f) and math.isfinite(r)):
+                t.f1 = -1.0
+            result.trials.append(t)
+            if progress is not None:
+                progress(len(result.trials), t)
+            return t
+
+        prev = 0.0
+        reached: float | None = None
+        for radius in radius_grid(steps, min_radius, max_radius):
+            t = trial(radius)
+            if t.retain_acc < floor:
+                result.reason = f"retained accuracy collapsed at radius {radius:.3g}"
+                break
+            if t.forget_acc <= forget_target:
+                reached = radius
+                break
+            prev = radius
+        if reached is not None:
+            lo, hi = prev, reached  # lo misses the target (or is 0), hi reaches it
+            for _ in range(refine):
+                mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+                t = trial(mid)
+                if t.forget_acc <= forget_target:
+                    hi = mid
+                else:
+                    lo = mid
+            result.reason = f"forgetting complete (forget acc <= {forget_target:g})"
+        elif not result.reason:
+            result.reason = (
+                f"forget acc stayed above {forget_target:g} up to max_radius={max_radius:g}"
+            )
+
+        valid = [t for t in result.trials if t.f1 >= 0]
+        best = max(valid, key=lambda t: (t.f1, -t.radius), default=None)
+        if best is None or best.f1 <= result.before.f1:
+            restore_weights(model, snapshot)
+            why = (
+                f"no step improved the validation F1 over the unchanged model "
+                f"({result.before.f1:.4f}; best tried {best.f1 if best else float('nan'):.4f}); "
+                f"{result.reason}"
+            )
+            result.reason = why
+            return result
+        apply_step(model, base, direction, best.step_norm)
+        result.applied, result.best = True, best
+        result.radius, result.step_norm = best.radius, best.step_norm
+        return result
+    except BaseException:
+        restore_weights(model, snapshot)
+        raise
+    finally:
+        result.seconds = time.perf_counter() - start
