@@ -22,6 +22,9 @@ from lightning_influence.capture import (
 
 N_TRAIN, N_VAL, D_IN, HIDDEN, C = 40, 23, 5, 6, 3
 
+# A shuffled validation loader is deliberate here: ids must come from the data, not positions.
+pytestmark = pytest.mark.filterwarnings("ignore:.*shuffling enabled:UserWarning")
+
 
 class TinyModule(pl.LightningModule):
     """Linear -> ReLU -> Linear; validation_step returns only the loss and calls self(x)."""
