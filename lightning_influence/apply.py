@@ -11,7 +11,8 @@ Every step is scored by a caller-supplied function on validation data returning
 ``(forget_acc, retain_acc)``; the score is the forgetting F1 (method.md §8). The search walks
 the grid upwards and stops early when forgetting is complete (``forget_acc <= forget_target``)
 or retained accuracy collapses (drops more than ``max_retain_drop`` below its value before).
-After the first step that reaches the target, a few bisection steps between it and the
+Steps whose retained accuracy fell below that floor are never kept. After the first step that
+reaches the target, a few bisection steps between it and the
 previous radius look for a smaller step with the same forgetting and better retained accuracy.
 The best-scoring step is kept; if none beats the unchanged model (or anything raises), the
 original weights are restored bit for bit.
@@ -207,7 +208,8 @@ def step_search(
                 f"forget acc stayed above {forget_target:g} up to max_radius={max_radius:g}"
             )
 
-        valid = [t for t in result.trials if t.f1 >= 0]
+        # A step whose retained accuracy collapsed is never kept, whatever its F1.
+        valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= floor]
         best = max(valid, key=lambda t: (t.f1, -t.radius), default=None)
         if best is None or best.f1 <= result.before.f1:
             restore_weights(model, snapshot)
