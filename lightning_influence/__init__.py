@@ -1,0 +1,83 @@
+"""lightning_influence: influence functions and unlearning as Lightning callbacks.
+
+The pipeline, one module each: capture → sample → select → solve → apply → measure.
+
+- capture:  :class:`CaptureCallback`, :func:`capture_pool` (features/logits/ids per sample)
+- sample:   :func:`get_sampler` (``random`` | ``feature`` | ``logit``) picks the Hessian subset
+- select:   :func:`select_parameters` chooses the output units allowed to move
+- solve:    :func:`influence` (GIF/FIF/PIF/IF with krylov | lissa | dense solvers)
+- apply:    :func:`step_search` steps along Δθ, scored on validation data
+- measure:  :func:`unlearning_metrics`, :func:`evaluate_forgetting` (torchmetrics)
+
+:class:`UnlearnCallback` runs the whole pipeline after ``Trainer.fit``.
+"""
+
+from lightning_influence.apply import StepResult, step_search
+from lightning_influence.batches import IndexedDataset, ParsedBatch, parse_batch
+from lightning_influence.callbacks import UnlearnCallback, UnlearnReport
+from lightning_influence.capture import CaptureCallback, CaptureResult, capture_pool, find_feature_module
+from lightning_influence.curvature import HessianOperator, default_loss, mean_gradient
+from lightning_influence.estimators import ESTIMATORS
+from lightning_influence.influence import InfluenceReport, influence
+from lightning_influence.metrics import (
+    ExclusiveLoss,
+    ForgetAccuracy,
+    ForgettingF1,
+    RetainedAccuracy,
+    SelfLoss,
+    UnlearningMetrics,
+    forgetting_f1,
+    unlearning_metrics,
+)
+from lightning_influence.metrics import evaluate as evaluate_forgetting
+from lightning_influence.sampling import (
+    FeatureSampler,
+    LogitSampler,
+    RandomSampler,
+    Sampler,
+    SubsetSelection,
+    get_sampler,
+)
+from lightning_influence.selection import select_parameters, selectable_layers
+from lightning_influence.solvers import ConvergenceWarning, SolveReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ESTIMATORS",
+    "CaptureCallback",
+    "CaptureResult",
+    "ConvergenceWarning",
+    "ExclusiveLoss",
+    "FeatureSampler",
+    "ForgetAccuracy",
+    "ForgettingF1",
+    "HessianOperator",
+    "IndexedDataset",
+    "InfluenceReport",
+    "LogitSampler",
+    "ParsedBatch",
+    "RandomSampler",
+    "RetainedAccuracy",
+    "Sampler",
+    "SelfLoss",
+    "SolveReport",
+    "StepResult",
+    "SubsetSelection",
+    "UnlearnCallback",
+    "UnlearnReport",
+    "UnlearningMetrics",
+    "capture_pool",
+    "default_loss",
+    "evaluate_forgetting",
+    "find_feature_module",
+    "forgetting_f1",
+    "get_sampler",
+    "influence",
+    "mean_gradient",
+    "parse_batch",
+    "select_parameters",
+    "selectable_layers",
+    "step_search",
+    "unlearning_metrics",
+]
