@@ -15,7 +15,12 @@ The pipeline, one module each: capture → sample → select → solve → apply
 from lightning_influence.apply import StepResult, step_search
 from lightning_influence.batches import IndexedDataset, ParsedBatch, parse_batch
 from lightning_influence.callbacks import UnlearnCallback, UnlearnReport
-from lightning_influence.capture import CaptureCallback, CaptureResult, capture_pool, find_feature_module
+from lightning_influence.capture import (
+    CaptureCallback,
+    CaptureResult,
+    capture_pool,
+    find_feature_module,
+)
 from lightning_influence.curvature import HessianOperator, default_loss, mean_gradient
 from lightning_influence.estimators import ESTIMATORS
 from lightning_influence.influence import InfluenceReport, influence

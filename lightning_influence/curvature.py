@@ -60,7 +60,9 @@ class BatchLoss:
 def batch_losses(model: nn.Module, loss_fn: LossFn, batches: list[Batch]) -> list[BatchLoss]:
     total = total_weight(batches)
     if total <= 0:
-        raise ValueError("The per-sample weights sum to zero: give at least one sample a positive weight.")
+        raise ValueError(
+            "The per-sample weights sum to zero: give at least one sample a positive weight."
+        )
     return [BatchLoss(model, loss_fn, b, total) for b in batches]
 
 
@@ -76,7 +78,9 @@ def check_finite_loss(losses: list[BatchLoss], params: ParamDict, name: str) -> 
                 )
 
 
-def mean_gradient(model: nn.Module, loss_fn: LossFn, batches: list[Batch], name: str = "data") -> ParamDict:
+def mean_gradient(
+    model: nn.Module, loss_fn: LossFn, batches: list[Batch], name: str = "data"
+) -> ParamDict:
     """Gradient of the (weighted) mean loss over ``batches`` w.r.t. the trainable parameters."""
     params = trainable_params(model)
     losses = batch_losses(model, loss_fn, batches)
@@ -86,7 +90,9 @@ def mean_gradient(model: nn.Module, loss_fn: LossFn, batches: list[Batch], name:
         for k, gk in grad(f)(params).items():
             total[k] += gk
     if not all(torch.isfinite(t).all() for t in total.values()):
-        raise FloatingPointError(f"The gradient on {name} has NaN/inf entries: check the model and inputs.")
+        raise FloatingPointError(
+            f"The gradient on {name} has NaN/inf entries: check the model and inputs."
+        )
     return total
 
 
@@ -125,7 +131,9 @@ class HessianOperator:
     __matmul__ = matvec
 
 
-def dense_hessian(model: nn.Module, loss_fn: LossFn | None, batches: list[Batch], max_params: int) -> Tensor:
+def dense_hessian(
+    model: nn.Module, loss_fn: LossFn | None, batches: list[Batch], max_params: int
+) -> Tensor:
     """The explicit float64 Hessian (flat, parameter order of ``trainable_params``).
 
     Only for tiny models: it is the reference the iterative solvers are tested against.
@@ -150,7 +158,9 @@ def dense_hessian(model: nn.Module, loss_fn: LossFn | None, batches: list[Batch]
     return torch.func.hessian(total)(flat)
 
 
-def batch_losses_float64(model: nn.Module, loss_fn: LossFn, batches: list[Batch]) -> list[BatchLoss]:
+def batch_losses_float64(
+    model: nn.Module, loss_fn: LossFn, batches: list[Batch]
+) -> list[BatchLoss]:
     """Batch losses evaluated in float64 (inputs, weights, frozen tensors and buffers cast)."""
     cast = [
         (x.double() if x.is_floating_point() else x, y, None if w is None else w.double())

@@ -12,8 +12,10 @@ Batch = tuple[Tensor, Tensor, Tensor | None]
 
 
 def _is_single_batch(data: Any) -> bool:
-    return isinstance(data, (tuple, list)) and 2 <= len(data) <= 3 and all(
-        isinstance(t, Tensor) for t in data
+    return (
+        isinstance(data, (tuple, list))
+        and 2 <= len(data) <= 3
+        and all(isinstance(t, Tensor) for t in data)
     )
 
 
@@ -24,7 +26,9 @@ def as_batches(data: Any, name: str = "data") -> list[Batch]:
     A third element is always read as per-sample weights: strip sample ids before calling.
     """
     if data is None:
-        raise ValueError(f"{name} is None: pass a batch (x, y), (x, y, w) or an iterable of batches.")
+        raise ValueError(
+            f"{name} is None: pass a batch (x, y), (x, y, w) or an iterable of batches."
+        )
     raw: Iterable[Any] = [data] if _is_single_batch(data) else data
     try:
         items = list(raw)

@@ -21,7 +21,14 @@ from lightning_influence.curvature import (
 )
 from lightning_influence.data import as_batches
 from lightning_influence.estimators import ESTIMATORS, build_problem
-from lightning_influence.solvers import SOLVERS, SolveReport, as_masks, lissa, solve_dense, solve_krylov
+from lightning_influence.solvers import (
+    SOLVERS,
+    SolveReport,
+    as_masks,
+    lissa,
+    solve_dense,
+    solve_krylov,
+)
 from lightning_influence.vectors import ParamDict
 
 
@@ -34,13 +41,17 @@ class InfluenceReport(SolveReport):
     total_params: int = 0
 
 
-def validate_selection(model: nn.Module, selection: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+def validate_selection(
+    model: nn.Module, selection: Mapping[str, Tensor] | None
+) -> dict[str, Tensor] | None:
     """Check a selection against the model's trainable parameters; raise naming the fix."""
     if selection is None:
         return None
     params = trainable_params(model)
     if not isinstance(selection, Mapping):
-        raise TypeError("selection must be a dict {parameter name: bool mask}, as li.select_parameters returns.")
+        raise TypeError(
+            "selection must be a dict {parameter name: bool mask}, as li.select_parameters returns."
+        )
     unknown = sorted(set(selection) - set(params))
     if unknown:
         raise ValueError(
@@ -51,10 +62,14 @@ def validate_selection(model: nn.Module, selection: Mapping[str, Tensor] | None)
     for k, m in selection.items():
         if not isinstance(m, Tensor) or m.shape != params[k].shape:
             shape = tuple(m.shape) if isinstance(m, Tensor) else type(m).__name__
-            raise ValueError(f"selection[{k!r}] has shape {shape}, the parameter has {tuple(params[k].shape)}.")
+            raise ValueError(
+                f"selection[{k!r}] has shape {shape}, the parameter has {tuple(params[k].shape)}."
+            )
         out[k] = m.to(device=params[k].device, dtype=torch.bool)
     if sum(int(m.sum()) for m in out.values()) == 0:
-        raise ValueError("The selection is empty (no True entry): raise ratio or pass selection=None for all parameters.")
+        raise ValueError(
+            "The selection is empty (no True entry): raise ratio or pass selection=None for all parameters."
+        )
     return out
 
 
@@ -114,7 +129,9 @@ def influence(
             report.hvps = op.hvp_count
             delta = V.mask(x, out_mask)
         if not V.is_finite(delta):
-            raise FloatingPointError("The influence solve produced NaN/inf: check the data and the solver's report.")
+            raise FloatingPointError(
+                "The influence solve produced NaN/inf: check the data and the solver's report."
+            )
     finally:
         model.train(was_training)
     full = as_masks(masks, params)

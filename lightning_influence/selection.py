@@ -62,7 +62,9 @@ def _unit_scores(
                     model.zero_grad(set_to_none=True)
                     loss = loss_fn(model(x), y)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError("The loss on forget_data is NaN/inf: check the inputs and the model.")
+                        raise FloatingPointError(
+                            "The loss on forget_data is NaN/inf: check the inputs and the model."
+                        )
                     loss.backward()
                 for name, out in outputs.items():
                     _accumulate(sums, name, out.grad)
@@ -110,14 +112,19 @@ def select_parameters(
         )
     gen = torch.Generator().manual_seed(seed)
     if method == "random":
-        scores = {name: torch.rand(layer.weight.shape[0], generator=gen, dtype=torch.float64) for name, layer in layers.items()}
+        scores = {
+            name: torch.rand(layer.weight.shape[0], generator=gen, dtype=torch.float64)
+            for name, layer in layers.items()
+        }
     else:
         if forget_data is None:
             raise ValueError(f"method={method!r} ranks units on the forget data: pass forget_data.")
         was_training = model.training
         model.eval()
         try:
-            scores = _unit_scores(model, layers, forget_data, loss_fn or default_loss, "gradients" in method)
+            scores = _unit_scores(
+                model, layers, forget_data, loss_fn or default_loss, "gradients" in method
+            )
         finally:
             model.train(was_training)
     masks: dict[str, Tensor] = {}
@@ -125,7 +132,11 @@ def select_parameters(
     for name, layer in layers.items():
         s = scores[name]
         k = units_per_layer(s.numel(), ratio)
-        tie_break = torch.rand(s.numel(), generator=gen, dtype=torch.float64) * 1e-12 * (s.abs().max() + 1e-300)
+        tie_break = (
+            torch.rand(s.numel(), generator=gen, dtype=torch.float64)
+            * 1e-12
+            * (s.abs().max() + 1e-300)
+        )
         order = torch.argsort(s + tie_break, descending=not method.startswith("lowest"))
         units = torch.zeros(s.numel(), dtype=torch.bool)
         units[order[:k]] = True

@@ -119,7 +119,9 @@ def minres(
     singular, inconsistent system it stops once ‖A r‖ / (‖A‖ ‖r‖) ≤ tol (a least-squares point).
     """
     if not problem.symmetric:
-        raise ValueError("MINRES needs a symmetric operator; use CGLS for GIF's least-squares problem.")
+        raise ValueError(
+            "MINRES needs a symmetric operator; use CGLS for GIF's least-squares problem."
+        )
     report = SolveReport("krylov", "minres")
     b = problem.rhs
     x = V.zeros_like(b)
@@ -209,10 +211,14 @@ def solve_krylov(
 # --------------------------------------------------------------------------- lissa
 
 
-def _power_iteration(apply: Callable[[ParamDict], ParamDict], like: ParamDict, iters: int, seed: int) -> tuple[float, int]:
+def _power_iteration(
+    apply: Callable[[ParamDict], ParamDict], like: ParamDict, iters: int, seed: int
+) -> tuple[float, int]:
     """Estimate the largest eigenvalue of a symmetric PSD operator; returns (λ, mat-vecs used)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    v = {k: torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for k, t in like.items()}
+    v = {
+        k: torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for k, t in like.items()
+    }
     lam = 0.0
     for _ in range(iters):
         nv = V.norm(v).item()
@@ -249,7 +255,9 @@ def lissa(
     if variant not in ("modified", "classic"):
         raise ValueError(f"Unknown LiSSA variant {variant!r}: choose 'modified' or 'classic'.")
     if variant == "classic" and not problem.symmetric:
-        raise ValueError("Classic LiSSA needs a symmetric system (fif/pif/if); GIF needs variant='modified'.")
+        raise ValueError(
+            "Classic LiSSA needs a symmetric system (fif/pif/if); GIF needs variant='modified'."
+        )
     start = time.perf_counter()
     report = SolveReport("lissa", variant)
     hvps_per = 2 if variant == "modified" else 1
@@ -311,7 +319,11 @@ def lissa(
         report.converged = False
         report.message = (
             f"LiSSA ({variant}) diverged after {report.restarts} restarts (scale {scale:.3g}); "
-            + ("the Hessian is likely indefinite: use variant='modified' or solver='krylov'" if variant == "classic" else "raise max_restarts or scale")
+            + (
+                "the Hessian is likely indefinite: use variant='modified' or solver='krylov'"
+                if variant == "classic"
+                else "raise max_restarts or scale"
+            )
         )
         warnings.warn(report.message, ConvergenceWarning, stacklevel=2)
     elif not report.converged:
@@ -322,7 +334,9 @@ def lissa(
 # --------------------------------------------------------------------------- dense
 
 
-def solve_dense(estimator: str, H: Tensor, g: Tensor, selected: Tensor) -> tuple[Tensor, SolveReport]:
+def solve_dense(
+    estimator: str, H: Tensor, g: Tensor, selected: Tensor
+) -> tuple[Tensor, SolveReport]:
     """Closed forms of method.md §2 on the explicit float64 Hessian (flat vectors).
 
     Least squares via ``gelsd`` gives the minimum-norm solution when the system is singular,
@@ -357,9 +371,15 @@ def solve_dense(estimator: str, H: Tensor, g: Tensor, selected: Tensor) -> tuple
     return x, report
 
 
-def as_masks(selection: Mapping[str, Tensor] | None, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def as_masks(
+    selection: Mapping[str, Tensor] | None, like: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
     """Full boolean masks for every parameter (``None`` = everything selected)."""
     return {
-        k: (torch.ones_like(t, dtype=torch.bool) if selection is None else selection.get(k, torch.zeros_like(t, dtype=torch.bool)).to(t.device))
+        k: (
+            torch.ones_like(t, dtype=torch.bool)
+            if selection is None
+            else selection.get(k, torch.zeros_like(t, dtype=torch.bool)).to(t.device)
+        )
         for k, t in like.items()
     }

@@ -24,7 +24,10 @@ def clone(v: Mapping[str, Tensor]) -> ParamDict:
 
 def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     """Inner product as a 0-dim tensor (stays on device: no sync per call)."""
-    return sum((torch.sum(a[k] * b[k]) for k in a), start=torch.zeros((), dtype=_dtype(a), device=_device(a)))
+    return sum(
+        (torch.sum(a[k] * b[k]) for k in a),
+        start=torch.zeros((), dtype=_dtype(a), device=_device(a)),
+    )
 
 
 def norm(a: Mapping[str, Tensor]) -> Tensor:

@@ -45,7 +45,9 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
 def data_for(model: nn.Module, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     shape = (n, 4) if isinstance(model, nn.Sequential) else (n, 1, 6, 6)
-    return torch.randn(shape, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen)
+    return torch.randn(shape, generator=gen, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=gen
+    )
 
 
 def dense_reference(model, loss_fn, hessian_batches, forget_batches, weights=None):
@@ -69,7 +71,9 @@ def dense_reference(model, loss_fn, hessian_batches, forget_batches, weights=Non
     return H, g
 
 
-def closed_form(estimator: str, H: torch.Tensor, g: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+def closed_form(
+    estimator: str, H: torch.Tensor, g: torch.Tensor, sel: torch.Tensor
+) -> torch.Tensor:
     """method.md §2 with pseudo-inverses (minimum-norm where singular)."""
     idx = sel.nonzero().squeeze(1)
     x = torch.zeros_like(g)

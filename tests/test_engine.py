@@ -63,7 +63,13 @@ def test_weighted_operator_matches_weighted_dense():
     x, y = data_for(model, 20, seed=3)
     w = torch.rand(20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     batches = [(x[:8], y[:8], w[:8]), (x[8:], y[8:], w[8:])]
-    H, _ = dense_reference(model, nn.functional.cross_entropy, [(x[:8], y[:8]), (x[8:], y[8:])], [(x, y)], weights=[w[:8], w[8:]])
+    H, _ = dense_reference(
+        model,
+        nn.functional.cross_entropy,
+        [(x[:8], y[:8]), (x[8:], y[8:])],
+        [(x, y)],
+        weights=[w[:8], w[8:]],
+    )
     op = HessianOperator(model, None, as_batches(batches))
     v = torch.randn(H.shape[0], dtype=torch.float64)
     assert rel_err(op.matvec(V.unflatten(v, op.params)), H @ v) < 1e-12
@@ -75,7 +81,9 @@ def test_estimators_match_closed_form(problem, estimator, solver):
     model, loss, hess, forget, masks, H, g = problem
     ref = closed_form(estimator, H, g, flat_selection(model, None if estimator == "if" else masks))
     opts = {"tol": 1e-12, "max_iter": 2000} if solver == "krylov" else {}
-    delta, report = li.influence(model, loss, hess, forget, selection=masks, estimator=estimator, solver=solver, **opts)
+    delta, report = li.influence(
+        model, loss, hess, forget, selection=masks, estimator=estimator, solver=solver, **opts
+    )
     assert report.converged
     assert rel_err(delta, ref) < (1e-8 if solver == "dense" else 1e-6)
     outside = ~flat_selection(model, None if estimator == "if" else masks)
@@ -87,8 +95,18 @@ def test_gif_with_all_parameters_equals_if_when_h_invertible():
     x, y = data_for(model, 40, seed=1)
     H, _ = dense_reference(model, mse_onehot, [(x[:30], y[:30])], [(x[30:], y[30:])])
     assert torch.linalg.eigvalsh(H).abs().min() > 1e-4  # invertible (and indefinite)
-    gif, _ = li.influence(model, mse_onehot, (x[:30], y[:30]), (x[30:], y[30:]), estimator="gif", tol=1e-12, max_iter=3000)
-    iff, _ = li.influence(model, mse_onehot, (x[:30], y[:30]), (x[30:], y[30:]), estimator="if", solver="dense")
+    gif, _ = li.influence(
+        model,
+        mse_onehot,
+        (x[:30], y[:30]),
+        (x[30:], y[30:]),
+        estimator="gif",
+        tol=1e-12,
+        max_iter=3000,
+    )
+    iff, _ = li.influence(
+        model, mse_onehot, (x[:30], y[:30]), (x[30:], y[30:]), estimator="if", solver="dense"
+    )
     assert rel_err(gif, V.flatten(iff)) < 1e-6
 
 
@@ -100,14 +118,26 @@ def test_modified_lissa_converges_where_classic_diverges():
     assert ev[0] < -1.0 and ev[-1] > 3.0
     ref = torch.linalg.solve(H, g)
     with pytest.warns(li.ConvergenceWarning):
-        _, classic = li.influence(model, scalar_mse, hess, forget, estimator="if", solver="lissa", variant="classic", tol=1e-6, max_iter=1000)
+        _, classic = li.influence(
+            model,
+            scalar_mse,
+            hess,
+            forget,
+            estimator="if",
+            solver="lissa",
+            variant="classic",
+            tol=1e-6,
+            max_iter=1000,
+        )
     # Divergence is detected (restarts with a larger scale) and the run ends unconverged:
     # no scale helps, since I − H/s² has an eigenvalue above 1 whenever H has one below 0.
     assert not classic.converged and classic.restarts >= 1 and classic.residual > 1e-2
     tol = 1e-5
     with warnings.catch_warnings():
         warnings.simplefilter("error", li.ConvergenceWarning)
-        delta, mod = li.influence(model, scalar_mse, hess, forget, estimator="if", solver="lissa", tol=tol, max_iter=20000)
+        delta, mod = li.influence(
+            model, scalar_mse, hess, forget, estimator="if", solver="lissa", tol=tol, max_iter=20000
+        )
     assert mod.converged and mod.residual <= tol
     # The normal-equation residual, recomputed densely, is what LiSSA reports...
     x_ = V.flatten(delta)
@@ -130,24 +160,41 @@ def test_lissa_gif_matches_dense_to_its_tolerance():
     sv = torch.linalg.svdvals(A)
     kappa = (sv[0] / sv[-1]).item() ** 2
     tol = 1e-6
-    delta, report = li.influence(model, mse_onehot, hess, forget, selection=masks, solver="lissa", tol=tol, max_iter=20000)
+    delta, report = li.influence(
+        model, mse_onehot, hess, forget, selection=masks, solver="lissa", tol=tol, max_iter=20000
+    )
     assert report.converged and report.restarts == 0
     assert rel_err(delta, ref) <= kappa * tol
 
 
 def test_divergence_triggers_restart_with_larger_scale():
     model, (x, y) = saddle_net()
-    _, report = li.influence(model, scalar_mse, (x, y), (x[:4], y[:4]), estimator="if", solver="lissa", scale=0.5, scale_step=0.5, tol=1e-3, max_iter=20000)
+    _, report = li.influence(
+        model,
+        scalar_mse,
+        (x, y),
+        (x[:4], y[:4]),
+        estimator="if",
+        solver="lissa",
+        scale=0.5,
+        scale_step=0.5,
+        tol=1e-3,
+        max_iter=20000,
+    )
     assert report.restarts >= 1 and report.converged and report.scale > 0.5
 
 
 def test_max_iter_reached_is_reported_not_silent(problem):
     model, loss, hess, forget, masks, *_ = problem
     with pytest.warns(li.ConvergenceWarning, match="max_iter"):
-        _, report = li.influence(model, loss, hess, forget, selection=masks, solver="krylov", tol=1e-14, max_iter=2)
+        _, report = li.influence(
+            model, loss, hess, forget, selection=masks, solver="krylov", tol=1e-14, max_iter=2
+        )
     assert not report.converged and report.iterations == 2
     with pytest.warns(li.ConvergenceWarning, match="max_iter"):
-        _, report = li.influence(model, loss, hess, forget, selection=masks, solver="lissa", tol=1e-14, max_iter=5)
+        _, report = li.influence(
+            model, loss, hess, forget, selection=masks, solver="lissa", tol=1e-14, max_iter=5
+        )
     assert not report.converged and report.iterations == 5
 
 
@@ -155,9 +202,19 @@ def test_float32_model_agrees_with_float64_reference():
     model = tiny_mlp()
     x, y = data_for(model, 40, seed=1)
     masks = li.select_parameters(model, (x[30:], y[30:]), ratio=0.5)
-    ref, _ = li.influence(model, None, (x[:30], y[:30]), (x[30:], y[30:]), selection=masks, solver="dense")
+    ref, _ = li.influence(
+        model, None, (x[:30], y[:30]), (x[30:], y[30:]), selection=masks, solver="dense"
+    )
     m32 = tiny_mlp().float()
-    d32, report = li.influence(m32, None, (x[:30].float(), y[:30]), (x[30:].float(), y[30:]), selection=masks, tol=1e-5, max_iter=500)
+    d32, report = li.influence(
+        m32,
+        None,
+        (x[:30].float(), y[:30]),
+        (x[30:].float(), y[30:]),
+        selection=masks,
+        tol=1e-5,
+        max_iter=500,
+    )
     assert all(t.dtype == torch.float32 for t in d32.values())
     assert rel_err(d32, V.flatten(ref).double()) < 1e-2
 
@@ -178,5 +235,7 @@ def test_label_change_uses_difference_of_gradients():
     _, g_wrong = dense_reference(model, nn.functional.cross_entropy, [(x, y)], [wrong])
     H, g_right = dense_reference(model, nn.functional.cross_entropy, [(x, y)], [right])
     ref = closed_form("if", H, g_wrong - g_right, torch.ones_like(g_wrong, dtype=torch.bool))
-    delta, _ = li.influence(model, None, (x, y), wrong, add_data=right, estimator="if", solver="dense")
+    delta, _ = li.influence(
+        model, None, (x, y), wrong, add_data=right, estimator="if", solver="dense"
+    )
     assert rel_err(delta, ref) < 1e-8

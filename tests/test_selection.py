@@ -31,19 +31,31 @@ def net_and_data():
     return Net(), (torch.randn(12, 1, 6, 6), torch.randint(0, 5, (12,)))
 
 
-@pytest.mark.parametrize("method", ["highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random"])
+@pytest.mark.parametrize(
+    "method",
+    ["highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random"],
+)
 @pytest.mark.parametrize("ratio", [0.05, 0.25, 1.0])
 def test_counts_whole_units_and_no_bn(net_and_data, method, ratio):
     net, data = net_and_data
     masks = li.select_parameters(net, data, method=method, ratio=ratio, seed=3)
     assert not any(k.startswith("bn") for k in masks)
-    for name, layer in [("conv1", net.conv1), ("conv1d", net.conv1d), ("fc1", net.fc1), ("fc2", net.fc2)]:
+    for name, layer in [
+        ("conv1", net.conv1),
+        ("conv1d", net.conv1d),
+        ("fc1", net.fc1),
+        ("fc2", net.fc2),
+    ]:
         w = masks[f"{name}.weight"]
         n_out = layer.weight.shape[0]
         rows = w.reshape(n_out, -1)
         assert (rows.all(1) | ~rows.any(1)).all(), "a unit is either wholly selected or not"
         chosen = rows.all(1)
-        assert int(chosen.sum()) == units_per_layer(n_out, ratio) == min(n_out, max(1, round(ratio * n_out)))
+        assert (
+            int(chosen.sum())
+            == units_per_layer(n_out, ratio)
+            == min(n_out, max(1, round(ratio * n_out)))
+        )
         if layer.bias is not None:
             assert torch.equal(masks[f"{name}.bias"], chosen)
     assert "fc2.bias" not in masks
@@ -66,7 +78,9 @@ def test_highest_outputs_ranks_by_abs_mean_output(net_and_data):
     masks = li.select_parameters(net, data, method="highest_outputs", ratio=0.1)
     with torch.no_grad():
         net.eval()
-        out = net.fc1(torch.relu(net.conv1d(torch.relu(net.bn(net.conv1(data[0]))).flatten(2))).flatten(1))
+        out = net.fc1(
+            torch.relu(net.conv1d(torch.relu(net.bn(net.conv1(data[0]))).flatten(2))).flatten(1)
+        )
     top = out.mean(0).abs().topk(4).indices
     assert set(top.tolist()) == set(masks["fc1.bias"].nonzero().squeeze(1).tolist())
     low = li.select_parameters(net, data, method="lowest_outputs", ratio=0.1)
