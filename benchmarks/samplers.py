@@ -49,12 +49,12 @@ SAMPLERS = ("random", "feature", "logit")
 SUITES: dict[str, dict[str, Any]] = {
     "small": {
         "datasets": {"digits": [3]},
-        "budgets": [32, 64, 128, 256],
+        "budgets": [16, 32, 64, 128, 256],
         "seeds": 10,
     },
     "full": {
         "datasets": {"digits": [0, 3, 8], "fashion_mnist": [0, 6]},
-        "budgets": [32, 64, 128, 256],
+        "budgets": [16, 32, 64, 128, 256],
         "seeds": 10,
     },
 }
@@ -247,10 +247,18 @@ def measure_task(
     before_test = li.evaluate_forgetting(model, test_loader, [cls])
 
     rows: list[dict[str, Any]] = []
-    for s in samplers:
-        sampler = li.get_sampler(s)
-        for b in budgets:
-            for k in seeds:
+    # One discarded warm-up run, then samplers interleaved per (budget, seed), so that
+    # warm-up costs and drifting machine load do not fall on one sampler.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        li.UnlearnCallback(
+            forget_classes=[cls], sampler="random", hessian_budget=budgets[0], progress_bar=False
+        ).unlearn_model(copy.deepcopy(model), train_loader, val_loader, progress_bar=False)
+    samplers_by_name = {s: li.get_sampler(s) for s in samplers}
+    for b in budgets:
+        for k in seeds:
+            for s in samplers:
+                sampler = samplers_by_name[s]
                 row: dict[str, Any] = {
                     "dataset": dataset,
                     "forget_class": cls,
@@ -306,6 +314,7 @@ def measure_task(
                     row["el_gap"] = abs(t["exclusive_loss"] - ref_test["exclusive_loss"])
                     row["sl_gap"] = abs(t["self_loss"] - ref_test["self_loss"])
                 rows.append(row)
+        for s in samplers:
             cell = [r for r in rows if r["sampler"] == s and r["budget"] == b]
             log(
                 f"  {s:7s} b={b:4d}: cos {_fmt([r['cosine_to_reference'] for r in cell])}  "
