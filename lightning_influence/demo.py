@@ -24,7 +24,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_influence.batches import IndexedDataset
 from lightning_influence.callbacks import UnlearnCallback
 from lightning_influence.metrics import evaluate
-from lightning_influence.models import ImageClassifier, _quiet_lightning, train_classifier
+from lightning_influence.models import (
+    ImageClassifier,
+    _quiet_lightning,
+    quiet_cpu_trainer,
+    train_classifier,
+)
 
 KEYS = ("forget_acc", "retain_acc", "f1", "exclusive_loss", "self_loss", "seconds")
 
@@ -100,18 +105,7 @@ def run_demo(
     snap = _TestSnapshot(test_loader, classes)
     unlearn = UnlearnCallback(forget_classes=classes, seed=seed, progress_bar=progress_bar)
     with _quiet_lightning(True):
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=progress_bar,
-            enable_model_summary=False,
-            deterministic=True,
-            num_sanity_val_steps=0,
-            callbacks=[snap, unlearn],
-        )
+        trainer = quiet_cpu_trainer(epochs, progress_bar=progress_bar, callbacks=[snap, unlearn])
         trainer.fit(model, train_loader, val_loader)
     assert unlearn.report is not None
     before = {**snap.metrics, "seconds": snap.fit_seconds}

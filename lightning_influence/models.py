@@ -237,6 +237,22 @@ def _labels(dataset: Dataset) -> Tensor:
     return torch.stack([_sample_xy(dataset[i])[1] for i in range(len(dataset))])  # type: ignore[arg-type]
 
 
+def quiet_cpu_trainer(epochs: int, progress_bar: bool = False, **kwargs: Any) -> L.Trainer:
+    """A deterministic single-CPU ``Trainer`` without logger, checkpoints or model summary."""
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
 def train_classifier(
     train: Dataset,
     val: Dataset | None = None,
@@ -285,17 +301,6 @@ def train_classifier(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     with _quiet_lightning(quiet), _restore_threads(threads):
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            deterministic=True,
-            num_sanity_val_steps=0,
-            limit_val_batches=None if val is not None else 0,
-        )
+        trainer = quiet_cpu_trainer(epochs, limit_val_batches=None if val is not None else 0)
         trainer.fit(model, train_loader, val_loader)
     return model.eval()
