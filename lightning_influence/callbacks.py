@@ -148,6 +148,7 @@ class UnlearnCallback(pl.Callback):
         ratio: float = 0.05,
         tol: float = 1e-4,
         max_iter: int = 5,
+        damping: float = 0.0,
         steps: int = 16,
         min_radius: float = 1e-3,
         max_radius: float = 5.0,
@@ -189,7 +190,9 @@ class UnlearnCallback(pl.Callback):
             selection,
             float(ratio),
         )
-        self.tol, self.max_iter = float(tol), int(max_iter)
+        if damping < 0:
+            raise ValueError(f"damping must be >= 0, got {damping}.")
+        self.tol, self.max_iter, self.damping = float(tol), int(max_iter), float(damping)
         self.steps, self.min_radius, self.max_radius, self.refine = (
             int(steps),
             min_radius,
@@ -495,6 +498,7 @@ class UnlearnCallback(pl.Callback):
                     solver=self.solver,
                     forget_weight=m / (n - m),
                     add_data=add,
+                    damping=self.damping,
                     **(
                         {"tol": self.tol, "max_iter": self.max_iter, "progress": on_iter}
                         if self.solver != "dense"

@@ -34,15 +34,34 @@ class LinearProblem:
     symmetric: bool
     domain: Mapping[str, Tensor] | None
     hvps_per_matvec: int = 1
+    damping: float = 0.0  # Tikhonov term λ‖x‖² of least-squares (GIF) problems
 
     def project(self, x: Mapping[str, Tensor]) -> ParamDict:
         return mask(x, self.domain)
 
 
 def build_problem(
-    estimator: str, op: HessianOperator, g: ParamDict, selection: Mapping[str, Tensor] | None
+    estimator: str,
+    op: HessianOperator,
+    g: ParamDict,
+    selection: Mapping[str, Tensor] | None,
+    damping: float = 0.0,
 ) -> tuple[LinearProblem, Mapping[str, Tensor] | None]:
-    """The linear problem for ``estimator`` and the mask to apply to its solution."""
+    """The linear problem for ``estimator`` and the mask to apply to its solution.
+
+    ``damping`` λ ≥ 0 regularises ill-conditioned systems: for ``gif`` it is Tikhonov,
+    min ‖H_{:,S} x − g‖² + λ‖x‖² (normal equations (H²)_SS + λI); for the symmetric
+    estimators it is Koh & Liang's H + λI.
+    """
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}.")
+    if estimator != "gif" and damping > 0:
+        base = op.matvec
+
+        def damped(v: Mapping[str, Tensor]) -> ParamDict:
+            return {k: t + damping * v[k] for k, t in base(v).items()}
+
+        op = _Damped(damped)
     if estimator == "gif":
         problem = LinearProblem(
             matvec=lambda x: op.matvec(mask(x, selection)),
@@ -50,6 +69,7 @@ def build_problem(
             rhs=dict(g),
             symmetric=False,
             domain=selection,
+            damping=damping,
         )
         return problem, selection
     if estimator == "fif":
@@ -62,3 +82,10 @@ def build_problem(
         problem = LinearProblem(op.matvec, op.matvec, dict(g), True, None)
         return problem, (selection if estimator == "pif" else None)
     raise ValueError(f"Unknown estimator {estimator!r}: choose one of {ESTIMATORS}.")
+
+
+@dataclass
+class _Damped:
+    """A stand-in operator whose mat-vec is H v + λ v (HVP counting stays on H)."""
+
+    matvec: Callable[[Mapping[str, Tensor]], ParamDict]

@@ -83,6 +83,7 @@ def influence(
     solver: str = "krylov",
     forget_weight: float = 1.0,
     add_data: Any = None,
+    damping: float = 0.0,
     **solver_options: Any,
 ) -> tuple[ParamDict, InfluenceReport]:
     """Estimate Δθ such that θ̂ + Δθ approximates the model trained without ``forget_data``.
@@ -93,6 +94,8 @@ def influence(
     ``estimator`` is one of gif | fif | pif | if (``if`` always uses every parameter);
     ``solver`` one of krylov | lissa | dense; ``solver_options`` go to the solver (``tol``,
     ``max_iter``, ``method``, ``variant``, ``scale``, ``max_params``, ``progress`` ...).
+    ``damping`` λ ≥ 0: Tikhonov λ‖x‖² for ``gif``, H + λI for the others (see
+    :func:`~lightning_influence.estimators.build_problem`).
     Returns ``delta`` keyed by parameter name (zero outside the selection) and a report. The
     model's weights are never modified; it is evaluated in ``eval()`` mode and restored after.
     """
@@ -100,6 +103,8 @@ def influence(
         raise ValueError(f"Unknown estimator {estimator!r}: choose one of {ESTIMATORS}.")
     if solver not in SOLVERS:
         raise ValueError(f"Unknown solver {solver!r}: choose one of {SOLVERS}.")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}.")
     loss_fn = loss_fn or default_loss
     masks = validate_selection(model, selection)
     if estimator == "if":
@@ -118,10 +123,12 @@ def influence(
         g = V.scale(g, forget_weight)
         params = trainable_params(model)
         if solver == "dense":
-            delta, report = _dense(model, loss_fn, h_batches, g, estimator, masks, **solver_options)
+            delta, report = _dense(
+                model, loss_fn, h_batches, g, estimator, masks, damping, **solver_options
+            )
         else:
             op = HessianOperator(model, loss_fn, h_batches)
-            problem, out_mask = build_problem(estimator, op, g, masks)
+            problem, out_mask = build_problem(estimator, op, g, masks, damping)
             if solver == "krylov":
                 x, report = solve_krylov(problem, **solver_options)
             else:
@@ -149,6 +156,7 @@ def _dense(
     g: ParamDict,
     estimator: str,
     masks: Mapping[str, Tensor] | None,
+    damping: float = 0.0,
     max_params: int = 5000,
     **unused: Any,
 ) -> tuple[ParamDict, SolveReport]:
@@ -157,6 +165,6 @@ def _dense(
     H = dense_hessian(model, loss_fn, h_batches, max_params=max_params)
     g_flat = V.flatten(g).to(torch.float64)
     sel = V.flatten(as_masks(masks, params))
-    x, report = solve_dense(estimator, H, g_flat, sel)
+    x, report = solve_dense(estimator, H, g_flat, sel, damping)
     report.hvps = 0
     return V.unflatten(x, params), report

@@ -68,11 +68,13 @@ def _warn_not_converged(report: SolveReport, tol: float) -> None:
 def cgls(
     problem: LinearProblem, tol: float = 1e-6, max_iter: int = 500, progress: Progress | None = None
 ) -> tuple[ParamDict, SolveReport]:
-    """CGLS: conjugate gradients on AᵀA x = Aᵀb without forming AᵀA (stable CGNR).
+    """CGLS: conjugate gradients on (AᵀA + λI) x = Aᵀb without forming AᵀA (stable CGNR).
 
-    Minimises ‖A x − b‖ over growing Krylov spaces from x₀ = 0, so it reaches the
-    minimum-norm least-squares solution; the residual reported is ‖Aᵀr‖ / ‖Aᵀb‖.
+    Minimises ‖A x − b‖² + λ‖x‖² (λ = ``problem.damping``) over growing Krylov spaces from
+    x₀ = 0, so with λ = 0 it reaches the minimum-norm least-squares solution; the residual
+    reported is ‖Aᵀr − λx‖ / ‖Aᵀb‖.
     """
+    lam = problem.damping
     report = SolveReport("krylov", "cgls")
     x = V.zeros_like(problem.rhs)
     r = V.clone(problem.rhs)
@@ -86,7 +88,7 @@ def cgls(
         return x, report
     for it in range(1, max_iter + 1):
         q = problem.matvec(p)
-        qq = V.dot(q, q).item()
+        qq = V.dot(q, q).item() + (lam * V.dot(p, p).item() if lam else 0.0)
         report.hvps += 1
         if qq == 0.0 or not math.isfinite(qq):
             report.message = "breakdown: A p = 0"
@@ -95,6 +97,8 @@ def cgls(
         x = V.add(x, p, alpha)
         r = V.add(r, q, -alpha)
         s = problem.rmatvec(r)
+        if lam:
+            s = V.add(s, x, -lam)
         report.hvps += 1
         gamma_new = V.dot(s, s).item()
         report.iterations = it
@@ -264,7 +268,8 @@ def lissa(
 
     def apply_n(v: ParamDict) -> ParamDict:
         if variant == "modified":
-            return problem.rmatvec(problem.matvec(v))
+            n = problem.rmatvec(problem.matvec(v))
+            return V.add(n, v, problem.damping) if problem.damping else n
         return problem.matvec(v)
 
     if variant == "modified":
@@ -335,7 +340,7 @@ def lissa(
 
 
 def solve_dense(
-    estimator: str, H: Tensor, g: Tensor, selected: Tensor
+    estimator: str, H: Tensor, g: Tensor, selected: Tensor, damping: float = 0.0
 ) -> tuple[Tensor, SolveReport]:
     """Closed forms of method.md §2 on the explicit float64 Hessian (flat vectors).
 
@@ -345,6 +350,8 @@ def solve_dense(
     start = time.perf_counter()
     report = SolveReport("dense", "lstsq")
     x = torch.zeros_like(g)
+    if damping and estimator != "gif":
+        H = H + damping * torch.eye(H.shape[0], dtype=H.dtype)
     idx = selected.nonzero().squeeze(1)
 
     def lstsq(A: Tensor, b: Tensor) -> Tensor:
@@ -352,8 +359,13 @@ def solve_dense(
 
     if estimator == "gif":
         A = H[:, idx]
-        x[idx] = lstsq(A, g)
-        num, den = A.T @ (A @ x[idx] - g), A.T @ g
+        if damping:
+            N = A.T @ A + damping * torch.eye(len(idx), dtype=H.dtype)
+            x[idx] = lstsq(N, A.T @ g)
+            num, den = N @ x[idx] - A.T @ g, A.T @ g
+        else:
+            x[idx] = lstsq(A, g)
+            num, den = A.T @ (A @ x[idx] - g), A.T @ g
     elif estimator == "fif":
         A = H[idx][:, idx]
         x[idx] = lstsq(A, g[idx])
