@@ -174,6 +174,40 @@ def plot(result: dict) -> None:
     fig.savefig(RESULTS / "solvers.png", dpi=120)
 
 
+SUITES = {
+    "small": {
+        "classes": [0, 3, 8],
+        "tol": 1e-3,
+        "budget": 64,
+        "lissa_max_iter": 1000,
+        "seed": 0,
+        "dtype": "float64",
+    },
+    "full": {
+        "classes": [0, 3, 8],
+        "tol": 1e-3,
+        "budget": 64,
+        "lissa_max_iter": 2500,
+        "seed": 0,
+        "dtype": "float64",
+    },
+}
+
+
+def run_suite(suite: str = "small") -> dict:
+    """Run a named configuration, write solvers.json and solvers.png, return the result."""
+    cfg = SUITES[suite]
+    t = time.perf_counter()
+    result = run(
+        cfg["classes"], cfg["tol"], cfg["budget"], cfg["lissa_max_iter"], cfg["seed"], cfg["dtype"]
+    )
+    result["command"] = f"python -m benchmarks run --suite {suite} --only solvers"
+    result["wall_seconds"] = time.perf_counter() - t
+    write_json("solvers.json", result)
+    plot(result)
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--classes", type=int, nargs="+", default=[0, 3, 8])

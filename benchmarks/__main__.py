@@ -1,0 +1,61 @@
+"""``python -m benchmarks run --suite small|full [--only a,b]`` then regenerate docs/benchmarks.md.
+
+Studies: solvers (Krylov vs LiSSA), samplers (random/feature/logit), unlearning (GIF vs
+baselines), selection (ratio × selector). ``python -m benchmarks report`` only rebuilds the
+page from the JSON files under benchmarks/results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+STUDIES = ("solvers", "samplers", "unlearning", "selection")
+
+
+def run_study(name: str, suite: str) -> None:
+    if name == "solvers":
+        from benchmarks import solvers
+
+        solvers.run_suite(suite)
+    elif name == "samplers":
+        from benchmarks import samplers
+
+        samplers.run(suite=suite)
+    elif name == "unlearning":
+        from benchmarks import unlearning
+        from benchmarks.common import write_json
+
+        result = unlearning.run(suite)
+        write_json("unlearning.json", result)
+        unlearning.plot(result)
+        unlearning.print_table(result)
+    elif name == "selection":
+        from benchmarks import selection_study
+
+        selection_study.run(suite)
+    else:
+        raise ValueError(f"Unknown study {name!r}: choose from {STUDIES}.")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run studies, then rebuild docs/benchmarks.md")
+    r.add_argument("--suite", choices=["small", "full"], default="small")
+    r.add_argument("--only", default=",".join(STUDIES), help=f"comma-separated subset of {STUDIES}")
+    sub.add_parser("report", help="rebuild docs/benchmarks.md from benchmarks/results/*.json")
+    a = p.parse_args()
+    if a.cmd == "run":
+        for name in [s.strip() for s in a.only.split(",") if s.strip()]:
+            start = time.perf_counter()
+            print(f"== {name} ({a.suite}) ==", flush=True)
+            run_study(name, a.suite)
+            print(f"== {name}: {time.perf_counter() - start:.0f} s ==", flush=True)
+    from benchmarks import report
+
+    print(f"wrote {report.write()}")
+
+
+if __name__ == "__main__":
+    main()
