@@ -1,0 +1,428 @@
+"""Class removal: GIF and its variants against the unlearning baselines users would run.
+
+Every method picks its own step / epochs / learning-rate on VALIDATION F1; every number
+reported is on the TEST split. Influence methods run through ``UnlearnCallback`` (the
+product path). Baselines: retraining from scratch without the class, fine-tuning on the
+retained data, gradient ascent on the forget set, random relabelling + fine-tuning.
+Run: ``python -m benchmarks.unlearning --suite small``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+import lightning_influence as li
+from benchmarks.common import CACHE, RESULTS, machine, mean_std, trained_digits_cnn, write_json
+from lightning_influence.models import train_classifier
+
+INFLUENCE_METHODS: dict[str, dict[str, Any]] = {
+    "gif (default)": {},
+    "gif highest_gradients": {"selection": "highest_gradients"},
+    "fif": {"estimator": "fif"},
+    "pif": {"estimator": "pif"},
+    "if (all parameters)": {"estimator": "if", "selection": "all"},
+}
+SUITES = {
+    "small": {"datasets": ["digits"], "classes": [0, 3, 5], "seeds": [0, 1, 2, 3, 4]},
+    "full": {
+        "datasets": ["digits", "fashion-mnist"],
+        "classes": [0, 3, 5, 8],
+        "seeds": [0, 1, 2, 3, 4],
+    },
+}
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class PeakRSS:
+    """Peak resident memory of this process during a block, above its level at the start.
+
+    Linux only: writing 5 to /proc/self/clear_refs resets the VmHWM high-water mark, so each
+    method's peak is its own (the whole process's memory, model and data included, minus
+    what was resident before the block). Elsewhere ``extra_bytes`` stays None.
+    """
+
+    def __enter__(self) -> PeakRSS:
+        self.extra_bytes: int | None = None
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.start = self._read("VmRSS")
+        except OSError:
+            self.start = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.start is not None:
+            self.extra_bytes = max(0, self._read("VmHWM") - self.start)
+
+    @staticmethod
+    def _read(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise OSError(key)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load(dataset: str, seed: int = 0):
+    """(trained model, (train, val, test), retrain epochs) for a dataset, model cached."""
+    if dataset == "digits":
+        model, splits = trained_digits_cnn(seed=seed)
+        return model, splits, 15
+    from lightning_influence.datasets import fashion_mnist_splits
+    from lightning_influence.models import ImageClassifier
+
+    try:
+        splits = fashion_mnist_splits(seed=seed, max_train_samples=10_000)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err}\n(As root: apt-get install -y dataset-fashion-mnist.)"
+        ) from err
+    path = CACHE / f"fmnist_cnn_seed{seed}.pt"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        model = ImageClassifier(num_classes=10, image_size=28)
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        model = train_classifier(splits[0], splits[1], epochs=5, seed=seed)
+        torch.save(model.state_dict(), path)
+    return model.eval(), splits, 5
+
+
+def labels_of(ds) -> torch.Tensor:
+    return (
+        ds.tensors[1]
+        if isinstance(ds, TensorDataset)
+        else torch.tensor([int(ds[i][1]) for i in range(len(ds))])
+    )
+
+
+def without(ds, c: int):
+    return Subset(ds, (labels_of(ds) != c).nonzero().squeeze(1).tolist())
+
+
+def only(ds, c: int):
+    return Subset(ds, (labels_of(ds) == c).nonzero().squeeze(1).tolist())
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def val_f1(model: nn.Module, val_loader, c: int) -> float:
+    return li.evaluate_forgetting(model, val_loader, [c])["f1"]
+
+
+def best_by_validation(
+    model: nn.Module, rounds: int, step: Callable[[], None], score: Callable[[], float]
+):
+    """Run ``step`` ``rounds`` times, keep the weights with the best validation score."""
+    best, best_state = score(), copy.deepcopy(model.state_dict())
+    for _ in range(rounds):
+        step()
+        s = score()
+        if s > best:
+            best, best_state = s, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return best
+
+
+def finetune(model, train, val_loader, c, seed, epochs=10, lrs=(1e-3, 1e-2)):
+    """Fine-tune on the retained data (Adam); learning rate and epochs picked on validation F1."""
+    start = copy.deepcopy(model.state_dict())
+    best, best_state = -1.0, start
+    for lr in lrs:
+        model.load_state_dict(start)
+        loader = DataLoader(
+            without(train, c),
+            batch_size=64,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+        def epoch(loader=loader, opt=opt):
+            model.train()
+            for x, y in loader:
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            model.eval()
+
+        score = best_by_validation(model, epochs, epoch, lambda: val_f1(model, val_loader, c))
+        if score > best:
+            best, best_state = score, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return best
+
+
+def gradient_ascent(model, train, val_loader, c, seed, steps=40, lr=1e-3):
+    """Ascend the loss on the forget set (Adam, one batch per step); steps picked on validation."""
+    loader = DataLoader(
+        only(train, c), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    it = iter(())
+
+    def step():
+        nonlocal it
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        model.train()
+        opt.zero_grad()
+        (-nn.functional.cross_entropy(model(x), y)).backward()
+        opt.step()
+        model.eval()
+
+    return best_by_validation(model, steps, step, lambda: val_f1(model, val_loader, c))
+
+
+def random_relabel(model, train, val_loader, c, seed, epochs=3, lr=1e-3):
+    """Give the forget samples random wrong labels and fine-tune on them plus the retained data."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = labels_of(train).clone()
+    idx = (labels == c).nonzero().squeeze(1)
+    shift = torch.randint(1, 10, (len(idx),), generator=gen)
+    labels[idx] = (c + shift) % 10
+    xs = torch.stack([train[i][0] for i in range(len(train))])
+    loader = DataLoader(TensorDataset(xs, labels), batch_size=64, shuffle=True, generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def epoch():
+        model.train()
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        model.eval()
+
+    return best_by_validation(model, epochs, epoch, lambda: val_f1(model, val_loader, c))
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def run_method(name: str, model, splits, c: int, seed: int, retrain_epochs: int) -> dict[str, Any]:
+    train, val, test = splits
+    val_loader, test_loader = DataLoader(val, batch_size=256), DataLoader(test, batch_size=512)
+    m = copy.deepcopy(model).eval()
+    extra: dict[str, Any] = {}
+    with PeakRSS() as mem, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        if name in INFLUENCE_METHODS:
+            cb = li.UnlearnCallback(
+                forget_classes=[c], seed=seed, progress_bar=False, **INFLUENCE_METHODS[name]
+            )
+            rep = cb.unlearn_model(
+                m, DataLoader(li.IndexedDataset(train), batch_size=64), val_loader
+            )
+            extra = {
+                "applied": rep.applied,
+                "ratio": rep.ratio,
+                "damping": rep.damping,
+                "selected_fraction": rep.selected_params / max(1, rep.total_params),
+                "solver_converged": rep.solver.get("converged"),
+            }
+        elif name == "retrain":
+            m = train_classifier(
+                without(train, c), without(val, c), epochs=retrain_epochs, seed=seed, num_classes=10
+            )
+        elif name == "fine-tune":
+            finetune(m, train, val_loader, c, seed)
+        elif name == "gradient ascent":
+            gradient_ascent(m, train, val_loader, c, seed)
+        elif name == "random relabel":
+            random_relabel(m, train, val_loader, c, seed)
+        else:
+            raise ValueError(name)
+        seconds = time.perf_counter() - start
+    out = li.evaluate_forgetting(m, test_loader, [c])
+    return {
+        "method": name,
+        "forget_class": c,
+        "seed": seed,
+        "seconds": seconds,
+        "peak_extra_rss_bytes": mem.extra_bytes,
+        **{f"test_{k}": v for k, v in out.items()},
+        **extra,
+    }
+
+
+def run(suite: str = "small") -> dict[str, Any]:
+    torch.set_num_threads(1)
+    cfg = SUITES[suite]
+    methods = ["retrain", *INFLUENCE_METHODS, "fine-tune", "gradient ascent", "random relabel"]
+    rows, notes, t0 = [], [], time.perf_counter()
+    for dataset in cfg["datasets"]:
+        try:
+            model, splits, epochs = load(dataset)
+        except FileNotFoundError as err:
+            notes.append(f"{dataset} skipped: {err}")
+            print(notes[-1], flush=True)
+            continue
+        for c in cfg["classes"]:
+            for seed in cfg["seeds"]:
+                for name in methods:
+                    try:
+                        row = run_method(name, model, splits, c, seed, epochs)
+                    except Exception as err:  # one failing run must not sink the study
+                        row = {"method": name, "forget_class": c, "seed": seed, "error": repr(err)}
+                    row["dataset"] = dataset
+                    rows.append(row)
+                    print(
+                        f"{dataset} class {c} seed {seed} {name:22s} "
+                        + (
+                            f"F1 {row['test_f1']:.4f} forget {row['test_forget_acc']:.3f} retain {row['test_retain_acc']:.3f} {row['seconds']:.1f}s"
+                            if "error" not in row
+                            else row["error"]
+                        ),
+                        flush=True,
+                    )
+    return summarise(rows, methods, suite, notes, time.perf_counter() - t0)
+
+
+def summarise(rows, methods, suite, notes, wall) -> dict[str, Any]:
+    ok = [r for r in rows if "error" not in r]
+    # retrained reference per (dataset, class, seed) for the EL/SL gaps
+    ref = {(r["dataset"], r["forget_class"], r["seed"]): r for r in ok if r["method"] == "retrain"}
+    for r in ok:
+        k = (r["dataset"], r["forget_class"], r["seed"])
+        if k in ref:
+            r["el_gap"] = abs(r["test_exclusive_loss"] - ref[k]["test_exclusive_loss"])
+            r["sl_gap"] = abs(r["test_self_loss"] - ref[k]["test_self_loss"])
+            r["f1_gap_to_retrain"] = ref[k]["test_f1"] - r["test_f1"]
+    cells = []
+    for ds in sorted({r["dataset"] for r in ok}):
+        for name in methods:
+            rs = [r for r in ok if r["dataset"] == ds and r["method"] == name]
+            if not rs:
+                continue
+            cell = {"dataset": ds, "method": name, "runs": len(rs)}
+            for key in (
+                "test_forget_acc",
+                "test_retain_acc",
+                "test_f1",
+                "test_exclusive_loss",
+                "test_self_loss",
+                "el_gap",
+                "sl_gap",
+                "seconds",
+                "peak_extra_rss_bytes",
+            ):
+                vals = [r[key] for r in rs if r.get(key) is not None]
+                if vals:
+                    cell[key] = mean_std(vals)
+            cells.append(cell)
+    gif = [r for r in ok if r["method"] == "gif (default)"]
+    ret = [r for r in ok if r["method"] == "retrain"]
+    summary = {
+        "unlearn_over_retrain_seconds": statistics.fmean(r["seconds"] for r in gif)
+        / statistics.fmean(r["seconds"] for r in ret)
+        if gif and ret
+        else None,
+        "f1_gap_to_retrain": statistics.fmean(
+            r["f1_gap_to_retrain"] for r in gif if "f1_gap_to_retrain" in r
+        )
+        if gif
+        else None,
+        "gif_f1": mean_std([r["test_f1"] for r in gif]) if gif else None,
+        "retrain_f1": mean_std([r["test_f1"] for r in ret]) if ret else None,
+        "goals": {"unlearn_over_retrain_seconds": "<= 0.05", "f1_gap_to_retrain": "<= 0.01"},
+    }
+    return {
+        "benchmark": "unlearning",
+        "suite": suite,
+        "command": f"python -m benchmarks.unlearning --suite {suite}",
+        "wall_seconds": wall,
+        "machine": machine(),
+        "config": SUITES[suite],
+        "methods": methods,
+        "memory_definition": "peak_extra_rss_bytes: the process's resident-memory high-water mark during the method (reset per method via /proc/self/clear_refs) minus its resident memory at the start; whole-process, CPU.",
+        "notes": notes,
+        "summary": summary,
+        "cells": cells,
+        "rows": rows,
+    }
+
+
+def plot(result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in result["cells"] if c["dataset"] == "digits"] or result["cells"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = [c["method"] for c in cells]
+    for ax, key, label in (
+        (axes[0], "test_f1", "test F1 (higher is better)"),
+        (axes[1], "seconds", "seconds (log)"),
+    ):
+        means = [c[key]["mean"] for c in cells]
+        stds = [c[key]["std"] for c in cells]
+        ax.barh(
+            names,
+            means,
+            xerr=stds,
+            color=["#888" if n == "retrain" else "#3a7" if "gif" in n else "#48c" for n in names],
+        )
+        ax.set_xlabel(label)
+        if key == "seconds":
+            ax.set_xscale("log")
+        else:
+            ax.set_xlim(min(means) - 0.05 if min(means) > 0.5 else 0, 1.0)
+    axes[1].set_yticklabels([])
+    fig.suptitle(
+        f"Class removal on {cells[0]['dataset']} (mean ± std over classes and seeds; test split)"
+    )
+    fig.tight_layout()
+    fig.savefig(RESULTS / "unlearning.png", dpi=120)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(
+        f"{'dataset':8s} {'method':24s} {'forget acc':>16s} {'retain acc':>16s} {'F1':>16s} {'|EL-EL_r|':>14s} {'|SL-SL_r|':>14s} {'seconds':>14s}"
+    )
+    for c in result["cells"]:
+
+        def f(k: str, c: dict = c) -> str:
+            return f"{c[k]['mean']:.3f}±{c[k]['std']:.3f}" if k in c else "-"
+
+        print(
+            f"{c['dataset']:8s} {c['method']:24s} {f('test_forget_acc'):>16s} {f('test_retain_acc'):>16s} {f('test_f1'):>16s} {f('el_gap'):>14s} {f('sl_gap'):>14s} {f('seconds'):>14s}"
+        )
+    s = result["summary"]
+    print(
+        f"unlearn_over_retrain_seconds = {s['unlearn_over_retrain_seconds']:.3f} (goal <= 0.05); f1_gap_to_retrain = {s['f1_gap_to_retrain']:.4f} (goal <= 0.01)"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--suite", choices=sorted(SUITES), default="small")
+    a = p.parse_args()
+    result = run(a.suite)
+    write_json("unlearning.json", result)
+    plot(result)
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()
