@@ -126,6 +126,16 @@ def val_f1(model: nn.Module, val_loader, c: int) -> float:
     return li.evaluate_forgetting(model, val_loader, [c])["f1"]
 
 
+def train_epoch(model: nn.Module, loader, opt) -> None:
+    """One epoch of cross-entropy training; the model is left in eval mode."""
+    model.train()
+    for x, y in loader:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+
+
 def best_by_validation(
     model: nn.Module, rounds: int, step: Callable[[], None], score: Callable[[], float]
 ):
@@ -153,16 +163,12 @@ def finetune(model, train, val_loader, c, seed, epochs=10, lrs=(1e-3, 1e-2)):
             generator=torch.Generator().manual_seed(seed),
         )
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-        def epoch(loader=loader, opt=opt):
-            model.train()
-            for x, y in loader:
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x), y).backward()
-                opt.step()
-            model.eval()
-
-        score = best_by_validation(model, epochs, epoch, lambda: val_f1(model, val_loader, c))
+        score = best_by_validation(
+            model,
+            epochs,
+            lambda loader=loader, opt=opt: train_epoch(model, loader, opt),
+            lambda: val_f1(model, val_loader, c),
+        )
         if score > best:
             best, best_state = score, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
@@ -203,16 +209,9 @@ def random_relabel(model, train, val_loader, c, seed, epochs=3, lr=1e-3):
     xs = torch.stack([train[i][0] for i in range(len(train))])
     loader = DataLoader(TensorDataset(xs, labels), batch_size=64, shuffle=True, generator=gen)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-    def epoch():
-        model.train()
-        for x, y in loader:
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        model.eval()
-
-    return best_by_validation(model, epochs, epoch, lambda: val_f1(model, val_loader, c))
+    return best_by_validation(
+        model, epochs, lambda: train_epoch(model, loader, opt), lambda: val_f1(model, val_loader, c)
+    )
 
 
 # ----------------------------------------------------------------------------- one run
