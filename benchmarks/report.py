@@ -322,7 +322,15 @@ def build() -> str:
             for n in names
             if data[n] and "wall_seconds" in data[n]
         )
-        + ".",
+        + f" (sum {sum(d['wall_seconds'] for d in data.values() if d and 'wall_seconds' in d) / 60:.1f} min, "
+        "each study run on its own, some while other jobs shared the 2 cores; goal for the small suite: < 30 min). "
+        + (
+            f"solvers.json comes from `{data['solvers.json']['command']}`, whose LiSSA cap "
+            f"({data['solvers.json']['setup']['lissa_max_iter']} iterations) is the full suite's; the small suite caps it at 1000."
+            if data.get("solvers.json")
+            and data["solvers.json"]["setup"].get("lissa_max_iter", 0) > 1000
+            else ""
+        ),
         "",
     ]
     lines += goals_section(data)
