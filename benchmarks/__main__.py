@@ -27,7 +27,7 @@ def run_study(name: str, suite: str) -> None:
         from benchmarks.common import write_json
 
         result = unlearning.run(suite)
-        write_json("unlearning.json", result)
+        write_json(unlearning.result_name(suite), result)
         unlearning.plot(result)
         unlearning.print_table(result)
     elif name == "selection":
