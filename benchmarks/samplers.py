@@ -76,15 +76,13 @@ def _xy(ds) -> tuple[Tensor, Tensor]:
 # equal hyper-parameters: the callback's solver tolerance, the larger ratio of its default
 # grid and the middle of its damping grid (a converged, damped CGLS solve, so the spread
 # across seeds is sampling noise, not early-stopping noise).
+# One fixed unlearning configuration for every sampler and budget (what samplers.json holds).
 FIXED = {"ratio": 0.2, "damping": 1e-3}
+SOLVE = {"tol": 1e-4, "max_iter": 100, "selection": "highest_outputs"}
 
 
-def _callback_defaults() -> dict[str, Any]:
-    import inspect
-
-    sig = inspect.signature(li.UnlearnCallback.__init__)
-    out = {k: sig.parameters[k].default for k in ("tol", "max_iter", "selection")}
-    return {**out, **FIXED}
+def _unlearning_config() -> dict[str, Any]:
+    return {**SOLVE, **FIXED}
 
 
 def _fashion_available() -> tuple[bool, str]:
@@ -209,7 +207,7 @@ def measure_task(
     log=print,
 ) -> list[dict[str, Any]]:
     """All per-run rows for one (dataset, forgotten class)."""
-    defaults = _callback_defaults()
+    defaults = _unlearning_config()
     tol, max_iter = float(defaults["tol"]), int(defaults["max_iter"])
     train, val, test = splits
     x, y = _xy(train)
@@ -627,7 +625,7 @@ def run(
             if k.endswith(("logit", "feature", "budget", "equal_f1"))
         )
     )
-    defaults = _callback_defaults()
+    defaults = _unlearning_config()
     payload = {
         "benchmark": "samplers",
         "suite": suite,

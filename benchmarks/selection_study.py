@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import math
 import statistics
 import sys
@@ -55,10 +54,17 @@ SUITES: dict[str, dict[str, Any]] = {
 }
 
 
-def _callback_defaults() -> dict[str, Any]:
-    sig = inspect.signature(li.UnlearnCallback.__init__)
-    keys = ("damping", "hessian_budget", "solver", "sampler", "estimator", "tol", "max_iter")
-    return {k: sig.parameters[k].default for k in keys}
+def _unlearning_config() -> dict[str, Any]:
+    """The unlearning configuration around the selector × ratio grid (what selection.json holds)."""
+    return {
+        "damping": [1e-4, 1e-3, 1e-2],
+        "hessian_budget": 256,
+        "solver": "krylov",
+        "sampler": "logit",
+        "estimator": "gif",
+        "tol": 1e-4,
+        "max_iter": 100,
+    }
 
 
 def _one_run(model, loaders, cls: int, selector: str, ratio: float, seed: int) -> dict[str, Any]:
@@ -279,7 +285,7 @@ def run(suite: str = "small") -> dict[str, Any]:
             "ratios": cfg["ratios"],
             "all_parameters": "ratio 1.0 run once per (class, seed) under the selector name 'all'",
             "loaders": {"train": "IndexedDataset, batch 64, not shuffled", "val": 256, "test": 512},
-            "callback_defaults": _callback_defaults(),
+            "callback_defaults": _unlearning_config(),
             "chosen_on": "validation (damping and step by the callback); metrics on test",
             "seed_meaning": "UnlearnCallback seed: Hessian subset draw and random selection",
         },
