@@ -267,7 +267,7 @@ def papers_section(data: dict[str, dict | None]) -> list[str]:
         if gif and ret and iff:
             out.append(
                 f"- GIF paper (VGG11/CIFAR-10): GIF 5 % F1 0.952 vs retrain 0.957, all-parameter IF 0.880. Here (digits CNN): "
-                f"GIF (validation-picked ratio and damping) {gif['test_f1']['mean']:.3f}, retrain {ret['test_f1']['mean']:.3f}, "
+                f"GIF (default callback) {gif['test_f1']['mean']:.3f}, retrain {ret['test_f1']['mean']:.3f}, "
                 f"IF over all parameters {iff['test_f1']['mean']:.3f}. Our step is picked on validation data, the paper's on test data."
             )
     if s:

@@ -431,6 +431,7 @@ def plot(result: dict[str, Any]) -> None:
         ax.set_xlabel(label)
         if key == "seconds":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
             ax.set_xlim(min(means) - 0.05 if min(means) > 0.5 else 0, 1.0)
     axes[1].set_yticklabels([])
