@@ -232,7 +232,7 @@ def selection_section(d: dict | None) -> list[str]:
         "## Parameter selection (ratio × selector)",
         "",
         f"Command: `{d.get('command')}` ({d.get('wall_seconds', 0):.0f} s). Test F1 after the validation-picked step; "
-        "the damping grid is chosen on validation as in the callback's default.",
+        f"the rest of the configuration: `{json.dumps(d.get('config', {}).get('callback_defaults', {}))}`.",
         "",
         "| class | selector | ratio | test F1 | forget acc | retained acc | selected share | seconds |",
         "|---|---|---|---|---|---|---|---|",

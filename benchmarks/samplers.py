@@ -298,6 +298,8 @@ def measure_task(
                     hessian_budget=b,
                     seed=k,
                     progress_bar=False,
+                    tol=tol,
+                    max_iter=max_iter,
                     **FIXED,
                 )
                 with warnings.catch_warnings():

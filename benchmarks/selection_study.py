@@ -55,14 +55,17 @@ SUITES: dict[str, dict[str, Any]] = {
 
 
 def _unlearning_config() -> dict[str, Any]:
-    """The unlearning configuration around the selector × ratio grid (what selection.json holds)."""
+    """The rest of the unlearning configuration, fixed around the selector × ratio grid.
+
+    The callback's defaults, written out so that selection.json records what actually ran.
+    """
     return {
-        "damping": [1e-4, 1e-3, 1e-2],
-        "hessian_budget": 256,
+        "damping": 1e-3,
+        "hessian_budget": 128,
         "solver": "krylov",
         "sampler": "logit",
         "estimator": "gif",
-        "tol": 1e-4,
+        "tol": 1e-2,
         "max_iter": 100,
     }
 
@@ -76,7 +79,12 @@ def _one_run(model, loaders, cls: int, selector: str, ratio: float, seed: int) -
             m = copy.deepcopy(model)
             sel = "all" if selector == ALL else selector
             cb = li.UnlearnCallback(
-                forget_classes=[cls], selection=sel, ratio=ratio, seed=seed, progress_bar=False
+                forget_classes=[cls],
+                selection=sel,
+                ratio=ratio,
+                seed=seed,
+                progress_bar=False,
+                **_unlearning_config(),
             )
             rep = cb.unlearn_model(m, train_loader, val_loader)
             metrics = li.evaluate_forgetting(m, test_loader, [cls])
