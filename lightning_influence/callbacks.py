@@ -124,7 +124,7 @@ class UnlearnCallback(pl.Callback):
     on a 128-sample logit-sampled Hessian subset. Measured side by side (docs/benchmarks.md)
     against the earlier default, a validation grid ratio [0.05, 0.2] × damping [1e-4, 1e-3,
     1e-2] solved to 1e-4 on 256 samples: the same test F1 on digits and Fashion-MNIST within
-    the spread over seeds, at 1/6 (digits) to 1/23 (Fashion-MNIST) of the time. The step is
+    the spread over seeds, at 1/6 (digits) to 1/20 (Fashion-MNIST) of the time. The step is
     normalised and searched on validation data, so a direction accurate to 1e-2 is enough.
     20 % rather than the paper's 5 % because on small models 5 % of a layer is one or two
     units (digits, 10 classes: mean test F1 0.753 at 5 % with 5 early-stopped CGLS
