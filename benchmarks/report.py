@@ -151,7 +151,7 @@ def samplers_section(d: dict | None) -> list[str]:
         "F1/EL/SL on the test split after the step picked on validation.",
         "",
         "| dataset | class | sampler | budget | cosine to full-pool direction | test F1 | |EL−EL_retrain| | |SL−SL_retrain| | seconds | Hessian bytes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in d["cells"]:
         out.append(
@@ -191,8 +191,8 @@ def unlearning_section(d: dict | None, suite: str = "small") -> list[str]:
         f"seeds {cfg['seeds']} (Hessian subset / training seed). Every method picks its step, epochs or learning rate on "
         "validation F1; every number is on the test split, mean ± std over classes and seeds.",
         "",
-        "| dataset | method | forget acc | retained acc | F1 | |EL−EL_retrain| | |SL−SL_retrain| | seconds | × retrain time | peak extra RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| dataset | method | runs | forget acc | retained acc | F1 | |EL−EL_retrain| | |SL−SL_retrain| | seconds | × retrain time | peak extra RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     retrain_s = {c["dataset"]: c["seconds"]["mean"] for c in d["cells"] if c["method"] == "retrain"}
     for c in d["cells"]:
@@ -201,7 +201,7 @@ def unlearning_section(d: dict | None, suite: str = "small") -> list[str]:
         ref = retrain_s.get(c["dataset"])
         rel = f"{c['seconds']['mean'] / ref:.2f}" if ref and "seconds" in c else "–"
         out.append(
-            f"| {c['dataset']} | {c['method']} | {ms(c.get('test_forget_acc'))} | {ms(c.get('test_retain_acc'))} | {ms(c.get('test_f1'))} | "
+            f"| {c['dataset']} | {c['method']} | {c.get('runs', '–')} | {ms(c.get('test_forget_acc'))} | {ms(c.get('test_retain_acc'))} | {ms(c.get('test_f1'))} | "
             f"{ms(c.get('el_gap'))} | {ms(c.get('sl_gap'), 2)} | {ms(c.get('seconds'), 2)} | {rel} | {mem_s} |"
         )
     s = d["summary"]
