@@ -42,8 +42,8 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
 
 def trained_digits_cnn(seed: int = 0, epochs: int = 15):
     """A SmallCNN trained on digits (cached under benchmarks/cache), with its splits."""
-    from lightning_influence.datasets import digits_splits
-    from lightning_influence.models import ImageClassifier, train_classifier
+    from lightning_influence.demos.datasets import digits_splits
+    from lightning_influence.demos.models import ImageClassifier, train_classifier
 
     train, val, test = digits_splits(seed=seed)
     CACHE.mkdir(parents=True, exist_ok=True)

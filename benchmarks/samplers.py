@@ -86,7 +86,7 @@ def _unlearning_config() -> dict[str, Any]:
 
 
 def _fashion_available() -> tuple[bool, str]:
-    from lightning_influence.datasets import FASHION_MNIST_DEBIAN_DIR, _find_fashion_dir
+    from lightning_influence.demos.datasets import FASHION_MNIST_DEBIAN_DIR, _find_fashion_dir
 
     folder, _ = _find_fashion_dir(None)
     if folder is None:
@@ -99,12 +99,12 @@ def _fashion_available() -> tuple[bool, str]:
 
 def _trained(dataset: str) -> tuple[nn.Module, tuple[Any, Any, Any], dict[str, Any]]:
     """The trained model and (train, val, test) for ``dataset`` (cached under benchmarks/cache)."""
-    from lightning_influence.models import ImageClassifier, train_classifier
+    from lightning_influence.demos.models import ImageClassifier, train_classifier
 
     if dataset == "digits":
         model, splits = trained_digits_cnn(seed=0)
         return model, splits, {"epochs": 15, "seed": 0, "cache": "digits_cnn_seed0_ep15.pt"}
-    from lightning_influence.datasets import fashion_mnist_splits
+    from lightning_influence.demos.datasets import fashion_mnist_splits
 
     splits = fashion_mnist_splits(seed=0, max_train_samples=FASHION_TRAIN_SAMPLES)
     name = f"fashion_cnn_seed0_n{FASHION_TRAIN_SAMPLES}_ep{FASHION_EPOCHS}.pt"
@@ -123,7 +123,7 @@ def _trained(dataset: str) -> tuple[nn.Module, tuple[Any, Any, Any], dict[str, A
 
 def _retrained(dataset: str, cls: int, splits, image_size: int, epochs: int) -> nn.Module:
     """A model trained from scratch without class ``cls`` (cached): the EL/SL reference."""
-    from lightning_influence.models import ImageClassifier, train_classifier
+    from lightning_influence.demos.models import ImageClassifier, train_classifier
 
     train, val, _ = splits
     path = CACHE / f"{dataset}_retrain_without{cls}_seed0_ep{epochs}.pt"

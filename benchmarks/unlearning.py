@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import lightning_influence as li
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, trained_digits_cnn, write_json
-from lightning_influence.models import train_classifier
+from lightning_influence.demos.models import train_classifier
 
 GRID = "gif (grid: ratio [.05,.2] × λ [1e-4,1e-3,1e-2], tol 1e-4, budget 256)"
 INFLUENCE_METHODS: dict[str, dict[str, Any]] = {
@@ -111,8 +111,8 @@ def load(dataset: str, seed: int = 0):
     if dataset == "digits":
         model, splits = trained_digits_cnn(seed=seed)
         return model, splits, 15
-    from lightning_influence.datasets import fashion_mnist_splits
-    from lightning_influence.models import ImageClassifier
+    from lightning_influence.demos.datasets import fashion_mnist_splits
+    from lightning_influence.demos.models import ImageClassifier
 
     try:
         splits = fashion_mnist_splits(seed=seed, max_train_samples=10_000)

@@ -7,7 +7,7 @@ model has forgotten the configured class and the before/after metrics are in the
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from lightning_influence.models import DigitsDataModule, ImageClassifier
+from lightning_influence.demos.models import DigitsDataModule, ImageClassifier
 
 
 def main() -> None:

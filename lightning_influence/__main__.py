@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="lightning-influence", description="Unlearning with generalized influence functions."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    from lightning_influence.demo import add_arguments, main_demo
+    from lightning_influence.demos.demo import add_arguments, main_demo
 
     demo = sub.add_parser(
         "demo", help="train a small CNN, unlearn one class, compare with a retrain"

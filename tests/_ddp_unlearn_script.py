@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader
 
 from lightning_influence.batches import IndexedDataset
 from lightning_influence.callbacks import UnlearnCallback
-from lightning_influence.datasets import digits_splits
-from lightning_influence.models import ImageClassifier
+from lightning_influence.demos.datasets import digits_splits
+from lightning_influence.demos.models import ImageClassifier
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

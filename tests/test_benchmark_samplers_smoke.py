@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import samplers as bench  # noqa: E402
-from lightning_influence.datasets import digits_splits  # noqa: E402
-from lightning_influence.models import train_classifier  # noqa: E402
+from lightning_influence.demos.datasets import digits_splits  # noqa: E402
+from lightning_influence.demos.models import train_classifier  # noqa: E402
 
 
 def test_sampler_benchmark_core_micro(tmp_path):

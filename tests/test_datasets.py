@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_influence.datasets import (
+from lightning_influence.demos.datasets import (
     FASHION_MNIST_DEBIAN_DIR,
     digits_splits,
     fashion_mnist_splits,

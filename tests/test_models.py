@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lightning_influence.datasets import digits_splits
+from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.metrics import evaluate
-from lightning_influence.models import (
+from lightning_influence.demos.models import (
     MLP,
     DigitsDataModule,
     ImageClassifier,

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_influence.apply import step_search
 from lightning_influence.batches import IndexedDataset
 from lightning_influence.callbacks import UnlearnCallback
-from lightning_influence.datasets import digits_splits
+from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.metrics import evaluate
-from lightning_influence.models import ImageClassifier, train_classifier
+from lightning_influence.demos.models import ImageClassifier, train_classifier
 
 torch.set_num_threads(1)
 

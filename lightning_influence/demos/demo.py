@@ -1,6 +1,6 @@
 """``lightning-influence demo``: train, unlearn one class with the callback, compare with a retrain.
 
-The product path: an :class:`~lightning_influence.models.ImageClassifier` is fitted by a
+The product path: an :class:`~lightning_influence.demos.models.ImageClassifier` is fitted by a
 ``Trainer`` whose callbacks include :class:`~lightning_influence.UnlearnCallback`; a small
 snapshot callback placed before it records the model's held-out test metrics just before
 unlearning. A model retrained from scratch without the class is the reference. All numbers in
@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_influence.batches import IndexedDataset
 from lightning_influence.callbacks import UnlearnCallback
 from lightning_influence.metrics import evaluate
-from lightning_influence.models import (
+from lightning_influence.demos.models import (
     ImageClassifier,
     _quiet_lightning,
     quiet_cpu_trainer,
@@ -55,11 +55,11 @@ def _load(
     dataset: str, seed: int, data_dir: str | None, download: bool
 ) -> tuple[Dataset, Dataset, Dataset]:
     if dataset == "digits":
-        from lightning_influence.datasets import digits_splits
+        from lightning_influence.demos.datasets import digits_splits
 
         return digits_splits(seed)
     if dataset == "fashion-mnist":
-        from lightning_influence.datasets import fashion_mnist_splits
+        from lightning_influence.demos.datasets import fashion_mnist_splits
 
         return fashion_mnist_splits(
             data_dir, seed=seed, download=download, max_train_samples=10_000

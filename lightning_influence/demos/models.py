@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_influence.batches import IndexedDataset, parse_batch
-from lightning_influence.datasets import digits_splits
+from lightning_influence.demos.datasets import digits_splits
 
 __all__ = ["MLP", "DigitsDataModule", "ImageClassifier", "SmallCNN", "train_classifier"]
 
