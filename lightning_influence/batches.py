@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["IndexedDataset", "ParsedBatch", "parse_batch", "BatchParser"]
+__all__ = ["Batch", "IndexedDataset", "ParsedBatch", "parse_batch", "BatchParser"]
 
 _X_KEYS = ("x", "input", "inputs", "image", "images")
 _Y_KEYS = ("y", "target", "targets", "label", "labels")
@@ -57,19 +57,28 @@ class IndexedDataset(Dataset):
 
 
 @dataclass
-class ParsedBatch:
-    """The parts of a batch that capture and unlearning need.
+class Batch:
+    """The one batch type: inputs, class labels, optional sample ids and per-sample weights.
 
-    ``ids`` is a LongTensor of stable sample ids, or ``None`` when the batch carries none.
+    Args:
+        x: the model's inputs (a tensor, or whatever the model's forward takes).
+        y: class labels, a LongTensor ``[B]``.
+        ids: stable sample ids ``[B]`` (LongTensor) or ``None`` when the batch carries none.
+        weights: non-negative per-sample weights ``[B]`` or ``None`` (every sample weighs 1).
+            Only the Hessian subset is weighted (a sampler's cluster sizes).
     """
 
     x: Any
     y: torch.Tensor
     ids: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+
+#: Former name of :class:`Batch`, kept so that custom ``batch_parser`` callables keep working.
+ParsedBatch = Batch
 
 #: A callable that turns whatever a dataloader yields into a :class:`ParsedBatch`.
 BatchParser = Callable[[Any], ParsedBatch]
@@ -108,7 +117,7 @@ def parse_batch(batch: Any) -> ParsedBatch:
         "Pass a custom `batch_parser` callable that returns "
         "lightning_influence.batches.ParsedBatch(x=..., y=..., ids=...)."
     )
-    if isinstance(batch, ParsedBatch):
+    if isinstance(batch, Batch):
         return batch
     if isinstance(batch, Mapping):
         x, y, ids = _pick(batch, _X_KEYS), _pick(batch, _Y_KEYS), _pick(batch, _ID_KEYS)
