@@ -56,3 +56,42 @@ def trained_digits_cnn(seed: int = 0, epochs: int = 15):
         model = train_classifier(train, val, epochs=epochs, seed=seed)
         torch.save(model.state_dict(), path)
     return model, (train, val, test)
+
+
+#: Where each flat setting name of the benchmarks' configurations lives in the callback's groups.
+_GROUPS = {
+    "sampler": ("hessian", "sampler"),
+    "hessian_budget": ("hessian", "budget"),
+    "pool_size": ("hessian", "pool_size"),
+    "feature_module": ("hessian", "feature_module"),
+    "selection": ("selection", "method"),
+    "ratio": ("selection", "ratio"),
+    "estimator": ("solve", "estimator"),
+    "solver": ("solve", "solver"),
+    "damping": ("solve", "damping"),
+    "tol": ("solve", "tol"),
+    "max_iter": ("solve", "max_iter"),
+    "steps": ("step", "steps"),
+    "min_radius": ("step", "min_radius"),
+    "max_radius": ("step", "max_radius"),
+    "refine": ("step", "refine"),
+    "forget_target": ("step", "forget_target"),
+    "max_retain_drop": ("step", "max_retain_drop"),
+    "accept_retain_drop": ("grid", "accept_retain_drop"),
+    "retain_tolerance": ("grid", "retain_tolerance"),
+}
+
+
+def unlearn_callback(**kwargs: Any) -> Any:
+    """``li.UnlearnCallback`` from the flat setting names the benchmark tables record."""
+    import lightning_influence as li
+
+    groups: dict[str, dict[str, Any]] = {}
+    flat = {}
+    for key, value in kwargs.items():
+        if key in _GROUPS:
+            group, field_name = _GROUPS[key]
+            groups.setdefault(group, {})[field_name] = value
+        else:
+            flat[key] = value
+    return li.UnlearnCallback(**flat, **groups)

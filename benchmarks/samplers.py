@@ -42,7 +42,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 import lightning_influence as li
-from benchmarks.common import CACHE, RESULTS, machine, mean_std, trained_digits_cnn, write_json
+from benchmarks.common import (
+    CACHE,
+    RESULTS,
+    machine,
+    mean_std,
+    trained_digits_cnn,
+    unlearn_callback,
+    write_json,
+)
 
 SAMPLERS = ("random", "feature", "logit")
 
@@ -258,7 +266,7 @@ def measure_task(
     # warm-up costs and drifting machine load do not fall on one sampler.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        li.UnlearnCallback(
+        unlearn_callback(
             forget_classes=[cls],
             sampler="random",
             hessian_budget=budgets[0],
@@ -292,7 +300,7 @@ def measure_task(
 
                 # 2. the callback pipeline on a copy; test metrics.
                 work = copy.deepcopy(model)
-                cb = li.UnlearnCallback(
+                cb = unlearn_callback(
                     forget_classes=[cls],
                     sampler=s,
                     hessian_budget=b,

@@ -31,7 +31,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_influence as li
-from benchmarks.common import RESULTS, machine, mean_std, trained_digits_cnn, write_json
+from benchmarks.common import (
+    RESULTS,
+    machine,
+    mean_std,
+    trained_digits_cnn,
+    unlearn_callback,
+    write_json,
+)
 
 SELECTORS = ("highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random")
 RATIOS = (0.02, 0.05, 0.1, 0.2)
@@ -78,7 +85,7 @@ def _one_run(model, loaders, cls: int, selector: str, ratio: float, seed: int) -
             warnings.simplefilter("ignore")
             m = copy.deepcopy(model)
             sel = "all" if selector == ALL else selector
-            cb = li.UnlearnCallback(
+            cb = unlearn_callback(
                 forget_classes=[cls],
                 selection=sel,
                 ratio=ratio,

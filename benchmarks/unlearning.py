@@ -24,7 +24,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import lightning_influence as li
-from benchmarks.common import CACHE, RESULTS, machine, mean_std, trained_digits_cnn, write_json
+from benchmarks.common import (
+    CACHE,
+    RESULTS,
+    machine,
+    mean_std,
+    trained_digits_cnn,
+    unlearn_callback,
+    write_json,
+)
 from lightning_influence.demos.models import train_classifier
 
 GRID = "gif (grid: ratio [.05,.2] × λ [1e-4,1e-3,1e-2], tol 1e-4, budget 256)"
@@ -266,7 +274,7 @@ def run_method(name: str, model, splits, c: int, seed: int, retrain_epochs: int)
         warnings.simplefilter("ignore")
         start = time.perf_counter()
         if name in INFLUENCE_METHODS:
-            cb = li.UnlearnCallback(
+            cb = unlearn_callback(
                 forget_classes=[c], seed=seed, progress_bar=False, **INFLUENCE_METHODS[name]
             )
             rep = cb.unlearn_model(

@@ -1,18 +1,17 @@
 """lightning_influence: influence functions and unlearning as Lightning callbacks.
 
-The pipeline, one module each: capture → sample → select → solve → apply → measure.
+The pipeline, one module each: read → capture → sample → select → solve → step → measure.
 
 - capture:  :class:`CaptureCallback`, :func:`capture_pool` (features/logits/ids per sample)
 - sample:   :func:`get_sampler` (``random`` | ``feature`` | ``logit``) picks the Hessian subset
 - select:   :func:`select_parameters` chooses the output units allowed to move
 - solve:    :func:`influence` (GIF/FIF/PIF/IF with krylov | lissa | dense solvers)
-- apply:    :func:`step_search` steps along Δθ, scored on validation data
+- step:     :func:`step_search` steps along Δθ, scored on validation data
 - measure:  :func:`unlearning_metrics`, :func:`evaluate_forgetting` (torchmetrics)
 
 :class:`UnlearnCallback` runs the whole pipeline after ``Trainer.fit``.
 """
 
-from lightning_influence.apply import StepResult, step_search
 from lightning_influence.batches import IndexedDataset, ParsedBatch, parse_batch
 from lightning_influence.callbacks import UnlearnCallback, UnlearnReport
 from lightning_influence.capture import (
@@ -23,6 +22,13 @@ from lightning_influence.capture import (
 )
 from lightning_influence.curvature import HessianOperator, default_loss, mean_gradient
 from lightning_influence.estimators import ESTIMATORS
+from lightning_influence.forget import (
+    BackdoorRepair,
+    ClassRemoval,
+    ForgetSpec,
+    LabelChange,
+    SampleRemoval,
+)
 from lightning_influence.influence import InfluenceReport, influence
 from lightning_influence.metrics import (
     ExclusiveLoss,
@@ -35,6 +41,8 @@ from lightning_influence.metrics import (
     unlearning_metrics,
 )
 from lightning_influence.metrics import evaluate as evaluate_forgetting
+from lightning_influence.pipeline import run_unlearning
+from lightning_influence.report import CandidateResult
 from lightning_influence.sampling import (
     FeatureSampler,
     LogitSampler,
@@ -44,11 +52,33 @@ from lightning_influence.sampling import (
     get_sampler,
 )
 from lightning_influence.selection import select_parameters, selectable_layers
+from lightning_influence.settings import (
+    GridArguments,
+    HessianArguments,
+    SelectionArguments,
+    SolveArguments,
+    StepArguments,
+    UnlearnSettings,
+)
 from lightning_influence.solvers import ConvergenceWarning, SolveReport
+from lightning_influence.step import StepResult, step_search
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackdoorRepair",
+    "CandidateResult",
+    "ClassRemoval",
+    "ForgetSpec",
+    "GridArguments",
+    "HessianArguments",
+    "LabelChange",
+    "SampleRemoval",
+    "SelectionArguments",
+    "SolveArguments",
+    "StepArguments",
+    "UnlearnSettings",
+    "run_unlearning",
     "ESTIMATORS",
     "CaptureCallback",
     "CaptureResult",

@@ -13,6 +13,7 @@ detached CPU tensors that are *not* inference tensors (they can be used with aut
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from .batches import BatchParser, parse_batch
+from .pool import batch_ids
 
 __all__ = [
     "CaptureResult",
@@ -354,14 +356,15 @@ def capture_pool(
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
-    _, module = find_feature_module(model, feature_module)
+    module = find_feature_module(model, feature_module)[1] if store_features else None
     modes = {m: m.training for m in model.modules()}
     acc = _Accumulator(dtype, store_features, max_bytes)
     warned = False
     position = 0
     model.eval()
     try:
-        with torch.no_grad(), FeatureRecorder(module) as rec:
+        recorder = FeatureRecorder(module) if module is not None else contextlib.nullcontext()
+        with torch.no_grad(), recorder as rec:
             for batch in dataloader:
                 parsed = batch_parser(batch)
                 labels = _labels_of(parsed.y)
@@ -375,9 +378,10 @@ def capture_pool(
                             "lightning_influence.IndexedDataset for stable ids."
                         )
                         warned = True
-                    ids = torch.arange(position, position + b)
+                ids = batch_ids(parsed, position)
                 position += b
-                rec.reset()
+                if rec is not None:
+                    rec.reset()
                 out = model(move_data_to_device(parsed.x, device))
                 logits = _logits_from(out)
                 if logits is None:
@@ -385,10 +389,10 @@ def capture_pool(
                         f"cannot find logits in the model output of type {type(out).__name__}; "
                         "return a Tensor, a dict with 'logits' or a tuple whose first item is it."
                     )
-                acc.add(ids, labels, logits, rec.last)
+                acc.add(ids, labels, logits, None if rec is None else rec.last)
     finally:
         for m, mode in modes.items():
-            m.train(mode)
+            m.training = mode
     result = acc.concat()
     if result is None:
         raise ValueError("capture_pool: the dataloader yielded no batches; nothing captured.")
@@ -448,6 +452,8 @@ class CaptureCallback(pl.Callback):
         self.batch_parser = batch_parser
         self.result: CaptureResult | None = None
         self.captured_epoch: int | None = None
+        #: ``trainer.global_step`` at the capture: the weights it describes (None: not yet)
+        self.captured_step: int | None = None
         self._active = False
         self._acc: _Accumulator | None = None
         self._features: FeatureRecorder | None = None
@@ -540,7 +546,7 @@ class CaptureCallback(pl.Callback):
                     "lightning_influence.IndexedDataset for stable ids."
                 )
                 self._warned_no_ids = True
-            ids = torch.arange(self._position, self._position + b)
+        ids = batch_ids(parsed, self._position)
         self._position += b
 
         logits = _logits_from(outputs) if not isinstance(outputs, (tuple, list)) else None
@@ -573,6 +579,7 @@ class CaptureCallback(pl.Callback):
             rank_zero_warn(f"CaptureCallback: dropped {dropped} rows with repeated sample ids.")
         self.result = result
         self.captured_epoch = trainer.current_epoch
+        self.captured_step = trainer.global_step
         rank_zero_info(
             f"CaptureCallback: captured {len(result)} samples "
             f"({result.nbytes / 2**20:.1f} MiB) at epoch {trainer.current_epoch}."
@@ -667,9 +674,11 @@ class CaptureCallback(pl.Callback):
         return {
             "result": None if self.result is None else self.result.to_dict(),
             "captured_epoch": self.captured_epoch,
+            "captured_step": self.captured_step,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         res = state_dict.get("result")
         self.result = None if res is None else CaptureResult.from_dict(res)
         self.captured_epoch = state_dict.get("captured_epoch")
+        self.captured_step = state_dict.get("captured_step")

@@ -29,6 +29,10 @@ def as_batches(data: Any, name: str = "data") -> list[Batch]:
         raise ValueError(
             f"{name} is None: pass a batch (x, y), (x, y, w) or an iterable of batches."
         )
+    from lightning_influence.batches import Batch as _Batch
+
+    if isinstance(data, _Batch):
+        data = [data]
     raw: Iterable[Any] = [data] if _is_single_batch(data) else data
     try:
         items = list(raw)
@@ -38,6 +42,8 @@ def as_batches(data: Any, name: str = "data") -> list[Batch]:
         ) from err
     batches: list[Batch] = []
     for i, b in enumerate(items):
+        if isinstance(b, _Batch):
+            b = (b.x, b.y) if b.weights is None else (b.x, b.y, b.weights)
         if not _is_single_batch(b):
             raise ValueError(
                 f"{name}[{i}] is not a batch of tensors (x, y) or (x, y, w); got {type(b).__name__}"

@@ -1,4 +1,4 @@
-"""Apply an influence direction with a step search scored on validation data (method.md §7).
+"""Apply an influence direction with a step search scored on validation data .
 
 The direction of Δθ is reliable, its first-order magnitude is not. So Δθ is normalised to
 unit (global) norm and tried at radii ``r_k · ‖θ_S‖``, where ‖θ_S‖ is the norm of the
@@ -8,7 +8,7 @@ so the same grid means "move the chosen neurons by 0.1 %…N % of their size" fo
 any forget-set size and any solver scale.
 
 Every step is scored by a caller-supplied function on validation data returning
-``(forget_acc, retain_acc)``; the score is the forgetting F1 (method.md §8). The search walks
+``(forget_acc, retain_acc)``; the score is the forgetting F1. The search walks
 the grid upwards and stops early when forgetting is complete (``forget_acc <= forget_target``)
 or retained accuracy collapses (drops more than ``max_retain_drop`` below its value before).
 Steps whose retained accuracy fell below that floor are never kept. After the first step that

@@ -16,7 +16,7 @@ if __name__ == "__main__":
     out = sys.argv[1]
     L.seed_everything(0, verbose=False)
     train, val, _ = digits_splits(0)
-    cb = UnlearnCallback(forget_classes=[3], progress_bar=False, steps=8)
+    cb = UnlearnCallback(forget_classes=[3], progress_bar=False, step={"steps": 8})
     trainer = L.Trainer(
         strategy="ddp",
         accelerator="cpu",

@@ -11,7 +11,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lightning_influence.demos.datasets import digits_splits
-from lightning_influence.metrics import evaluate
 from lightning_influence.demos.models import (
     MLP,
     DigitsDataModule,
@@ -19,6 +18,7 @@ from lightning_influence.demos.models import (
     SmallCNN,
     train_classifier,
 )
+from lightning_influence.metrics import evaluate
 
 
 def _n_params(m: nn.Module) -> int:

@@ -13,12 +13,12 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_influence.apply import step_search
 from lightning_influence.batches import IndexedDataset
 from lightning_influence.callbacks import UnlearnCallback
 from lightning_influence.demos.datasets import digits_splits
-from lightning_influence.metrics import evaluate
 from lightning_influence.demos.models import ImageClassifier, train_classifier
+from lightning_influence.metrics import evaluate
+from lightning_influence.step import step_search
 
 torch.set_num_threads(1)
 
@@ -125,8 +125,8 @@ def test_sample_removal(digits, model):
     cb = UnlearnCallback(forget_ids=ids, progress_bar=False)
     rep = cb.unlearn_model(model, train_loader, val_loader)
     assert rep.task == "samples" and rep.forget_size == len(ids)
-    assert rep.after["forget_acc"] <= rep.before["forget_acc"]
-    assert rep.after["retain_acc"] >= rep.before["retain_acc"] - 0.05
+    assert rep.after["familiarity"] <= rep.before["familiarity"]
+    assert rep.after["retain_acc"] >= rep.before["retain_acc"] - 0.01
 
 
 def test_label_change(digits):
@@ -146,17 +146,9 @@ def test_label_change(digits):
     assert rep.after["retain_acc"] >= rep.before["retain_acc"] - 0.05
 
 
-def test_backdoor_api_runs(digits, model):
-    train_loader, val_loader, _ = loaders(digits)
-
-    def trigger(x):
-        x[..., -2:, -2:] = 1.0
-        return x
-
-    cb = UnlearnCallback(backdoor_trigger=trigger, backdoor_target=0, progress_bar=False, steps=6)
-    rep = cb.unlearn_model(model, train_loader, val_loader)
-    assert rep.task == "backdoor" and rep.forget_size > 0
-    assert set(rep.before) >= {"forget_acc", "retain_acc", "f1"}
+def test_backdoor_needs_the_poisoned_ids():
+    with pytest.raises(ValueError, match="poisoned"):
+        UnlearnCallback(backdoor_trigger=lambda x: x, backdoor_target=0)
 
 
 # ------------------------------------------------------------------ bad input: weights untouched
@@ -193,7 +185,7 @@ class _Weird:
         ("all data", {"forget_classes": list(range(10))}, "covers all"),
         (
             "feature module",
-            {"forget_classes": [3], "sampler": "feature", "feature_module": "nope"},
+            {"forget_classes": [3], "hessian": {"sampler": "feature", "feature_module": "nope"}},
             "nope",
         ),
         ("bad relabel", {"relabel": {0: 99}}, "outside"),
@@ -257,7 +249,9 @@ def test_no_improving_step_leaves_model_unchanged(digits, model):
     train_loader, val_loader, _ = loaders(digits)
     snap = snapshot(model)
     cb = UnlearnCallback(
-        forget_classes=[3], progress_bar=False, steps=2, min_radius=1e-9, max_radius=1e-8
+        forget_classes=[3],
+        progress_bar=False,
+        step={"steps": 2, "min_radius": 1e-9, "max_radius": 1e-8},
     )
     with pytest.warns(UserWarning, match="unchanged"):
         rep = cb.unlearn_model(model, train_loader, val_loader)

@@ -23,13 +23,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_influence.batches import IndexedDataset
 from lightning_influence.callbacks import UnlearnCallback
-from lightning_influence.metrics import evaluate
 from lightning_influence.demos.models import (
     ImageClassifier,
     _quiet_lightning,
     quiet_cpu_trainer,
     train_classifier,
 )
+from lightning_influence.metrics import evaluate
 
 KEYS = ("forget_acc", "retain_acc", "f1", "exclusive_loss", "self_loss", "seconds")
 

@@ -1,0 +1,381 @@
+"""What to forget: one small class per task.
+
+Each specification owns what differs between the tasks:
+
+- :meth:`~ForgetSpec.forget_mask`: which training rows are forgotten (read in the one pass
+  over the training data; they never enter the Hessian subset);
+- :meth:`~ForgetSpec.gradient_data`: what the influence right-hand side g removes and adds;
+- :meth:`~ForgetSpec.forget_weight`: the scale of g (the share of the data that changes);
+- :meth:`~ForgetSpec.scorer`: what the step is scored on (validation data, plus per task the
+  forgotten rows or triggered inputs), see :mod:`lightning_influence.scoring`;
+- ``max_retain_drop``: how much retained validation accuracy a step may cost.
+
+Forgetting is complete when the scorer's forget score reaches 0.
+
+| task | forgotten rows | g removes | g adds | forget score |
+|---|---|---|---|---|
+| :class:`ClassRemoval` | every sample of the classes | (x, y) | - | val accuracy on the classes |
+| :class:`SampleRemoval` | the given ids | (x, y) | - | how much lower their loss is than held-out loss |
+| :class:`LabelChange` | the given ids | (x, y_old) | (x, y_new) | accuracy of the old labels on them |
+| :class:`BackdoorRepair` | the poisoned ids | (x, y) as stored | (x, y_true) if known | attack success rate on triggered val inputs |
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from lightning_influence.pool import Rows, TrainingData
+from lightning_influence.scoring import MembershipScorer, Scorer, SplitScorer
+
+__all__ = [
+    "BackdoorRepair",
+    "ClassRemoval",
+    "ForgetSpec",
+    "LabelChange",
+    "SampleRemoval",
+    "forget_spec_from_arguments",
+]
+
+Trigger = Callable[[Tensor], Tensor]
+
+
+class ForgetSpec(ABC):
+    """One forget task (see the module doc for the four built-in ones)."""
+
+    task: ClassVar[str]
+    #: default largest retained-accuracy drop a kept step may cost (validation data)
+    max_retain_drop: ClassVar[float]
+
+    @abstractmethod
+    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
+        """Bool mask of the rows of one training batch that are forgotten."""
+
+    def check(self, data: TrainingData) -> None:
+        """Raise, naming the fix, if the specification does not fit the training data."""
+        if len(data.forget) == 0:
+            raise ValueError("The forget set is empty: nothing to unlearn.")
+        if len(data.forget) >= len(data):
+            raise ValueError(
+                f"The forget set covers all {len(data)} training samples: nothing would remain."
+            )
+
+    def check_labels(self, num_classes: int) -> None:
+        """Raise if a label the specification names is outside the model's classes."""
+
+    def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
+        """(rows whose loss g removes, rows whose loss g adds or ``None``)."""
+        return forget, None
+
+    def forget_weight(self, n: int, m: int) -> float:
+        """Scale of g: removing m of n samples moves the optimum by about H⁻¹ g · m/(n − m)."""
+        return m / (n - m)
+
+    @abstractmethod
+    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+        """The validation scorer of the step search (inputs already on the model's device)."""
+
+
+def _int(value: object, name: str) -> int:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must hold integers, got {value!r} ({type(value).__name__}).")
+    return int(value)
+
+
+def _ids(values: Sequence[int], name: str) -> list[int]:
+    out = sorted({_int(v, name) for v in values})
+    if not out:
+        raise ValueError(f"{name} is empty: give at least one.")
+    return out
+
+
+def _check_known_ids(wanted: list[int], data: TrainingData, name: str) -> None:
+    missing = sorted(set(wanted) - set(data.forget.ids.tolist()))
+    if missing:
+        ids = data.ids
+        raise ValueError(
+            f"{len(missing)} {name} are not training sample ids, e.g. {missing[:5]} (the "
+            f"training data's ids range {int(ids.min())}..{int(ids.max())}; ids come from the "
+            "batches, see IndexedDataset, else the position in a non-shuffled pass)."
+        )
+
+
+def _check_labels(labels: Mapping[int, int], num_classes: int, name: str) -> None:
+    bad = {k: v for k, v in labels.items() if not 0 <= v < num_classes}
+    if bad:
+        raise ValueError(
+            f"{name} has labels outside 0..{num_classes - 1}: {dict(list(bad.items())[:5])}."
+        )
+
+
+def _label_dict(mapping: Mapping[int, int], name: str) -> dict[int, int]:
+    if not isinstance(mapping, Mapping):
+        raise ValueError(
+            f"{name} must be a dict {{sample id: label}}, got {type(mapping).__name__}."
+        )
+    return {_int(k, f"{name} ids"): _int(v, f"{name} labels") for k, v in mapping.items()}
+
+
+def _aligned_labels(ids: Sequence[int], labels: Mapping[int, int] | Sequence[int] | Tensor) -> dict:
+    """``{id: label}`` from a dict, or from a sequence/tensor aligned with ``ids`` as given."""
+    if isinstance(labels, Mapping):
+        return dict(labels)
+    values = labels.tolist() if isinstance(labels, Tensor) else list(labels)
+    if len(values) != len(ids):
+        raise ValueError(
+            f"backdoor_true_labels has {len(values)} labels for {len(ids)} forget_ids: give a "
+            "dict {sample id: true label} or one label per forget id, in the same order."
+        )
+    return dict(zip(list(ids), values, strict=True))
+
+
+@dataclass
+class ClassRemoval(ForgetSpec):
+    """Remove every training sample of ``classes``.
+
+    Args:
+        classes: the class labels to forget.
+    """
+
+    classes: list[int]
+    task: ClassVar[str] = "class"
+    max_retain_drop: ClassVar[float] = 0.25
+
+    def __post_init__(self) -> None:
+        self.classes = _ids(self.classes, "forget_classes")
+
+    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
+        return torch.isin(labels, torch.tensor(self.classes, dtype=labels.dtype))
+
+    def check(self, data: TrainingData) -> None:
+        present = sorted(set(data.labels.tolist()))
+        bad = [c for c in self.classes if c not in present]
+        if bad:
+            raise ValueError(
+                f"Unknown forget class(es) {bad}: the training data has labels {present}."
+            )
+        super().check(data)
+
+    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+        mask = torch.isin(val.y, torch.tensor(self.classes, device=val.y.device))
+        if not bool(mask.any()):
+            raise ValueError(
+                f"The validation data holds no sample of the forget classes {self.classes}: the "
+                "step is chosen on it, so it needs some."
+            )
+        if bool(mask.all()):
+            raise ValueError(
+                "The validation data holds only forget-class samples: no retained accuracy to measure."
+            )
+        return SplitScorer(val.x, val.y, mask)
+
+
+@dataclass
+class SampleRemoval(ForgetSpec):
+    """Remove the training samples ``ids``, as if the model had never been trained on them.
+
+    Forgetting is complete when their loss is as high as held-out data's of the same classes
+    (a model retrained without a sample usually still classifies it correctly).
+
+    Args:
+        ids: the training sample ids to forget.
+    """
+
+    ids: list[int]
+    task: ClassVar[str] = "samples"
+    max_retain_drop: ClassVar[float] = 0.005
+
+    def __post_init__(self) -> None:
+        self.ids = _ids(self.ids, "forget_ids")
+
+    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
+        return torch.isin(ids, torch.tensor(self.ids, dtype=ids.dtype))
+
+    def check(self, data: TrainingData) -> None:
+        _check_known_ids(self.ids, data, "forget_ids")
+        super().check(data)
+
+    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+        return MembershipScorer(forget, val)
+
+
+@dataclass
+class LabelChange(ForgetSpec):
+    """Replace ``(x, y_old)`` by ``(x, y_new)`` for the training samples in ``new_labels``.
+
+    Args:
+        new_labels: ``{sample id: corrected label}``.
+    """
+
+    new_labels: dict[int, int]
+    task: ClassVar[str] = "relabel"
+    max_retain_drop: ClassVar[float] = 0.03
+
+    def __post_init__(self) -> None:
+        self.new_labels = _label_dict(self.new_labels, "relabel")
+        if not self.new_labels:
+            raise ValueError("relabel is empty: give at least one {sample id: new label}.")
+
+    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
+        return torch.isin(ids, torch.tensor(sorted(self.new_labels), dtype=ids.dtype))
+
+    def check(self, data: TrainingData) -> None:
+        _check_known_ids(sorted(self.new_labels), data, "relabel ids")
+        super().check(data)
+
+    def check_labels(self, num_classes: int) -> None:
+        _check_labels(self.new_labels, num_classes, "relabel")
+
+    def _new_y(self, rows: Rows) -> Tensor:
+        return torch.tensor([self.new_labels[int(i)] for i in rows.ids.tolist()])
+
+    def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
+        return forget, forget.relabelled(self._new_y(forget))
+
+    def forget_weight(self, n: int, m: int) -> float:
+        return m / n  # the data set keeps its size
+
+    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+        x = torch.cat([forget.x, val.x])
+        y = torch.cat([forget.y, val.y])
+        mask = torch.arange(len(y), device=y.device) < len(forget)
+        return SplitScorer(x, y, mask, new_labels=self._new_y(forget).to(y.device))
+
+
+@dataclass
+class BackdoorRepair(ForgetSpec):
+    """Repair a backdoor learned from the poisoned training samples ``ids``.
+
+    The poisoned samples are stored as the attack made them (triggered input, target label);
+    g removes their influence and, where their true labels are known, adds (triggered input,
+    true label). ``trigger`` builds triggered *validation* inputs: the forget score is the
+    attack success rate, the share of triggered validation inputs whose true class is not
+    ``target`` that the model classifies as ``target``; the retained accuracy is the clean
+    validation accuracy.
+
+    Args:
+        ids: the poisoned training sample ids.
+        trigger: adds the trigger to a batch of inputs, returns a tensor of the same shape.
+        target: the label the trigger forces.
+        true_labels: ``{sample id: true label}`` for the poisoned samples, where known.
+    """
+
+    ids: list[int]
+    trigger: Trigger
+    target: int
+    true_labels: dict[int, int] | None = field(default=None)
+    task: ClassVar[str] = "backdoor"
+    max_retain_drop: ClassVar[float] = 0.03
+
+    def __post_init__(self) -> None:
+        self.ids = _ids(self.ids, "forget_ids (the poisoned samples)")
+        if not callable(self.trigger):
+            raise ValueError("backdoor_trigger must be a callable adding the trigger to inputs.")
+        self.target = _ids([self.target], "backdoor_target")[0]
+        if self.true_labels is not None:
+            self.true_labels = _label_dict(self.true_labels, "backdoor_true_labels")
+            unknown = sorted(set(self.true_labels) - set(self.ids))
+            if unknown:
+                raise ValueError(
+                    f"backdoor_true_labels names ids that are not in forget_ids: {unknown[:5]}."
+                )
+
+    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
+        return torch.isin(ids, torch.tensor(self.ids, dtype=ids.dtype))
+
+    def check(self, data: TrainingData) -> None:
+        _check_known_ids(self.ids, data, "forget_ids (poisoned samples)")
+        super().check(data)
+
+    def check_labels(self, num_classes: int) -> None:
+        if not 0 <= self.target < num_classes:
+            raise ValueError(f"backdoor_target {self.target} is outside 0..{num_classes - 1}.")
+        if self.true_labels:
+            _check_labels(self.true_labels, num_classes, "backdoor_true_labels")
+
+    def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
+        if not self.true_labels:
+            return forget, None
+        known = torch.tensor([int(i) in self.true_labels for i in forget.ids.tolist()])
+        fixed = forget.take(known)
+        y = torch.tensor([self.true_labels[int(i)] for i in fixed.ids.tolist()])
+        return forget, fixed.relabelled(y)
+
+    def forget_weight(self, n: int, m: int) -> float:
+        return m / n if self.true_labels else m / (n - m)
+
+    def triggered(self, x: Tensor) -> Tensor:
+        """``trigger(x)`` on a copy, checked to keep the batch's shape."""
+        out = self.trigger(x.clone())
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            raise ValueError("backdoor_trigger must return a tensor of the input batch's shape.")
+        return out
+
+    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+        victims = val.y != self.target
+        if not bool(victims.any()):
+            raise ValueError(
+                "The validation data holds only target-class samples: no attack to score."
+            )
+        tx = self.triggered(val.x[victims])
+        ty = torch.full((tx.shape[0],), self.target, dtype=val.y.dtype, device=val.y.device)
+        mask = torch.arange(len(ty) + len(val), device=ty.device) < len(ty)
+        return SplitScorer(
+            torch.cat([tx, val.x]), torch.cat([ty, val.y]), mask, forget_name="attack_success_rate"
+        )
+
+
+def forget_spec_from_arguments(
+    forget_classes: Sequence[int] | None = None,
+    forget_ids: Sequence[int] | None = None,
+    relabel: Mapping[int, int] | None = None,
+    backdoor_trigger: Trigger | None = None,
+    backdoor_target: int | None = None,
+    backdoor_true_labels: Mapping[int, int] | Sequence[int] | Tensor | None = None,
+) -> ForgetSpec:
+    """The specification the callback's flat keyword arguments describe (exactly one task).
+
+    Args:
+        forget_classes: class removal.
+        forget_ids: sample removal; with ``backdoor_trigger``, the poisoned samples.
+        relabel: label change, ``{sample id: new label}``.
+        backdoor_trigger: backdoor repair (with ``backdoor_target`` and ``forget_ids``).
+        backdoor_target: the label the trigger forces.
+        backdoor_true_labels: optional true labels of the poisoned samples: a dict
+            ``{sample id: true label}`` or one label per ``forget_ids`` entry, in its order.
+    """
+    backdoor = backdoor_trigger is not None or backdoor_target is not None
+    chosen = [forget_classes is not None, relabel is not None, backdoor]
+    chosen.append(forget_ids is not None and not backdoor)
+    if sum(chosen) != 1:
+        raise ValueError(
+            "UnlearnCallback needs exactly one forget task: forget_classes=, forget_ids=, "
+            "relabel=, or backdoor_trigger= with backdoor_target= and forget_ids=."
+        )
+    if backdoor_true_labels is not None and not backdoor:
+        raise ValueError("backdoor_true_labels is only used with backdoor_trigger.")
+    if forget_classes is not None:
+        return ClassRemoval(list(forget_classes))
+    if relabel is not None:
+        return LabelChange(dict(relabel))
+    if backdoor:
+        if backdoor_trigger is None or backdoor_target is None or forget_ids is None:
+            raise ValueError(
+                "Backdoor repair needs backdoor_trigger (adds the trigger to inputs), "
+                "backdoor_target (the label it forces) and forget_ids (the ids of the poisoned "
+                "training samples)."
+            )
+        true = (
+            None
+            if backdoor_true_labels is None
+            else _aligned_labels(list(forget_ids), backdoor_true_labels)
+        )
+        return BackdoorRepair(list(forget_ids), backdoor_trigger, backdoor_target, true)
+    return SampleRemoval(list(forget_ids or []))

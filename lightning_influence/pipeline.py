@@ -1,0 +1,409 @@
+"""The unlearning pipeline, top to bottom: read → capture → sample → select → solve → step.
+
+:func:`run_unlearning` is the whole run in one screen; every stage is a short function:
+
+1. :func:`~lightning_influence.pool.read_training_data`: one pass over the training data
+   keeps the forget rows and a bounded pool of retained Hessian candidates;
+2. :func:`capture_candidates`: logits (and features) of the candidates, from a
+   :class:`~lightning_influence.CaptureCallback` that already recorded them or one no-grad pass;
+3. :func:`sample_hessian_subset`: the weighted Hessian subset (faiss k-means or random);
+4. for each (ratio, damping) candidate, :func:`try_candidate`: select the parameters that may
+   move, solve for the influence direction, search the step on validation data;
+5. the best candidate by validation score is kept; the report says what was done.
+
+The model's weights are untouched unless a step is kept; any failure restores them exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_influence.batches import Batch, BatchParser
+from lightning_influence.capture import CaptureResult, capture_pool
+from lightning_influence.forget import ForgetSpec
+from lightning_influence.influence import InfluenceReport, influence
+from lightning_influence.pool import Rows, TrainingData, read_rows, read_training_data
+from lightning_influence.progress import progress_bar
+from lightning_influence.report import (
+    CandidateResult,
+    StageTimer,
+    UnlearnReport,
+    peak_memory,
+    plain,
+    validation_f1,
+)
+from lightning_influence.sampling import SubsetSelection, get_sampler
+from lightning_influence.scoring import Scorer
+from lightning_influence.selection import select_parameters, selectable_layers
+from lightning_influence.settings import UnlearnSettings
+from lightning_influence.solvers import ConvergenceWarning
+from lightning_influence.step import StepResult, restore_weights, step_search, weights_snapshot
+
+__all__ = [
+    "Problem",
+    "capture_candidates",
+    "run_unlearning",
+    "sample_hessian_subset",
+    "try_candidate",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Problem:
+    """Everything the candidates share: the data of g and H, the scorer, the scale of g."""
+
+    hessian: list[Batch]
+    remove: list[Batch]
+    add: list[Batch] | None
+    forget_rows: list[Batch]
+    scorer: Scorer
+    forget_weight: float
+    forget_target: float
+    max_retain_drop: float
+
+
+@dataclass
+class _Outcome:
+    """A candidate's result plus what is needed to restore or report it."""
+
+    result: CandidateResult
+    step: StepResult
+    solve: InfluenceReport
+    after: dict[str, float]
+    weights: dict[str, Tensor] | None
+
+
+def run_unlearning(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any],
+    spec: ForgetSpec,
+    settings: UnlearnSettings,
+    *,
+    loss_fn: LossFn,
+    batch_parser: BatchParser,
+    device: torch.device,
+    capture: CaptureResult | None = None,
+    show_progress: bool = False,
+) -> UnlearnReport:
+    """Run the pipeline on ``model`` (already on ``device``); returns the report.
+
+    Args:
+        model: the trained model; changed in place when a step is kept.
+        train_loader: the training data (the forget set and the Hessian pool come from it).
+        val_loader: validation data: the step is chosen on it, never on test data.
+        spec: what to forget (:mod:`lightning_influence.forget`).
+        settings: every setting of the run (:mod:`lightning_influence.settings`).
+        loss_fn: ``loss_fn(logits, targets)``, mean-reduced.
+        batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`.
+        device: where the work runs.
+        capture: logits/features of the training samples recorded at the current weights
+            (e.g. by a ``CaptureCallback``); used when it covers the candidate pool.
+        show_progress: show progress bars.
+    """
+    if settings.selection.method != "all" and not selectable_layers(model):
+        raise ValueError(
+            f"{type(model).__name__} has no selectable layer (trainable nn.Linear/nn.Conv): "
+            "use selection.method='all' to move every parameter."
+        )
+    timer = StageTimer()
+    report = UnlearnReport(task=spec.task)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    h = settings.hessian
+    with timer("read"):
+        data = read_training_data(
+            train_loader, batch_parser, spec.forget_mask, h.pool_size, settings.seed
+        )
+        val = read_rows(val_loader, batch_parser, "validation")
+        _check_finite(val.x, "validation")
+    spec.check(data)
+    with timer("capture"):
+        pool, report.capture_source = capture_candidates(
+            model, data.candidates, settings, device, capture
+        )
+    spec.check_labels(num_classes=int(pool.logits.shape[1]))
+    with timer("sample"):
+        subset = sample_hessian_subset(pool, settings)
+    problem = _build_problem(spec, data, val, subset, settings, device)
+    _fill_sizes(report, data, subset)
+    before = problem.scorer.metrics(model)
+    best, candidates = _search_candidates(
+        model, problem, settings, loss_fn, timer, show_progress, before
+    )
+    _fill_outcome(report, best, candidates, before)
+    report.seconds = timer.total()
+    report.peak_memory_bytes, report.memory_kind = peak_memory(device)
+    return report
+
+
+def _check_finite(x: Tensor, what: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(
+            f"The {what} inputs contain NaN or inf: clean them (or drop those samples) first."
+        )
+
+
+def capture_candidates(
+    model: nn.Module,
+    candidates: Rows,
+    settings: UnlearnSettings,
+    device: torch.device,
+    capture: CaptureResult | None = None,
+) -> tuple[CaptureResult, str]:
+    """Logits (and features for the feature sampler) of the candidate pool, sorted by id.
+
+    Uses ``capture`` when it holds every candidate (and features where needed), else one
+    no-grad pass. Returns the capture and where it came from (``capture_callback``/``pass``).
+    """
+    if len(candidates) == 0:
+        raise ValueError("No retained training sample is left to estimate the Hessian on.")
+    _check_finite(candidates.x, "training")
+    need_features = settings.hessian.sampler == "feature"
+    if capture is not None and (capture.features is not None or not need_features):
+        try:
+            return capture.subset(candidates.ids), "capture_callback"
+        except KeyError:
+            pass  # the capture does not cover the training pool: capture it ourselves
+    pool = capture_pool(
+        model,
+        candidates.batches(settings.batch_size, device),
+        settings.hessian.feature_module,
+        device=device,
+        store_features=need_features,
+    )
+    if not bool(torch.isfinite(pool.logits).all()):
+        raise FloatingPointError(
+            "The model produces NaN/inf logits on the training data: check the inputs and the "
+            "weights before unlearning."
+        )
+    return pool, "pass"
+
+
+def sample_hessian_subset(pool: CaptureResult, settings: UnlearnSettings) -> SubsetSelection:
+    """The weighted Hessian subset drawn from the candidate pool (forget rows are not in it)."""
+    h = settings.hessian
+    budget = min(h.budget, len(pool))
+    return get_sampler(h.sampler).select(pool, budget, seed=settings.seed)
+
+
+def _build_problem(
+    spec: ForgetSpec,
+    data: TrainingData,
+    val: Rows,
+    subset: SubsetSelection,
+    settings: UnlearnSettings,
+    device: torch.device,
+) -> Problem:
+    size = settings.batch_size
+    rows = data.candidates.take(data.candidates.positions(subset.ids))
+    remove, add = spec.gradient_data(data.forget)
+    step = settings.step
+    return Problem(
+        hessian=rows.batches(size, device, subset.weights.to(torch.float32)),
+        remove=remove.batches(size, device),
+        add=None if add is None or len(add) == 0 else add.batches(size, device),
+        forget_rows=data.forget.batches(size, device),
+        scorer=spec.scorer(val.to(device), data.forget.to(device)),
+        forget_weight=spec.forget_weight(len(data), len(data.forget)),
+        forget_target=0.0 if step.forget_target is None else step.forget_target,
+        max_retain_drop=(
+            spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
+        ),
+    )
+
+
+def _fill_sizes(report: UnlearnReport, data: TrainingData, subset: SubsetSelection) -> None:
+    report.pool_size, report.forget_size = len(data), len(data.forget)
+    report.candidate_pool, report.hessian_size = len(data.candidates), len(subset)
+
+
+def _search_candidates(
+    model: nn.Module,
+    problem: Problem,
+    settings: UnlearnSettings,
+    loss_fn: LossFn,
+    timer: StageTimer,
+    show: bool,
+    before: dict[str, float],
+) -> tuple[_Outcome, list[CandidateResult]]:
+    """Every (ratio, damping) candidate in order; the best by (utility kept, F1) wins.
+
+    Stops early at a candidate that completes forgetting within ``accept_retain_drop``.
+    """
+    base = weights_snapshot(model)
+    best: _Outcome | None = None
+    best_rank: tuple[bool, float] | None = None
+    tried: list[CandidateResult] = []
+    grid = [(r, d) for r in settings.selection.ratios for d in settings.solve.dampings]
+    masks_by_ratio: dict[float, dict[str, Tensor] | None] = {}
+    for k, (ratio, damping) in enumerate(grid):
+        if ratio not in masks_by_ratio:
+            with timer("select"):
+                masks_by_ratio[ratio] = _select(model, problem, settings, ratio, loss_fn)
+        restore_weights(model, base)
+        label = f" {k + 1}/{len(grid)}" if len(grid) > 1 else ""
+        outcome = try_candidate(
+            model,
+            problem,
+            settings,
+            masks_by_ratio[ratio],
+            ratio,
+            damping,
+            loss_fn,
+            timer,
+            show,
+            label,
+        )
+        tried.append(outcome.result)
+        kept = outcome.after["retain_acc"] >= before["retain_acc"] - settings.grid.retain_tolerance
+        rank = (kept, validation_f1(outcome.after))
+        if best_rank is None or rank > best_rank:
+            best, best_rank = outcome, rank
+        if _accepted(outcome, problem, settings, before):
+            break
+    assert best is not None
+    restore_weights(model, best.weights if best.weights is not None else base)
+    return best, tried
+
+
+def _accepted(
+    outcome: _Outcome, problem: Problem, settings: UnlearnSettings, before: dict[str, float]
+) -> bool:
+    after = outcome.result
+    return (
+        after.applied
+        and after.forget_acc <= problem.forget_target
+        and after.retain_acc >= before["retain_acc"] - settings.grid.accept_retain_drop
+    )
+
+
+def _select(
+    model: nn.Module, problem: Problem, settings: UnlearnSettings, ratio: float, loss_fn: LossFn
+) -> dict[str, Tensor] | None:
+    method = settings.selection.method
+    if method == "all":
+        return None
+    return select_parameters(
+        model, problem.forget_rows, method=method, ratio=ratio, loss_fn=loss_fn, seed=settings.seed
+    )
+
+
+def try_candidate(
+    model: nn.Module,
+    problem: Problem,
+    settings: UnlearnSettings,
+    masks: dict[str, Tensor] | None,
+    ratio: float,
+    damping: float,
+    loss_fn: LossFn,
+    timer: StageTimer,
+    show: bool = False,
+    label: str = "",
+) -> _Outcome:
+    """Solve for the direction with these masks and damping, then search the step."""
+    with timer("solve"):
+        delta, solve = _solve(model, problem, settings, masks, damping, loss_fn, show, label)
+    with timer("search"):
+        step = _search(model, problem, settings, delta, show, label)
+    after = problem.scorer.metrics(model)  # the kept step, or the original weights
+    shown = step.best or step.before
+    forget, retain = (shown.forget_acc, shown.retain_acc) if shown else (float("nan"),) * 2
+    result = CandidateResult(
+        ratio=ratio,
+        damping=damping,
+        applied=step.applied,
+        radius=step.radius,
+        f1=after.get("f1", float("nan")),
+        forget_acc=forget,
+        retain_acc=retain,
+        solver_iterations=solve.iterations,
+        solver_converged=solve.converged,
+    )
+    weights = weights_snapshot(model) if step.applied else None
+    return _Outcome(result, step, solve, after, weights)
+
+
+def _solve(
+    model: nn.Module,
+    problem: Problem,
+    settings: UnlearnSettings,
+    masks: dict[str, Tensor] | None,
+    damping: float,
+    loss_fn: LossFn,
+    show: bool,
+    label: str,
+) -> tuple[dict[str, Tensor], InfluenceReport]:
+    """One influence solve; an undamped run is early-stopped on purpose, so no warning."""
+    s = settings.solve
+    with progress_bar(show, s.max_iter, f"unlearn{label}: solve (damping {damping:g})") as bar:
+        options: dict[str, Any] = {}
+        if s.solver != "dense":
+            options = {"tol": s.tol, "max_iter": s.max_iter, "progress": bar.solver_callback}
+        with warnings.catch_warnings():
+            if damping == 0:
+                warnings.simplefilter("ignore", ConvergenceWarning)
+            return influence(
+                model,
+                loss_fn,
+                problem.hessian,
+                problem.remove,
+                selection=masks,
+                estimator=s.estimator,
+                solver=s.solver,
+                forget_weight=problem.forget_weight,
+                add_data=problem.add,
+                damping=damping,
+                **options,
+            )
+
+
+def _search(
+    model: nn.Module,
+    problem: Problem,
+    settings: UnlearnSettings,
+    delta: dict[str, Tensor],
+    show: bool,
+    label: str,
+) -> StepResult:
+    """Step along ``delta``, scored on validation data (see :func:`~lightning_influence.step_search`)."""
+    st = settings.step
+    with progress_bar(show, st.steps + st.refine, f"unlearn{label}: step search") as bar:
+        return step_search(
+            model,
+            delta,
+            problem.scorer.score,
+            steps=st.steps,
+            min_radius=st.min_radius,
+            max_radius=st.max_radius,
+            forget_target=problem.forget_target,
+            max_retain_drop=problem.max_retain_drop,
+            refine=st.refine,
+            progress=bar.step_callback,
+        )
+
+
+def _fill_outcome(
+    report: UnlearnReport,
+    best: _Outcome,
+    candidates: list[CandidateResult],
+    before: dict[str, float],
+) -> None:
+    report.candidates = [asdict(c) for c in candidates]
+    report.ratio, report.damping = best.result.ratio, best.result.damping
+    report.solver = plain(best.solve.as_dict())
+    report.selected_params = best.solve.selected_params
+    report.total_params = best.solve.total_params
+    report.applied, report.reason = best.step.applied, best.step.reason
+    report.radius, report.step_norm = best.step.radius, best.step.step_norm
+    report.trials = [asdict(t) for t in best.step.trials]
+    report.before = before
+    report.after = best.after if best.step.applied else dict(before)

@@ -1,0 +1,172 @@
+"""Score a model on validation data: what the step search optimises and the report shows.
+
+A :class:`Scorer` answers two questions about the current weights:
+
+- ``score(model) -> (forget, retain)``: the *forget score* (lower is more forgotten; 0 means
+  forgetting is complete for every built-in task) and the retained accuracy, from which the
+  step search computes the forgetting F1 ``2 (1 - forget) retain / ((1 - forget) + retain)``;
+- ``metrics(model) -> dict``: the named values reported before and after unlearning.
+
+Two scorers cover the four forget tasks:
+
+- :class:`SplitScorer`: accuracy on the rows to forget vs accuracy on the others (class
+  removal: the forget classes' validation samples; label change: the relabelled training
+  samples with their old labels; backdoor repair: triggered validation inputs labelled with
+  the attack target, so the forget score is the attack success rate).
+- :class:`MembershipScorer` (sample removal): a model that never saw a sample treats it
+  like held-out data, so the forget score is how much lower the forgotten samples' loss is
+  than the validation loss of their classes (0 once it is as high).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_influence._modules import eval_mode
+from lightning_influence.metrics import (
+    ExclusiveLoss,
+    ForgetAccuracy,
+    ForgettingF1,
+    RetainedAccuracy,
+    SelfLoss,
+    forgetting_f1,
+)
+from lightning_influence.pool import Rows
+
+__all__ = ["MembershipScorer", "Scorer", "SplitScorer", "predict_logits"]
+
+_CHUNK = 1024
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: Tensor, batch_size: int = _CHUNK) -> Tensor:
+    """Logits of ``model`` (eval mode, no grad) on ``x``, in chunks of ``batch_size``."""
+    with eval_mode(model):
+        step = max(batch_size, _CHUNK)
+        return torch.cat([model(x[i : i + step]) for i in range(0, x.shape[0], step)])
+
+
+class Scorer(ABC):
+    """Validation scoring of one forget task (see the module doc)."""
+
+    @abstractmethod
+    def score(self, model: nn.Module) -> tuple[float, float]:
+        """``(forget score, retained accuracy)`` at the current weights."""
+
+    @abstractmethod
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """The named values reported before and after unlearning."""
+
+
+class SplitScorer(Scorer):
+    """Accuracy on the rows to forget (``forget_mask``) vs on every other row.
+
+    Args:
+        x: scoring inputs on the model's device.
+        y: their labels (for the forget rows: the label that must no longer be predicted).
+        forget_mask: bool ``[N]``, True for the rows to forget.
+        new_labels: for label change, the corrected labels of the forget rows; adds
+            ``relabel_acc`` (share of them now predicted as the new label) to the metrics.
+        forget_name: an extra metric key under which the forget accuracy is also reported
+            (e.g. ``attack_success_rate`` for backdoor repair).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        forget_mask: Tensor,
+        new_labels: Tensor | None = None,
+        forget_name: str | None = None,
+    ) -> None:
+        self.x, self.y, self.mask = x, y.long(), forget_mask.to(torch.bool)
+        self.new_labels, self.forget_name = new_labels, forget_name
+
+    def score(self, model: nn.Module) -> tuple[float, float]:
+        ok = predict_logits(model, self.x).argmax(-1) == self.y
+        return float(ok[self.mask].float().mean()), float(ok[~self.mask].float().mean())
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        logits = predict_logits(model, self.x)
+        out = {}
+        for key, cls in (
+            ("forget_acc", ForgetAccuracy),
+            ("retain_acc", RetainedAccuracy),
+            ("f1", ForgettingF1),
+            ("exclusive_loss", ExclusiveLoss),
+            ("self_loss", SelfLoss),
+        ):
+            metric = cls(sync_on_compute=False).to(logits.device)
+            metric.update(logits, self.y, forget_mask=self.mask)
+            out[key] = float(metric.compute())
+        if self.new_labels is not None:
+            pred = logits[self.mask].argmax(-1)
+            out["relabel_acc"] = float((pred == self.new_labels.to(pred.device)).float().mean())
+        if self.forget_name:
+            out[self.forget_name] = out["forget_acc"]
+        return out
+
+
+class MembershipScorer(Scorer):
+    """Sample removal: do the forgotten samples look like held-out data to the model?
+
+    The *held-out loss* is the median validation loss of the forgotten samples' classes,
+    weighted by how many forgotten samples each class has (the median over all validation
+    samples for a class without any), measured once, on the weights of the first call (the
+    model before unlearning), so that a step cannot move its own target. The forget score
+    ("familiarity") is ``max(0, 1 - forget_loss / heldout_loss)`` with ``forget_loss`` the
+    median loss of the forgotten samples: near 1 when the model fits them far better than
+    unseen samples of their classes, 0 once it fits them no better. Medians, because losses
+    are heavy-tailed: a few misclassified validation samples would otherwise set a target
+    that a typical unseen sample never reaches. The retained accuracy is the validation
+    accuracy.
+
+    Args:
+        forget: the forgotten training rows (inputs, labels) on the model's device.
+        val: the validation rows on the model's device.
+    """
+
+    def __init__(self, forget: Rows, val: Rows) -> None:
+        self.forget, self.val = forget, val
+        classes, counts = torch.unique(forget.y, return_counts=True)
+        weights = counts.double() / len(forget)
+        self.class_weights = {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
+        self.heldout_loss: float | None = None
+
+    def _heldout(self, v_loss: Tensor) -> float:
+        overall = float(v_loss.median())
+        total = 0.0
+        for c, w in self.class_weights.items():
+            in_class = self.val.y == c
+            total += w * (float(v_loss[in_class].median()) if bool(in_class.any()) else overall)
+        return total
+
+    def _values(self, model: nn.Module) -> dict[str, float]:
+        f_logits = predict_logits(model, self.forget.x)
+        v_logits = predict_logits(model, self.val.x)
+        if self.heldout_loss is None:
+            v_loss = F.cross_entropy(v_logits, self.val.y, reduction="none")
+            self.heldout_loss = self._heldout(v_loss)
+        forget_loss = float(F.cross_entropy(f_logits, self.forget.y, reduction="none").median())
+        held = self.heldout_loss
+        familiarity = max(0.0, 1.0 - forget_loss / held) if held > 0 else 0.0
+        return {
+            "familiarity": familiarity,
+            "retain_acc": float((v_logits.argmax(-1) == self.val.y).float().mean()),
+            "forget_acc": float((f_logits.argmax(-1) == self.forget.y).float().mean()),
+            "forget_loss": forget_loss,
+            "heldout_loss": held,
+        }
+
+    def score(self, model: nn.Module) -> tuple[float, float]:
+        v = self._values(model)
+        return v["familiarity"], v["retain_acc"]
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        v = self._values(model)
+        v["f1"] = float(forgetting_f1(v["familiarity"], v["retain_acc"]))
+        return v

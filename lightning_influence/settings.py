@@ -1,0 +1,282 @@
+"""Typed settings of an unlearning run, grouped by pipeline stage.
+
+Each group is a dataclass whose fields carry their help text (as kronfluence's
+``arguments.py``), so LightningCLI/jsonargparse shows per-field help and YAML configs nest::
+
+    callbacks:
+      - class_path: lightning_influence.UnlearnCallback
+        init_args:
+          forget_classes: [3]
+          hessian: {sampler: logit, budget: 128}
+          selection: {method: highest_gradients, ratio: 0.05}
+
+Every value is checked when the dataclass is built, so a wrong argument fails at
+construction, long before a ``fit`` ends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+__all__ = [
+    "GridArguments",
+    "HessianArguments",
+    "SelectionArguments",
+    "SolveArguments",
+    "StepArguments",
+    "UnlearnSettings",
+]
+
+SamplerName = Literal["logit", "feature", "random"]
+SelectionName = Literal[
+    "highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random", "all"
+]
+EstimatorName = Literal["gif", "fif", "pif", "if"]
+SolverName = Literal["krylov", "lissa", "dense"]
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def _as_list(value: float | list[float], name: str) -> list[float]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError(f"{name} must be a number or a non-empty list of numbers.")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must hold finite numbers, got {value!r}.")
+        out.append(float(v))
+    return out
+
+
+def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {choices}.")
+
+
+def _check_positive_int(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+@dataclass
+class HessianArguments:
+    """Which retained training samples estimate the Hessian (the Hessian subset)."""
+
+    sampler: SamplerName = field(
+        default="logit",
+        metadata=_help(
+            "How the subset is picked from the retained pool: 'logit' or 'feature' (faiss "
+            "k-means per class, the sample nearest each centroid, weighted by cluster size) "
+            "or 'random' (uniform, the baseline)."
+        ),
+    )
+    budget: int = field(default=128, metadata=_help("Number of samples in the Hessian subset."))
+    pool_size: int | None = field(
+        default=16384,
+        metadata=_help(
+            "Largest candidate pool the sampler chooses from: above it, a seeded random share "
+            "of the retained training samples (chosen by sample id, so the same on every rank "
+            "and in any loader order) is captured. None: every retained sample."
+        ),
+    )
+    feature_module: str | None = field(
+        default=None,
+        metadata=_help(
+            "Submodule whose input is the per-sample feature for sampler='feature' (default: "
+            "the model's last nn.Linear). A CaptureCallback in the Trainer uses its own."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice(self.sampler, ("logit", "feature", "random"), "hessian.sampler")
+        _check_positive_int(self.budget, "hessian.budget")
+        if self.pool_size is not None:
+            _check_positive_int(self.pool_size, "hessian.pool_size")
+            if self.pool_size < self.budget:
+                raise ValueError(
+                    f"hessian.pool_size={self.pool_size} is below hessian.budget={self.budget}: "
+                    "the pool must hold at least the subset."
+                )
+
+
+@dataclass
+class SelectionArguments:
+    """Which parameters may move: whole output units of each Linear/Conv layer."""
+
+    method: SelectionName = field(
+        default="highest_outputs",
+        metadata=_help(
+            "Rank units on the forget data by |mean output| ('highest_outputs') or |mean "
+            "d loss / d output| ('highest_gradients'); 'lowest_*' and 'random' are controls; "
+            "'all' moves every parameter."
+        ),
+    )
+    ratio: float | list[float] = field(
+        default=0.2,
+        metadata=_help(
+            "Share of each layer's output units that may move, in (0, 1]. A list makes a grid "
+            "chosen on validation data."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice(
+            self.method,
+            (
+                "highest_outputs",
+                "highest_gradients",
+                "lowest_outputs",
+                "lowest_gradients",
+                "random",
+                "all",
+            ),
+            "selection.method",
+        )
+        if any(not 0.0 < r <= 1.0 for r in self.ratios):
+            raise ValueError(f"selection.ratio must be in (0, 1], got {self.ratio!r}.")
+
+    @property
+    def ratios(self) -> list[float]:
+        """The ratio candidates, in order (one for ``method='all'``)."""
+        return [1.0] if self.method == "all" else _as_list(self.ratio, "selection.ratio")
+
+
+@dataclass
+class SolveArguments:
+    """How the influence system is solved."""
+
+    estimator: EstimatorName = field(
+        default="gif",
+        metadata=_help(
+            "gif (least squares on H restricted to the selected columns), fif (frozen: the "
+            "selected block of H), pif (full solve, then keep the selection) or if (classic, "
+            "every parameter)."
+        ),
+    )
+    solver: SolverName = field(
+        default="krylov",
+        metadata=_help(
+            "krylov (CGLS for gif, MINRES otherwise), lissa (the GIF paper's modified LiSSA) "
+            "or dense (explicit float64 Hessian; tiny models only)."
+        ),
+    )
+    damping: float | list[float] = field(
+        default=1e-3,
+        metadata=_help(
+            "lambda >= 0: Tikhonov term for gif, H + lambda I for the others. A list makes a "
+            "grid chosen on validation data."
+        ),
+    )
+    tol: float = field(default=1e-2, metadata=_help("Relative residual at which to stop."))
+    max_iter: int = field(default=100, metadata=_help("Iteration cap of the iterative solvers."))
+
+    def __post_init__(self) -> None:
+        _check_choice(self.estimator, ("gif", "fif", "pif", "if"), "solve.estimator")
+        _check_choice(self.solver, ("krylov", "lissa", "dense"), "solve.solver")
+        if any(d < 0 for d in self.dampings):
+            raise ValueError(f"solve.damping must be >= 0, got {self.damping!r}.")
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"solve.tol must be a positive number, got {self.tol!r}.")
+        _check_positive_int(self.max_iter, "solve.max_iter")
+
+    @property
+    def dampings(self) -> list[float]:
+        """The damping candidates, in order."""
+        return _as_list(self.damping, "solve.damping")
+
+
+@dataclass
+class StepArguments:
+    """The step along the normalised direction, chosen on validation data."""
+
+    steps: int = field(
+        default=16, metadata=_help("Radii tried on a geometric grid from min to max radius.")
+    )
+    min_radius: float = field(
+        default=1e-3, metadata=_help("Smallest step, relative to the norm of the selected weights.")
+    )
+    max_radius: float = field(
+        default=5.0, metadata=_help("Largest step, relative to the norm of the selected weights.")
+    )
+    refine: int = field(
+        default=3,
+        metadata=_help("Bisection steps after the first radius that completes forgetting."),
+    )
+    forget_target: float | None = field(
+        default=None,
+        metadata=_help(
+            "Forget score at which forgetting is complete (None: the task's own, 0 for every "
+            "built-in task; see the task's scoring)."
+        ),
+    )
+    max_retain_drop: float | None = field(
+        default=None,
+        metadata=_help(
+            "A step whose retained validation accuracy falls more than this below its value "
+            "before is never kept (None: the task's own: 0.25 for classes, 0.005 for samples, "
+            "0.03 for labels and backdoors)."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check_positive_int(self.steps, "step.steps")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise ValueError(f"step.refine must be an integer >= 0, got {self.refine!r}.")
+        if not 0.0 < self.min_radius <= self.max_radius or not math.isfinite(self.max_radius):
+            raise ValueError(
+                "step radii need 0 < min_radius <= max_radius < inf, got "
+                f"min_radius={self.min_radius!r}, max_radius={self.max_radius!r}."
+            )
+        for name in ("forget_target", "max_retain_drop"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 <= value <= 1.0):
+                raise ValueError(f"step.{name} must be in [0, 1] or None, got {value!r}.")
+
+
+@dataclass
+class GridArguments:
+    """How candidates of a ratio x damping grid are ranked and when the grid stops early."""
+
+    accept_retain_drop: float = field(
+        default=0.01,
+        metadata=_help(
+            "Stop the grid at the first candidate that completes forgetting while keeping "
+            "retained validation accuracy within this of its value before."
+        ),
+    )
+    retain_tolerance: float = field(
+        default=0.05,
+        metadata=_help(
+            "Candidates whose retained accuracy stays within this of its value before rank "
+            "above those that do not (utility first, then F1)."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"grid.{f.name} must be in [0, 1], got {value!r}.")
+
+
+@dataclass
+class UnlearnSettings:
+    """Every setting of one unlearning run (the callback builds it from its arguments)."""
+
+    hessian: HessianArguments = field(default_factory=HessianArguments)
+    selection: SelectionArguments = field(default_factory=SelectionArguments)
+    solve: SolveArguments = field(default_factory=SolveArguments)
+    step: StepArguments = field(default_factory=StepArguments)
+    grid: GridArguments = field(default_factory=GridArguments)
+    seed: int = 0
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}.")
+        _check_positive_int(self.batch_size, "batch_size")

@@ -1,0 +1,197 @@
+"""The pipeline's parts on their own: settings, forget specifications, the one-pass reader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_influence.batches import parse_batch
+from lightning_influence.forget import (
+    BackdoorRepair,
+    ClassRemoval,
+    LabelChange,
+    SampleRemoval,
+    forget_spec_from_arguments,
+)
+from lightning_influence.pool import Rows, id_hash, read_rows, read_training_data
+from lightning_influence.scoring import MembershipScorer, SplitScorer
+from lightning_influence.settings import (
+    GridArguments,
+    HessianArguments,
+    SelectionArguments,
+    SolveArguments,
+    StepArguments,
+)
+
+
+def _data(n: int = 100) -> TensorDataset:
+    gen = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 3, generator=gen), torch.arange(n) % 4)
+
+
+# ------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: HessianArguments(budget=0), "budget"),
+        (lambda: HessianArguments(sampler="kmeans"), "sampler"),
+        (lambda: HessianArguments(budget=64, pool_size=10), "pool_size"),
+        (lambda: SelectionArguments(ratio=0.0), "ratio"),
+        (lambda: SelectionArguments(ratio=[]), "ratio"),
+        (lambda: SelectionArguments(method="biggest"), "method"),
+        (lambda: SolveArguments(damping=-1.0), "damping"),
+        (lambda: SolveArguments(tol=-1e-3), "tol"),
+        (lambda: SolveArguments(max_iter=0), "max_iter"),
+        (lambda: StepArguments(steps=0), "steps"),
+        (lambda: StepArguments(refine=-1), "refine"),
+        (lambda: StepArguments(min_radius=2.0, max_radius=1.0), "radius"),
+        (lambda: StepArguments(max_retain_drop=2.0), "max_retain_drop"),
+        (lambda: GridArguments(retain_tolerance=-0.1), "retain_tolerance"),
+    ],
+)
+def test_settings_fail_at_construction(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_grid_lists():
+    assert SelectionArguments(ratio=[0.05, 0.2]).ratios == [0.05, 0.2]
+    assert SelectionArguments(method="all", ratio=0.3).ratios == [1.0]
+    assert SolveArguments(damping=[0, 1e-3]).dampings == [0.0, 1e-3]
+
+
+# ------------------------------------------------------------------ forget specifications
+
+
+@pytest.mark.parametrize(
+    "kwargs, kind",
+    [
+        ({"forget_classes": [3]}, ClassRemoval),
+        ({"forget_ids": [1, 2]}, SampleRemoval),
+        ({"relabel": {1: 2}}, LabelChange),
+        (
+            {"forget_ids": [1], "backdoor_trigger": lambda x: x, "backdoor_target": 0},
+            BackdoorRepair,
+        ),
+    ],
+)
+def test_flat_arguments_build_one_spec(kwargs, kind):
+    assert isinstance(forget_spec_from_arguments(**kwargs), kind)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "exactly one"),
+        ({"forget_classes": [1], "forget_ids": [2]}, "exactly one"),
+        ({"forget_ids": [1.5]}, "integers"),
+        ({"forget_classes": []}, "empty"),
+        ({"backdoor_trigger": lambda x: x, "backdoor_target": 0}, "poisoned"),
+        ({"forget_ids": [1], "backdoor_true_labels": {1: 2}}, "only used with"),
+        (
+            {
+                "forget_ids": [1, 2],
+                "backdoor_trigger": lambda x: x,
+                "backdoor_target": 0,
+                "backdoor_true_labels": [3],
+            },
+            "one label per",
+        ),
+    ],
+)
+def test_bad_forget_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        forget_spec_from_arguments(**kwargs)
+
+
+def test_backdoor_true_labels_follow_the_given_id_order():
+    spec = forget_spec_from_arguments(
+        forget_ids=[9, 4],
+        backdoor_trigger=lambda x: x,
+        backdoor_target=0,
+        backdoor_true_labels=torch.tensor([1, 2]),
+    )
+    assert spec.true_labels == {9: 1, 4: 2}
+
+
+def test_backdoor_gradient_data_removes_stored_and_adds_true_labels():
+    spec = BackdoorRepair([0, 1], lambda x: x, target=0, true_labels={1: 3})
+    rows = Rows(torch.randn(2, 3), torch.tensor([0, 0]), torch.tensor([0, 1]))
+    remove, add = spec.gradient_data(rows)
+    assert torch.equal(remove.y, torch.tensor([0, 0]))  # as stored: the target label
+    assert add is not None and add.ids.tolist() == [1] and add.y.tolist() == [3]
+
+
+# ------------------------------------------------------------------ one pass, bounded pool
+
+
+def test_read_training_data_keeps_forget_rows_and_a_seeded_pool():
+    ds = _data()
+    spec = ClassRemoval([1])
+    a = read_training_data(DataLoader(ds, batch_size=7), parse_batch, spec.forget_mask, 20, 0)
+    b = read_training_data(DataLoader(ds, batch_size=13), parse_batch, spec.forget_mask, 20, 0)
+    assert len(a) == 100 and len(a.forget) == 25 and bool((a.forget.y == 1).all())
+    assert len(a.candidates) == 20 and not bool((a.candidates.y == 1).any())
+    # the pool depends on the ids and the seed, not on batching
+    assert torch.equal(a.candidates.ids, b.candidates.ids)
+    assert torch.equal(a.candidates.x, ds.tensors[0][a.candidates.ids])
+    c = read_training_data(DataLoader(ds, batch_size=7), parse_batch, spec.forget_mask, 20, 1)
+    assert not torch.equal(a.candidates.ids, c.candidates.ids)
+    # without a bound every retained row is a candidate
+    d = read_training_data(DataLoader(ds, batch_size=7), parse_batch, spec.forget_mask, None, 0)
+    assert len(d.candidates) == 75
+
+
+def test_id_hash_is_uniform_and_seeded():
+    u = id_hash(torch.arange(20000), 0)
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.01
+    assert not torch.equal(u, id_hash(torch.arange(20000), 1))
+
+
+def test_read_rows_drops_repeated_ids():
+    x = torch.randn(4, 2)
+    batches = [
+        (x[:3], torch.tensor([0, 1, 2]), torch.tensor([5, 6, 7])),
+        (x[3:], torch.tensor([0]), torch.tensor([6])),
+    ]
+    rows = read_rows(batches, parse_batch)
+    assert rows.ids.tolist() == [5, 6, 7] and torch.equal(rows.x, x[:3])
+
+
+# ------------------------------------------------------------------ scorers
+
+
+def _constant_model(logits: torch.Tensor) -> nn.Module:
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return logits[x[:, 0].long()]
+
+    return Fixed()
+
+
+def test_split_scorer_counts_forget_and_retained_rows():
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [5.0, 0.0]])
+    x = torch.arange(4.0).unsqueeze(1)
+    y = torch.tensor([0, 0, 0, 1])
+    mask = torch.tensor([True, True, False, False])
+    scorer = SplitScorer(x, y, mask)
+    assert scorer.score(_constant_model(logits)) == (0.5, 0.5)
+
+
+def test_membership_scorer_measures_the_target_once():
+    logits = torch.tensor([[9.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    model = _constant_model(logits)
+    forget = Rows(torch.tensor([[0.0]]), torch.tensor([0]), torch.tensor([0]))
+    val = Rows(torch.tensor([[1.0], [2.0]]), torch.tensor([0, 0]), torch.tensor([1, 2]))
+    scorer = MembershipScorer(forget, val)
+    familiarity, retain = scorer.score(model)
+    assert retain == 1.0 and 0.99 < familiarity < 1.0  # loss ~1e-4 vs held-out ~0.31
+    held = scorer.heldout_loss
+    logits[1:] = torch.tensor([0.0, 1.0])  # validation gets worse: the target stays put
+    scorer.score(model)
+    assert scorer.heldout_loss == held
