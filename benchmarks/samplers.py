@@ -1,6 +1,6 @@
 """Hessian-subset samplers (random vs feature vs logit k-means): consistency, F1, cost.
 
-The advanced-sampling paper's study (method.md §4, §7, §8) on a SmallCNN trained on
+The advanced-sampling paper's study on a SmallCNN trained on
 scikit-learn digits (and, in the ``full`` suite, on Fashion-MNIST when the Debian
 ``dataset-fashion-mnist`` files are present). For each forgotten class, sampler, budget and
 seed (the seed is the Hessian-subset draw):
@@ -199,8 +199,12 @@ def _solve(model, hessian, forget, masks, fw, tol, max_iter, damping=FIXED["damp
     return delta, rep
 
 
-def _chunks(x: Tensor, y: Tensor, w: Tensor, size: int = 256) -> list[tuple[Tensor, ...]]:
-    return [(x[i : i + size], y[i : i + size], w[i : i + size]) for i in range(0, len(y), size)]
+def _chunks(x: Tensor, y: Tensor, w: Tensor | None, size: int = 256) -> list[li.Batch]:
+    """Weighted batches (``w=None``: unweighted)."""
+    return [
+        li.Batch(x[i : i + size], y[i : i + size], weights=None if w is None else w[i : i + size])
+        for i in range(0, len(y), size)
+    ]
 
 
 def measure_task(
@@ -228,8 +232,7 @@ def measure_task(
     retained_rows = (y != cls).nonzero().squeeze(1)
     n, m = len(y), len(forget_rows)
     fw = m / (n - m)
-    forget = _chunks(x[forget_rows], y[forget_rows], torch.ones(m))
-    forget = [(a, b) for a, b, _ in forget]
+    forget = _chunks(x[forget_rows], y[forget_rows], None)
     masks = li.select_parameters(
         model, forget, method=defaults["selection"], ratio=float(defaults["ratio"])
     )

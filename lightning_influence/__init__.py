@@ -12,7 +12,13 @@ The pipeline, one module each: read → capture → sample → select → solve 
 :class:`UnlearnCallback` runs the whole pipeline after ``Trainer.fit``.
 """
 
-from lightning_influence.batches import IndexedDataset, ParsedBatch, parse_batch
+from lightning_influence.batches import (
+    Batch,
+    IndexedDataset,
+    ParsedBatch,
+    as_batches,
+    parse_batch,
+)
 from lightning_influence.callbacks import UnlearnCallback, UnlearnReport
 from lightning_influence.capture import (
     CaptureCallback,
@@ -67,6 +73,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackdoorRepair",
+    "Batch",
     "CandidateResult",
     "ClassRemoval",
     "ForgetSpec",
@@ -102,6 +109,7 @@ __all__ = [
     "UnlearnCallback",
     "UnlearnReport",
     "UnlearningMetrics",
+    "as_batches",
     "capture_pool",
     "default_loss",
     "evaluate_forgetting",

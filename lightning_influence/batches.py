@@ -4,23 +4,27 @@ Influence and unlearning need to know *which* samples a batch holds (to exclude 
 to match captured features to training samples, to drop the duplicates a distributed sampler
 pads in). Batch positions are not stable across epochs, shuffles or ranks, so ids must come
 from the data: wrap a dataset in :class:`IndexedDataset`, or return an index from your own
-dataset, and :func:`parse_batch` will find it.
+dataset, and :func:`parse_batch` will find it. :func:`as_batches` reads the data that
+:func:`~lightning_influence.influence` and :func:`~lightning_influence.select_parameters`
+take with the same rules, plus per-sample weights from :attr:`Batch.weights`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["Batch", "IndexedDataset", "ParsedBatch", "parse_batch", "BatchParser"]
+__all__ = ["Batch", "BatchParser", "IndexedDataset", "ParsedBatch", "as_batches", "parse_batch"]
 
 _X_KEYS = ("x", "input", "inputs", "image", "images")
 _Y_KEYS = ("y", "target", "targets", "label", "labels")
 _ID_KEYS = ("idx", "index", "indices", "id", "ids")
+_WEIGHT_KEYS = ("weight", "weights", "sample_weight")
 
 
 class IndexedDataset(Dataset):
@@ -143,3 +147,106 @@ def parse_batch(batch: Any) -> ParsedBatch:
         f"Cannot parse {what} as a batch: expected (x, y), (x, y, idx) or a dict with input, "
         f"label and optional id keys. {hint}"
     )
+
+
+def as_batches(data: Any, name: str = "data") -> list[Batch]:
+    """Return ``data`` as a list of validated :class:`Batch` es (the one batch rule).
+
+    ``data`` is one batch or an iterable of batches (e.g. a DataLoader). Each batch is read
+    as :func:`parse_batch` reads it: ``(x, y)`` and ``(x, y, ids)`` tuples, dicts with
+    input/label/id keys, :class:`Batch` objects as they are. Per-sample weights come only
+    from ``Batch.weights`` or a dict key among ``weight``, ``weights``, ``sample_weight``:
+    a tuple's third element is always sample ids, so a float one raises. Batches without
+    samples are dropped.
+
+    Args:
+        data: a batch or an iterable of batches; inputs ``x`` must be tensors.
+        name: what the data is called in error messages (e.g. ``"hessian_data"``).
+
+    Returns:
+        The non-empty batches, each with ``x``, ``y`` and optional ``ids`` and ``weights``.
+
+    Raises:
+        ValueError: naming ``name`` and the fix, for ``None``, unparsable or empty data,
+            mismatched sample counts, a float third tuple element, or weights that are
+            negative or not finite.
+    """
+    if data is None:
+        raise ValueError(f"{name} is None: pass a batch (x, y) or an iterable of batches.")
+    items = _batch_items(data, name)
+    batches = [_checked_batch(item, f"{name}[{i}]") for i, item in enumerate(items)]
+    batches = [b for b in batches if len(b) > 0]
+    if not batches:
+        raise ValueError(f"{name} is empty: it must hold at least one sample.")
+    return batches
+
+
+def _is_single_batch(data: Any) -> bool:
+    if isinstance(data, (Batch, Mapping)):
+        return True
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) in (2, 3)
+        and isinstance(data[0], Tensor)
+        and isinstance(data[1], Tensor)
+    )
+
+
+def _batch_items(data: Any, name: str) -> list[Any]:
+    if _is_single_batch(data):
+        return [data]
+    try:
+        return list(data)
+    except TypeError as err:
+        raise ValueError(
+            f"{name} must be a batch (x, y), (x, y, ids), a dict or a Batch, or an iterable of "
+            f"them; got {type(data).__name__}."
+        ) from err
+
+
+def _parse_with_weights(item: Any, where: str) -> Batch:
+    if isinstance(item, (tuple, list)) and len(item) == 3 and _is_float_tensor(item[2]):
+        raise ValueError(
+            f"{where}: the third element of a batch tuple is read as sample ids, but it is a "
+            "float tensor. Pass per-sample weights as lightning_influence.Batch(x, y, "
+            "weights=w) (or a dict with a 'weights' key)."
+        )
+    try:
+        batch = parse_batch(item)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from err
+    if isinstance(item, Mapping):
+        weights = _pick(item, _WEIGHT_KEYS)
+        if weights is not _MISSING:
+            batch = replace(batch, weights=weights)
+    return batch
+
+
+def _checked_batch(item: Any, where: str) -> Batch:
+    batch = _parse_with_weights(item, where)
+    if not isinstance(batch.x, Tensor):
+        raise ValueError(f"{where}: the inputs x must be a tensor, got {type(batch.x).__name__}.")
+    y = torch.as_tensor(batch.y)
+    n = int(batch.x.shape[0]) if batch.x.dim() > 0 else -1
+    if y.dim() == 0 or y.shape[0] != n:
+        raise ValueError(f"{where}: x and y must have the same number of samples.")
+    if batch.ids is not None and torch.as_tensor(batch.ids).numel() != n:
+        raise ValueError(f"{where}: the sample ids must have one entry per sample.")
+    weights = None if batch.weights is None else _checked_weights(batch.weights, n, where)
+    return replace(batch, y=y, weights=weights)
+
+
+def _checked_weights(weights: Any, n: int, where: str) -> Tensor:
+    w = torch.as_tensor(weights)
+    if not w.dtype.is_floating_point:
+        w = w.to(torch.get_default_dtype())
+    w = w.reshape(-1)
+    if w.numel() != n:
+        raise ValueError(f"{where}: the weights have {w.numel()} entries for {n} samples.")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{where}: weights must be finite and non-negative.")
+    return w
+
+
+def _is_float_tensor(value: Any) -> bool:
+    return isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())

@@ -1,31 +1,47 @@
-"""Curvature operators: the Hessian of a (weighted) mean loss as a mat-vec over a parameter dict.
+"""Curvature operators: the Hessian of a (weighted) mean loss as a linear operator.
 
-Style follows curvlinops: an operator implements ``matvec``; solvers only ever call it.
-HVPs are forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``) through
-``functional_call``, so the model is never flattened and its weights are never written.
+:class:`HessianOperator` applies H by Hessian-vector products, forward-over-reverse
+(``torch.func.jvp`` of ``torch.func.grad``) through ``functional_call``, so the model is never
+flattened and its weights are never written. :class:`DenseHessianOperator` holds the explicit
+float64 Hessian of a tiny model instead, the reference the HVP path is tested against. Both are
+:class:`~lightning_influence.operators.ParamOperator` s, so the estimators build their systems
+from either with the same operator algebra.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from lightning_influence.data import Batch, total_weight
-from lightning_influence.vectors import ParamDict
+from lightning_influence._modules import model_device
+from lightning_influence.batches import Batch, as_batches
+from lightning_influence.operators import DenseMatrixOperator, ParamOperator
+from lightning_influence.vectors import ParamDict, flatten, unflatten
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy: the loss of the classifiers this package is about."""
+    """Mean cross-entropy: the loss of the classifiers this package is about.
+
+    Args:
+        outputs: logits ``[B, C]``.
+        targets: class labels ``[B]``.
+    """
     return nn.functional.cross_entropy(outputs, targets)
 
 
 def trainable_params(model: nn.Module) -> ParamDict:
-    """Detached views of the parameters that require grad, keyed by name."""
+    """Detached views of the parameters that require grad, keyed by name.
+
+    Args:
+        model: the model.
+    """
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -35,15 +51,20 @@ class BatchLoss:
     ``weight_total`` normalises across batches: summing ``BatchLoss`` over all batches gives
     the (weighted) mean loss over every sample. Per-sample weights use ``vmap`` over
     single-sample calls of ``loss_fn``, so any mean-reducing loss works unchanged.
+
+    Args:
+        model: the model (only read: its parameters are replaced by the ``params`` argument).
+        loss_fn: a mean-reducing loss ``loss_fn(outputs, targets)``.
+        batch: the batch; ``batch.weights`` (if any) weight its samples.
+        weight_total: the total weight (or sample count) over all batches.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batch: Batch, weight_total: float):
         self.model, self.loss_fn = model, loss_fn
-        device = next(iter(model.parameters())).device
-        x, y, w = batch
-        self.x, self.y = x.to(device), y.to(device)
-        self.w = None if w is None else w.to(device)
-        self.n = x.shape[0]
+        device = model_device(model)
+        self.x, self.y = batch.x.to(device), batch.y.to(device)
+        self.w = None if batch.weights is None else batch.weights.to(device)
+        self.n = len(batch)
         self.weight_total = weight_total
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         self.frozen = {n: p.detach() for n, p in model.named_parameters() if n not in trainable}
@@ -57,7 +78,26 @@ class BatchLoss:
         return (per_sample * self.w.to(per_sample.dtype)).sum() / self.weight_total
 
 
+def total_weight(batches: list[Batch]) -> float:
+    """The sum of the per-sample weights (a sample without weights counts 1).
+
+    Args:
+        batches: the batches.
+    """
+    return float(sum(len(b) if b.weights is None else b.weights.sum() for b in batches))
+
+
 def batch_losses(model: nn.Module, loss_fn: LossFn, batches: list[Batch]) -> list[BatchLoss]:
+    """One :class:`BatchLoss` per batch, normalised to the (weighted) mean over all of them.
+
+    Args:
+        model: the model.
+        loss_fn: a mean-reducing loss.
+        batches: the batches.
+
+    Raises:
+        ValueError: when the weights sum to zero.
+    """
     total = total_weight(batches)
     if total <= 0:
         raise ValueError(
@@ -67,7 +107,13 @@ def batch_losses(model: nn.Module, loss_fn: LossFn, batches: list[Batch]) -> lis
 
 
 def check_finite_loss(losses: list[BatchLoss], params: ParamDict, name: str) -> None:
-    """Fail early, naming the data, when the loss is NaN or infinite."""
+    """Fail early, naming the data, when the loss is NaN or infinite.
+
+    Args:
+        losses: the batch losses.
+        params: the parameters to evaluate them at.
+        name: what the data is called in the error message.
+    """
     with torch.no_grad():
         for i, f in enumerate(losses):
             value = f(params)
@@ -78,12 +124,21 @@ def check_finite_loss(losses: list[BatchLoss], params: ParamDict, name: str) -> 
                 )
 
 
-def mean_gradient(
-    model: nn.Module, loss_fn: LossFn, batches: list[Batch], name: str = "data"
-) -> ParamDict:
-    """Gradient of the (weighted) mean loss over ``batches`` w.r.t. the trainable parameters."""
+def mean_gradient(model: nn.Module, loss_fn: LossFn, batches: Any, name: str = "data") -> ParamDict:
+    """Gradient of the (weighted) mean loss over ``batches`` w.r.t. the trainable parameters.
+
+    Args:
+        model: the model (put it in ``eval()`` first if it has BatchNorm or dropout).
+        loss_fn: a mean-reducing loss ``loss_fn(outputs, targets)``.
+        batches: a batch or an iterable of batches, read by
+            :func:`~lightning_influence.batches.as_batches`.
+        name: what the data is called in error messages.
+
+    Returns:
+        The gradient keyed by parameter name.
+    """
     params = trainable_params(model)
-    losses = batch_losses(model, loss_fn, batches)
+    losses = batch_losses(model, loss_fn, as_batches(batches, name))
     check_finite_loss(losses, params, name)
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     for f in losses:
@@ -96,29 +151,44 @@ def mean_gradient(
     return total
 
 
-class HessianOperator:
+class HessianOperator(ParamOperator):
     """H = ∇²(weighted mean loss over ``batches``) at the model's current weights.
 
-    ``matvec(v)`` takes and returns dicts keyed like ``trainable_params(model)``; each call
-    is one HVP over all batches and is counted in ``hvp_count``. Put the model in
-    ``eval()`` first if it has BatchNorm or dropout (``li.influence`` does this for you).
+    A symmetric :class:`~lightning_influence.operators.ParamOperator`: ``H @ v`` takes and
+    returns dicts keyed like ``trainable_params(model)``; each mat-vec is one HVP over all
+    batches and is counted in ``hvp_count``. Put the model in ``eval()`` first if it has
+    BatchNorm or dropout (``li.influence`` does this for you).
+
+    Args:
+        model: the model; only its parameters with ``requires_grad`` are differentiated.
+        loss_fn: a mean-reducing loss (``None``: :func:`default_loss`).
+        batches: a batch or an iterable of batches, read by
+            :func:`~lightning_influence.batches.as_batches` (``Batch.weights`` weight samples).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn | None, batches: list[Batch]):
+    symmetric = True
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn | None, batches: Any):
         self.model = model
         self.loss_fn = loss_fn or default_loss
         self.params = trainable_params(model)
         if not self.params:
             raise ValueError("The model has no trainable parameters (requires_grad=True).")
-        self.losses = batch_losses(model, self.loss_fn, batches)
+        self.losses = batch_losses(model, self.loss_fn, as_batches(batches, "hessian_data"))
         check_finite_loss(self.losses, self.params, "hessian_data")
         self.hvp_count = 0
 
     @property
     def num_params(self) -> int:
+        """The number of trainable parameters (the operator's dimension)."""
         return sum(p.numel() for p in self.params.values())
 
     def matvec(self, v: Mapping[str, Tensor]) -> ParamDict:
+        """One Hessian-vector product ``H v``, summed over the batches.
+
+        Args:
+            v: a parameter dict keyed like :attr:`params`.
+        """
         self.hvp_count += 1
         out: ParamDict | None = None
         with torch.enable_grad():  # callers may sit under no_grad (e.g. Lightning hooks)
@@ -128,43 +198,83 @@ class HessianOperator:
         assert out is not None
         return out
 
-    __matmul__ = matvec
+
+class DenseHessianOperator(DenseMatrixOperator):
+    """The explicit float64 Hessian of a tiny model, applied to parameter dicts.
+
+    The reference the HVP path is tested against: built with ``torch.func.hessian`` on the
+    flat parameters, in float64 (inputs, weights, frozen tensors and buffers cast). Results
+    are float64 dicts keyed like :attr:`params`.
+
+    Args:
+        model: the model (put it in ``eval()`` first if it has BatchNorm or dropout).
+        loss_fn: a mean-reducing loss (``None``: :func:`default_loss`).
+        batches: a batch or an iterable of batches, as for :class:`HessianOperator`.
+        max_params: refuse models with more trainable parameters than this.
+
+    Raises:
+        ValueError: when the model has more than ``max_params`` trainable parameters.
+    """
+
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn | None, batches: Any, max_params: int = 5000
+    ):
+        self.params = {k: v.to(torch.float64) for k, v in trainable_params(model).items()}
+        if not self.params:
+            raise ValueError("The model has no trainable parameters (requires_grad=True).")
+        if self.num_params > max_params:
+            raise ValueError(
+                f"solver='dense' builds the explicit {self.num_params}x{self.num_params} Hessian, "
+                f"above max_params={max_params}. Use solver='krylov' (or 'lissa'), restrict the "
+                "parameters, or raise max_params."
+            )
+        matrix = dense_hessian(model, loss_fn, as_batches(batches, "hessian_data"), self.params)
+        super().__init__(matrix, self.params, symmetric=True)
+        self.hvp_count = 0  # an explicit matrix needs no Hessian-vector products
+
+    @property
+    def num_params(self) -> int:
+        """The number of trainable parameters (the operator's dimension)."""
+        return sum(p.numel() for p in self.params.values())
 
 
 def dense_hessian(
-    model: nn.Module, loss_fn: LossFn | None, batches: list[Batch], max_params: int
+    model: nn.Module, loss_fn: LossFn | None, batches: list[Batch], params: ParamDict
 ) -> Tensor:
-    """The explicit float64 Hessian (flat, parameter order of ``trainable_params``).
+    """The explicit float64 Hessian at ``params`` (flat, in the parameter order of ``params``).
 
-    Only for tiny models: it is the reference the iterative solvers are tested against.
+    Args:
+        model: the model.
+        loss_fn: a mean-reducing loss (``None``: :func:`default_loss`).
+        batches: the batches of the (weighted) mean loss.
+        params: float64 trainable parameters, keyed like ``trainable_params(model)``.
     """
-    from lightning_influence.vectors import flatten, unflatten
-
-    params = trainable_params(model)
-    n = sum(p.numel() for p in params.values())
-    if n > max_params:
-        raise ValueError(
-            f"solver='dense' builds the explicit {n}x{n} Hessian, above max_params={max_params}. "
-            "Use solver='krylov' (or 'lissa'), restrict the parameters, or raise max_params."
-        )
     losses = batch_losses_float64(model, loss_fn or default_loss, batches)
-    flat = flatten(params).to(torch.float64)
-    like = {k: v.to(torch.float64) for k, v in params.items()}
 
     def total(theta: Tensor) -> Tensor:
-        p = unflatten(theta, like)
+        p = unflatten(theta, params)
         return sum(f(p) for f in losses)
 
-    return torch.func.hessian(total)(flat)
+    return torch.func.hessian(total)(flatten(params))
 
 
 def batch_losses_float64(
     model: nn.Module, loss_fn: LossFn, batches: list[Batch]
 ) -> list[BatchLoss]:
-    """Batch losses evaluated in float64 (inputs, weights, frozen tensors and buffers cast)."""
+    """Batch losses evaluated in float64 (inputs, weights, frozen tensors and buffers cast).
+
+    Args:
+        model: the model.
+        loss_fn: a mean-reducing loss.
+        batches: the batches.
+    """
     cast = [
-        (x.double() if x.is_floating_point() else x, y, None if w is None else w.double())
-        for x, y, w in batches
+        replace(
+            b,
+            x=b.x.double() if b.x.is_floating_point() else b.x,
+            weights=None if b.weights is None else b.weights.double(),
+        )
+        for b in batches
     ]
     losses = batch_losses(model, loss_fn, cast)
     for f in losses:

@@ -1,91 +1,112 @@
-"""Influence estimators as linear problems over the Hessian operator (method.md §2).
+"""Influence estimators as linear systems built with operator algebra (the one switch).
 
-Each estimator becomes a ``LinearProblem``: an operator ``A`` (mat-vec and its adjoint) and
-a right-hand side ``b``; every solver then minimises ``‖A x − b‖``.
+Each estimator becomes a :class:`LinearSystem`: an operator ``A`` over the Hessian H, a
+right-hand side ``b``, the system's kind and the mask applied to the solution. With
+P = :class:`~lightning_influence.operators.MaskOperator` of the selection S and λ the damping:
 
-| estimator | A            | b     | solution                                  |
-|-----------|--------------|-------|-------------------------------------------|
-| ``gif``   | H P (n × |S|)| g     | argmin ‖H_{:,S} x − g‖ (least squares)     |
-| ``fif``   | P H P        | P g   | H_SS⁻¹ g_S                                 |
-| ``pif``   | H            | g     | [H⁻¹ g]_S (mask applied after the solve)   |
-| ``if``    | H            | g     | H⁻¹ g over all parameters                  |
+| estimator | A                 | b     | kind          | solution                                  |
+|-----------|-------------------|-------|---------------|-------------------------------------------|
+| ``gif``   | H P               | g     | least squares | argmin ‖H_{:,S} x − g‖² + λ‖x‖²            |
+| ``fif``   | P (H + λI) P      | P g   | symmetric     | (H + λI)_SS⁻¹ g_S                          |
+| ``pif``   | H + λI            | g     | symmetric     | [(H + λI)⁻¹ g]_S (mask after the solve)    |
+| ``if``    | H + λI            | g     | symmetric     | (H + λI)⁻¹ g over every parameter          |
+
+GIF (generalized influence function) moves only S but cancels the gradient change on all
+parameters as far as S can; its least-squares solution exists for any symmetric H, indefinite
+or singular (minimum norm from x₀ = 0). FIF treats the unselected parameters as constants;
+PIF projects the full influence onto S; IF is the classic influence function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
-from lightning_influence.curvature import HessianOperator
-from lightning_influence.vectors import ParamDict, mask
+from lightning_influence import vectors as V
+from lightning_influence.operators import IdentityOperator, MaskOperator, ParamOperator
+from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC, SolveReport, solve
+from lightning_influence.vectors import Masks, ParamDict
 
 ESTIMATORS = ("gif", "fif", "pif", "if")
 
 
 @dataclass
-class LinearProblem:
-    """min_x ‖A x − b‖ with x supported on ``domain`` (None: every parameter)."""
+class LinearSystem:
+    """What one estimator asks the solvers to solve.
 
-    matvec: Callable[[Mapping[str, Tensor]], ParamDict]
-    rmatvec: Callable[[Mapping[str, Tensor]], ParamDict]
+    Args:
+        operator: the operator ``A``.
+        rhs: the right-hand side ``b``.
+        kind: ``least_squares`` (min ‖A x − b‖² + λ‖x‖²) or ``symmetric`` (A x = b).
+        damping: the Tikhonov λ of a least-squares system (0 for symmetric systems, whose
+            damping sits in the operator).
+        domain: the coordinates the solution may use (``None``: all).
+        output_mask: the selection kept in the solution (``None``: all parameters).
+    """
+
+    operator: ParamOperator
     rhs: ParamDict
-    symmetric: bool
-    domain: Mapping[str, Tensor] | None
-    hvps_per_matvec: int = 1
-    damping: float = 0.0  # Tikhonov term λ‖x‖² of least-squares (GIF) problems
+    kind: str
+    damping: float = 0.0
+    domain: Masks | None = None
+    output_mask: Masks | None = None
 
-    def project(self, x: Mapping[str, Tensor]) -> ParamDict:
-        return mask(x, self.domain)
+    def solve(self, solver: str = "krylov", **options: Any) -> tuple[ParamDict, SolveReport]:
+        """Solve the system and keep the output mask.
+
+        Args:
+            solver: ``krylov``, ``lissa`` or ``dense``.
+            **options: the solver's options (``tol``, ``max_iter``, ``method`` ...).
+
+        Returns:
+            The masked solution and the solver's report.
+        """
+        x, report = solve(
+            solver,
+            self.operator,
+            self.rhs,
+            self.kind,
+            damping=self.damping,
+            domain=self.domain,
+            **options,
+        )
+        return V.mask(x, self.output_mask), report
 
 
-def build_problem(
+def build_system(
     estimator: str,
-    op: HessianOperator,
-    g: ParamDict,
-    selection: Mapping[str, Tensor] | None,
+    hessian: ParamOperator,
+    gradient: Mapping[str, Tensor],
+    selection: Masks | None,
     damping: float = 0.0,
-) -> tuple[LinearProblem, Mapping[str, Tensor] | None]:
-    """The linear problem for ``estimator`` and the mask to apply to its solution.
+) -> LinearSystem:
+    """The linear system of ``estimator`` (see the table in this module's docstring).
 
-    ``damping`` λ ≥ 0 regularises ill-conditioned systems: for ``gif`` it is Tikhonov,
-    min ‖H_{:,S} x − g‖² + λ‖x‖² (normal equations (H²)_SS + λI); for the symmetric
-    estimators it is Koh & Liang's H + λI.
+    Args:
+        estimator: ``gif``, ``fif``, ``pif`` or ``if`` (``if`` ignores ``selection``).
+        hessian: the symmetric curvature operator H (HVP-based or dense).
+        gradient: the right-hand side g, keyed like H's parameters.
+        selection: bool masks of the parameters allowed to move (``None``: all).
+        damping: λ ≥ 0; Tikhonov λ‖x‖² for ``gif`` (normal equations (H²)_SS + λI), Koh &
+            Liang's H + λI for the others.
+
+    Returns:
+        The :class:`LinearSystem` to solve.
     """
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}.")
-    if estimator != "gif" and damping > 0:
-        base = op.matvec
-
-        def damped(v: Mapping[str, Tensor]) -> ParamDict:
-            return {k: t + damping * v[k] for k, t in base(v).items()}
-
-        op = _Damped(damped)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"Unknown estimator {estimator!r}: choose one of {ESTIMATORS}.")
+    g = dict(gradient)
+    if estimator == "if":
+        selection = None
+    P = MaskOperator(selection)
     if estimator == "gif":
-        problem = LinearProblem(
-            matvec=lambda x: op.matvec(mask(x, selection)),
-            rmatvec=lambda r: mask(op.matvec(r), selection),
-            rhs=dict(g),
-            symmetric=False,
-            domain=selection,
-            damping=damping,
-        )
-        return problem, selection
+        return LinearSystem(hessian @ P, g, LEAST_SQUARES, damping, selection, selection)
+    damped = hessian + damping * IdentityOperator() if damping else hessian
     if estimator == "fif":
-
-        def sym(x: Mapping[str, Tensor]) -> ParamDict:
-            return mask(op.matvec(mask(x, selection)), selection)
-
-        return LinearProblem(sym, sym, mask(g, selection), True, selection), selection
-    if estimator in ("pif", "if"):
-        problem = LinearProblem(op.matvec, op.matvec, dict(g), True, None)
-        return problem, (selection if estimator == "pif" else None)
-    raise ValueError(f"Unknown estimator {estimator!r}: choose one of {ESTIMATORS}.")
-
-
-@dataclass
-class _Damped:
-    """A stand-in operator whose mat-vec is H v + λ v (HVP counting stays on H)."""
-
-    matvec: Callable[[Mapping[str, Tensor]], ParamDict]
+        return LinearSystem(P @ damped @ P, P @ g, SYMMETRIC, 0.0, selection, selection)
+    return LinearSystem(damped, g, SYMMETRIC, 0.0, None, selection)

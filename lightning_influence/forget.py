@@ -51,10 +51,17 @@ class ForgetSpec(ABC):
     task: ClassVar[str]
     #: default largest retained-accuracy drop a kept step may cost (validation data)
     max_retain_drop: ClassVar[float]
+    #: default number of re-linearised solve-and-step rounds
+    rounds: ClassVar[int] = 1
+    #: default parameter-selection method
+    selection: ClassVar[str] = "highest_outputs"
 
-    @abstractmethod
+    #: the training sample ids this task forgets (None: chosen by label, see ClassRemoval)
+    forgotten_ids: list[int] | None = None
+
     def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
         """Bool mask of the rows of one training batch that are forgotten."""
+        return torch.isin(ids, torch.tensor(self.forgotten_ids or [], dtype=ids.dtype))
 
     def check(self, data: TrainingData) -> None:
         """Raise, naming the fix, if the specification does not fit the training data."""
@@ -65,7 +72,7 @@ class ForgetSpec(ABC):
                 f"The forget set covers all {len(data)} training samples: nothing would remain."
             )
 
-    def check_labels(self, num_classes: int) -> None:
+    def check_labels(self, num_classes: int) -> None:  # noqa: B027 (most tasks name no label)
         """Raise if a label the specification names is outside the model's classes."""
 
     def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
@@ -193,10 +200,7 @@ class SampleRemoval(ForgetSpec):
     max_retain_drop: ClassVar[float] = 0.005
 
     def __post_init__(self) -> None:
-        self.ids = _ids(self.ids, "forget_ids")
-
-    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
-        return torch.isin(ids, torch.tensor(self.ids, dtype=ids.dtype))
+        self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids")
 
     def check(self, data: TrainingData) -> None:
         _check_known_ids(self.ids, data, "forget_ids")
@@ -217,14 +221,14 @@ class LabelChange(ForgetSpec):
     new_labels: dict[int, int]
     task: ClassVar[str] = "relabel"
     max_retain_drop: ClassVar[float] = 0.03
+    rounds: ClassVar[int] = 5
+    selection: ClassVar[str] = "highest_gradients"
 
     def __post_init__(self) -> None:
         self.new_labels = _label_dict(self.new_labels, "relabel")
         if not self.new_labels:
             raise ValueError("relabel is empty: give at least one {sample id: new label}.")
-
-    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
-        return torch.isin(ids, torch.tensor(sorted(self.new_labels), dtype=ids.dtype))
+        self.forgotten_ids = sorted(self.new_labels)
 
     def check(self, data: TrainingData) -> None:
         _check_known_ids(sorted(self.new_labels), data, "relabel ids")
@@ -273,9 +277,11 @@ class BackdoorRepair(ForgetSpec):
     true_labels: dict[int, int] | None = field(default=None)
     task: ClassVar[str] = "backdoor"
     max_retain_drop: ClassVar[float] = 0.03
+    rounds: ClassVar[int] = 5
+    selection: ClassVar[str] = "highest_gradients"
 
     def __post_init__(self) -> None:
-        self.ids = _ids(self.ids, "forget_ids (the poisoned samples)")
+        self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids (the poisoned samples)")
         if not callable(self.trigger):
             raise ValueError("backdoor_trigger must be a callable adding the trigger to inputs.")
         self.target = _ids([self.target], "backdoor_target")[0]
@@ -286,9 +292,6 @@ class BackdoorRepair(ForgetSpec):
                 raise ValueError(
                     f"backdoor_true_labels names ids that are not in forget_ids: {unknown[:5]}."
                 )
-
-    def forget_mask(self, ids: Tensor, labels: Tensor) -> Tensor:
-        return torch.isin(ids, torch.tensor(self.ids, dtype=ids.dtype))
 
     def check(self, data: TrainingData) -> None:
         _check_known_ids(self.ids, data, "forget_ids (poisoned samples)")

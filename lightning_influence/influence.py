@@ -11,30 +11,30 @@ import torch
 from torch import Tensor, nn
 
 from lightning_influence import vectors as V
+from lightning_influence._modules import eval_mode
+from lightning_influence.batches import Batch, as_batches
 from lightning_influence.curvature import (
+    DenseHessianOperator,
     HessianOperator,
     LossFn,
     default_loss,
-    dense_hessian,
     mean_gradient,
     trainable_params,
 )
-from lightning_influence.data import as_batches
-from lightning_influence.estimators import ESTIMATORS, build_problem
-from lightning_influence.solvers import (
-    SOLVERS,
-    SolveReport,
-    as_masks,
-    lissa,
-    solve_dense,
-    solve_krylov,
-)
+from lightning_influence.estimators import ESTIMATORS, build_system
+from lightning_influence.solvers import SOLVERS, SolveReport
 from lightning_influence.vectors import ParamDict
 
 
 @dataclass
 class InfluenceReport(SolveReport):
-    """A ``SolveReport`` plus what was solved for."""
+    """A :class:`~lightning_influence.SolveReport` plus what was solved for.
+
+    Args:
+        estimator: ``gif``, ``fif``, ``pif`` or ``if``.
+        selected_params: how many parameters were allowed to move.
+        total_params: how many trainable parameters the model has.
+    """
 
     estimator: str = "gif"
     selected_params: int = 0
@@ -44,7 +44,15 @@ class InfluenceReport(SolveReport):
 def validate_selection(
     model: nn.Module, selection: Mapping[str, Tensor] | None
 ) -> dict[str, Tensor] | None:
-    """Check a selection against the model's trainable parameters; raise naming the fix."""
+    """Check a selection against the model's trainable parameters; raise naming the fix.
+
+    Args:
+        model: the model.
+        selection: ``{parameter name: bool mask}`` or ``None`` (every parameter).
+
+    Returns:
+        The masks as bool tensors on the parameters' devices (``None`` stays ``None``).
+    """
     if selection is None:
         return None
     params = trainable_params(model)
@@ -90,21 +98,33 @@ def influence(
 
     H is the Hessian of the (weighted) mean loss over ``hessian_data``; g is
     ``forget_weight`` × (mean gradient over ``forget_data`` − mean gradient over ``add_data``).
-    For a faithful magnitude when removing m of n samples, use ``forget_weight = m / (n − m)``.
-    ``estimator`` is one of gif | fif | pif | if (``if`` always uses every parameter);
-    ``solver`` one of krylov | lissa | dense; ``solver_options`` go to the solver (``tol``,
-    ``max_iter``, ``method``, ``variant``, ``scale``, ``max_params``, ``progress`` ...).
-    ``damping`` λ ≥ 0: Tikhonov λ‖x‖² for ``gif``, H + λI for the others (see
-    :func:`~lightning_influence.estimators.build_problem`).
-    Returns ``delta`` keyed by parameter name (zero outside the selection) and a report. The
-    model's weights are never modified; it is evaluated in ``eval()`` mode and restored after.
+    Each estimator is a linear system in H and g (:mod:`lightning_influence.estimators`). The
+    weights are never modified; the model runs in ``eval()``, each submodule's mode restored.
+
+    Args:
+        model: the trained model; only parameters with ``requires_grad`` enter.
+        loss_fn: a mean-reducing loss ``loss_fn(outputs, targets)`` (``None``: cross-entropy).
+        hessian_data: the data of H: a batch or an iterable of batches (e.g. a DataLoader),
+            read by :func:`~lightning_influence.as_batches`; per-sample weights come from
+            :class:`~lightning_influence.Batch` ``(x, y, weights=w)`` (as the samplers return).
+        forget_data: the data to remove (same forms).
+        selection: bool masks ``{name: mask}`` of the parameters allowed to move (from
+            :func:`~lightning_influence.select_parameters`); ``None`` moves every parameter.
+        estimator: ``gif`` | ``fif`` | ``pif`` | ``if`` (``if`` always uses every parameter).
+        solver: ``krylov`` | ``lissa`` | ``dense`` (the float64 reference for tiny models).
+        forget_weight: the factor on g; ``m / (n − m)`` when removing m of n samples gives the
+            faithful first-order magnitude.
+        add_data: data whose mean gradient is subtracted from g (e.g. corrected labels).
+        damping: λ ≥ 0: Tikhonov λ‖x‖² for ``gif``, H + λI for the others.
+        **solver_options: passed to the solver (``tol``, ``max_iter``, ``method``,
+            ``variant``, ``scale``, ``scale_step``, ``progress`` ...); ``max_params`` (default
+            5000) caps the model size of ``solver="dense"``.
+
+    Returns:
+        ``delta`` keyed by parameter name (the parameters' shapes and dtypes, zero outside the
+        selection) and an :class:`InfluenceReport`.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"Unknown estimator {estimator!r}: choose one of {ESTIMATORS}.")
-    if solver not in SOLVERS:
-        raise ValueError(f"Unknown solver {solver!r}: choose one of {SOLVERS}.")
-    if damping < 0:
-        raise ValueError(f"damping must be >= 0, got {damping}.")
+    _check_choices(estimator, solver, damping)
     loss_fn = loss_fn or default_loss
     masks = validate_selection(model, selection)
     if estimator == "if":
@@ -112,59 +132,68 @@ def influence(
     h_batches = as_batches(hessian_data, "hessian_data")
     f_batches = as_batches(forget_data, "forget_data")
     a_batches = as_batches(add_data, "add_data") if add_data is not None else None
-
-    was_training = model.training
-    model.eval()
+    max_params = solver_options.pop("max_params", 5000)
     start = time.perf_counter()
-    try:
-        g = mean_gradient(model, loss_fn, f_batches, "forget_data")
-        if a_batches is not None:
-            g = V.add(g, mean_gradient(model, loss_fn, a_batches, "add_data"), -1.0)
-        g = V.scale(g, forget_weight)
-        params = trainable_params(model)
+    with eval_mode(model):
+        g = _gradient(model, loss_fn, f_batches, a_batches, forget_weight)
+        hessian = _hessian(model, loss_fn, h_batches, solver, max_params)
         if solver == "dense":
-            delta, report = _dense(
-                model, loss_fn, h_batches, g, estimator, masks, damping, **solver_options
-            )
-        else:
-            op = HessianOperator(model, loss_fn, h_batches)
-            problem, out_mask = build_problem(estimator, op, g, masks, damping)
-            if solver == "krylov":
-                x, report = solve_krylov(problem, **solver_options)
-            else:
-                x, report = lissa(problem, **solver_options)
-            report.hvps = op.hvp_count
-            delta = V.mask(x, out_mask)
-        if not V.is_finite(delta):
-            raise FloatingPointError(
-                "The influence solve produced NaN/inf: check the data and the solver's report."
-            )
-    finally:
-        model.train(was_training)
-    full = as_masks(masks, params)
-    out = InfluenceReport(**report.__dict__, estimator=estimator)
-    out.seconds = time.perf_counter() - start
-    out.selected_params = sum(int(m.sum()) for m in full.values())
-    out.total_params = sum(p.numel() for p in params.values())
-    return {k: t.detach().to(params[k].dtype) for k, t in delta.items()}, out
+            g = {k: t.to(torch.float64) for k, t in g.items()}
+        system = build_system(estimator, hessian, g, masks, damping)
+        delta, report = system.solve(solver, **solver_options)
+        report.hvps = hessian.hvp_count
+    return _finish(model, delta, report, estimator, masks, time.perf_counter() - start)
 
 
-def _dense(
+def _check_choices(estimator: str, solver: str, damping: float) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"Unknown estimator {estimator!r}: choose one of {ESTIMATORS}.")
+    if solver not in SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}: choose one of {SOLVERS}.")
+    if damping < 0:
+        raise ValueError(f"damping must be >= 0, got {damping}.")
+
+
+def _hessian(
+    model: nn.Module, loss_fn: LossFn, batches: list[Batch], solver: str, max_params: int
+) -> HessianOperator | DenseHessianOperator:
+    """The explicit float64 Hessian for the dense solver, else the HVP operator."""
+    if solver == "dense":
+        return DenseHessianOperator(model, loss_fn, batches, max_params)
+    return HessianOperator(model, loss_fn, batches)
+
+
+def _gradient(
     model: nn.Module,
     loss_fn: LossFn,
-    h_batches: list,
-    g: ParamDict,
+    forget: list[Batch],
+    add: list[Batch] | None,
+    forget_weight: float,
+) -> ParamDict:
+    """g = forget_weight × (mean gradient on ``forget`` − mean gradient on ``add``)."""
+    g = mean_gradient(model, loss_fn, forget, "forget_data")
+    if add is not None:
+        g = V.add(g, mean_gradient(model, loss_fn, add, "add_data"), -1.0)
+    return V.scale(g, forget_weight)
+
+
+def _finish(
+    model: nn.Module,
+    delta: ParamDict,
+    report: SolveReport,
     estimator: str,
     masks: Mapping[str, Tensor] | None,
-    damping: float = 0.0,
-    max_params: int = 5000,
-    **unused: Any,
-) -> tuple[ParamDict, SolveReport]:
-    """Dense reference: explicit float64 Hessian and closed-form least squares."""
+    seconds: float,
+) -> tuple[ParamDict, InfluenceReport]:
+    """``delta`` in the parameters' dtypes and device, and the full report."""
+    if not V.is_finite(delta):
+        raise FloatingPointError(
+            "The influence solve produced NaN/inf: check the data and the solver's report."
+        )
     params = trainable_params(model)
-    H = dense_hessian(model, loss_fn, h_batches, max_params=max_params)
-    g_flat = V.flatten(g).to(torch.float64)
-    sel = V.flatten(as_masks(masks, params))
-    x, report = solve_dense(estimator, H, g_flat, sel, damping)
-    report.hvps = 0
-    return V.unflatten(x, params), report
+    out = InfluenceReport(**report.__dict__, estimator=estimator)
+    out.seconds = seconds
+    out.selected_params = sum(int(m.sum()) for m in V.as_masks(masks, params).values())
+    out.total_params = sum(p.numel() for p in params.values())
+    delta = {k: t.detach().to(params[k].device, params[k].dtype) for k, t in delta.items()}
+    return delta, out

@@ -1,4 +1,4 @@
-"""Forgetting metrics (method.md §8) as torchmetrics ``Metric`` objects.
+"""Forgetting metrics as torchmetrics ``Metric`` objects.
 
 Every metric here is updated with ``(logits, targets)`` and splits the samples into a
 *forget* part and a *retained* part:
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import parse_batch
 
 __all__ = [
@@ -179,7 +180,7 @@ class RetainedAccuracy(_AccuracyCounts):
 
 
 class ForgettingF1(_AccuracyCounts):
-    """F1 of forgetting, ``2 (1 - a_f) a_r / ((1 - a_f) + a_r)`` (method.md §8).
+    """F1 of forgetting, ``2 (1 - a_f) a_r / ((1 - a_f) + a_r)``.
 
     Holds both parts' counts itself, so it needs no other metric. 0 when ``a_f = 1`` and
     ``a_r = 0``; ``nan`` when either part is empty (forgetting or utility unmeasurable).
@@ -285,14 +286,6 @@ def _unpack(parsed: Any) -> tuple[Tensor, Tensor, Tensor | None]:
     return p.x, p.y, p.ids
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -316,12 +309,10 @@ def evaluate(
     if forget_ids is None and not forget_classes:
         raise ValueError("evaluate() needs forget_classes or forget_ids.")
     parser = batch_parser or parse_batch
-    dev = torch.device(device) if device is not None else _model_device(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     metrics = UnlearningMetrics(forget_classes, num_classes=num_classes).to(dev)
     id_set = torch.tensor(sorted(int(i) for i in forget_ids), device=dev) if forget_ids else None
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
+    with eval_mode(model):
         seen = 0
         for batch in dataloader:
             x, y, ids = _unpack(parser(batch))
@@ -341,6 +332,3 @@ def evaluate(
         if seen == 0:
             raise ValueError("evaluate() got no samples from the dataloader.")
         return {k: float(v) for k, v in metrics.compute().items()}
-    finally:
-        for m, was_training in modes.items():
-            m.training = was_training

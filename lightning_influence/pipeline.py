@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -63,11 +63,13 @@ class Problem:
     hessian: list[Batch]
     remove: list[Batch]
     add: list[Batch] | None
-    forget_rows: list[Batch]
+    selection_rows: list[Batch]
     scorer: Scorer
     forget_weight: float
     forget_target: float
     max_retain_drop: float
+    rounds: int
+    selection_method: str
 
 
 @dataclass
@@ -161,8 +163,16 @@ def capture_candidates(
 ) -> tuple[CaptureResult, str]:
     """Logits (and features for the feature sampler) of the candidate pool, sorted by id.
 
-    Uses ``capture`` when it holds every candidate (and features where needed), else one
-    no-grad pass. Returns the capture and where it came from (``capture_callback``/``pass``).
+    Args:
+        model: the model at the weights to unlearn from (on ``device``).
+        candidates: the retained rows the sampler may pick.
+        settings: the run's settings (sampler, feature module, batch size).
+        device: where the forward pass runs.
+        capture: a capture recorded at the current weights; used when it holds every
+            candidate with the same labels (and features where needed).
+
+    Returns:
+        The capture of the candidates and where it came from (``capture_callback``/``pass``).
     """
     if len(candidates) == 0:
         raise ValueError("No retained training sample is left to estimate the Hessian on.")
@@ -170,9 +180,11 @@ def capture_candidates(
     need_features = settings.hessian.sampler == "feature"
     if capture is not None and (capture.features is not None or not need_features):
         try:
-            return capture.subset(candidates.ids), "capture_callback"
+            known = capture.subset(candidates.ids)
         except KeyError:
-            pass  # the capture does not cover the training pool: capture it ourselves
+            known = None  # the capture does not cover the training pool
+        if known is not None and torch.equal(known.labels, candidates.y.long()):
+            return known, "capture_callback"
     pool = capture_pool(
         model,
         candidates.batches(settings.batch_size, device),
@@ -189,7 +201,12 @@ def capture_candidates(
 
 
 def sample_hessian_subset(pool: CaptureResult, settings: UnlearnSettings) -> SubsetSelection:
-    """The weighted Hessian subset drawn from the candidate pool (forget rows are not in it)."""
+    """The weighted Hessian subset drawn from the candidate pool (forget rows are not in it).
+
+    Args:
+        pool: the candidates' capture (retained samples only).
+        settings: the run's settings (sampler, budget, seed).
+    """
     h = settings.hessian
     budget = min(h.budget, len(pool))
     return get_sampler(h.sampler).select(pool, budget, seed=settings.seed)
@@ -204,21 +221,44 @@ def _build_problem(
     device: torch.device,
 ) -> Problem:
     size = settings.batch_size
-    rows = data.candidates.take(data.candidates.positions(subset.ids))
     remove, add = spec.gradient_data(data.forget)
     step = settings.step
     return Problem(
-        hessian=rows.batches(size, device, subset.weights.to(torch.float32)),
+        hessian=_hessian_batches(data, subset, add, size, device),
         remove=remove.batches(size, device),
         add=None if add is None or len(add) == 0 else add.batches(size, device),
-        forget_rows=data.forget.batches(size, device),
+        # Units are ranked where the change is largest: on the rows g adds (their loss is
+        # high at the trained weights) when there are any, else on the forgotten rows.
+        selection_rows=(add if add is not None and len(add) else data.forget).batches(size, device),
         scorer=spec.scorer(val.to(device), data.forget.to(device)),
         forget_weight=spec.forget_weight(len(data), len(data.forget)),
         forget_target=0.0 if step.forget_target is None else step.forget_target,
         max_retain_drop=(
             spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
         ),
+        rounds=spec.rounds if settings.solve.rounds is None else settings.solve.rounds,
+        selection_method=settings.selection.method or spec.selection,
     )
+
+
+def _hessian_batches(
+    data: TrainingData, subset: SubsetSelection, add: Rows | None, size: int, device: torch.device
+) -> list[Batch]:
+    """The weighted Hessian subset of the *corrected* training set.
+
+    The subset's weights stand for the retained samples; samples that the correction adds
+    (a changed label, a repaired backdoor sample) are part of the corrected set too, each
+    weighing as much as one retained sample. Without them H has no curvature where only the
+    added samples live (e.g. the trigger's pixels), and the least-squares solve cannot move
+    there.
+    """
+    rows = data.candidates.take(data.candidates.positions(subset.ids))
+    weights = subset.weights.to(torch.float32)
+    if add is not None and len(add) > 0:
+        per_sample = float(weights.sum()) / max(len(data) - len(data.forget), 1)
+        rows = Rows.cat([rows, add])
+        weights = torch.cat([weights, torch.full((len(add),), per_sample)])
+    return rows.batches(size, device, weights)
 
 
 def _fill_sizes(report: UnlearnReport, data: TrainingData, subset: SubsetSelection) -> None:
@@ -289,11 +329,11 @@ def _accepted(
 def _select(
     model: nn.Module, problem: Problem, settings: UnlearnSettings, ratio: float, loss_fn: LossFn
 ) -> dict[str, Tensor] | None:
-    method = settings.selection.method
+    method = problem.selection_method
     if method == "all":
         return None
     return select_parameters(
-        model, problem.forget_rows, method=method, ratio=ratio, loss_fn=loss_fn, seed=settings.seed
+        model, problem.selection_rows, method=method, ratio=ratio, loss_fn=loss_fn, seed=settings.seed
     )
 
 
@@ -309,11 +349,52 @@ def try_candidate(
     show: bool = False,
     label: str = "",
 ) -> _Outcome:
-    """Solve for the direction with these masks and damping, then search the step."""
-    with timer("solve"):
-        delta, solve = _solve(model, problem, settings, masks, damping, loss_fn, show, label)
-    with timer("search"):
-        step = _search(model, problem, settings, delta, show, label)
+    """Solve for the direction with these masks and damping, then search the step.
+
+    With ``problem.rounds > 1`` the solve is re-linearised: after a kept step that has not
+    completed forgetting, g and H are formed again at the new weights and another step is
+    searched, all rounds together within the task's retained-accuracy budget.
+
+    Args:
+        model: the model, changed in place when a step is kept.
+        problem: the data of g and H, the scorer and the task's budgets.
+        settings: the run's settings.
+        masks: the parameters that may move (None: all).
+        ratio: the selection ratio these masks were built with (for the record).
+        damping: the damping of the solve.
+        loss_fn: the mean-reduced loss.
+        timer: accumulates the solve and search seconds.
+        show: show progress bars.
+        label: text for the progress bars.
+    """
+    steps: list[StepResult] = []
+    solves: list[InfluenceReport] = []
+    budget = problem.max_retain_drop
+    for k in range(problem.rounds):
+        tag = f"{label} round {k + 1}/{problem.rounds}" if problem.rounds > 1 else label
+        with timer("solve"):
+            delta, solve = _solve(model, problem, settings, masks, damping, loss_fn, show, tag)
+        with timer("search"):
+            step = _search(model, problem, settings, delta, show, tag, budget)
+        steps.append(step)
+        solves.append(solve)
+        if not step.applied or step.best is None or step.best.forget_acc <= problem.forget_target:
+            break
+        # what is left of the budget, measured from the retained accuracy before round 1
+        budget = problem.max_retain_drop - (steps[0].before.retain_acc - step.best.retain_acc)
+        if budget <= 0:
+            break
+    return _outcome(model, problem, _merge_steps(steps), _merge_solves(solves), ratio, damping)
+
+
+def _outcome(
+    model: nn.Module,
+    problem: Problem,
+    step: StepResult,
+    solve: InfluenceReport,
+    ratio: float,
+    damping: float,
+) -> _Outcome:
     after = problem.scorer.metrics(model)  # the kept step, or the original weights
     shown = step.best or step.before
     forget, retain = (shown.forget_acc, shown.retain_acc) if shown else (float("nan"),) * 2
@@ -330,6 +411,30 @@ def try_candidate(
     )
     weights = weights_snapshot(model) if step.applied else None
     return _Outcome(result, step, solve, after, weights)
+
+
+def _merge_steps(steps: list[StepResult]) -> StepResult:
+    """One record of all rounds: the first round's start, the last kept step, every trial."""
+    kept = [s for s in steps if s.applied]
+    last = kept[-1] if kept else steps[0]
+    merged = replace(last, before=steps[0].before, trials=[t for s in steps for t in s.trials])
+    merged.applied = bool(kept)
+    merged.radius = sum(s.radius for s in kept)
+    merged.step_norm = sum(s.step_norm for s in kept)
+    merged.seconds = sum(s.seconds for s in steps)
+    if len(steps) > 1:
+        merged.reason = f"{len(kept)} of {len(steps)} rounds kept a step; last: {steps[-1].reason}"
+    return merged
+
+
+def _merge_solves(solves: list[InfluenceReport]) -> InfluenceReport:
+    """The last solve's report with iterations, HVPs and seconds summed over the rounds."""
+    merged = replace(solves[-1])
+    merged.iterations = sum(s.iterations for s in solves)
+    merged.hvps = sum(s.hvps for s in solves)
+    merged.seconds = sum(s.seconds for s in solves)
+    merged.converged = all(s.converged for s in solves)
+    return merged
 
 
 def _solve(
@@ -373,6 +478,7 @@ def _search(
     delta: dict[str, Tensor],
     show: bool,
     label: str,
+    max_retain_drop: float,
 ) -> StepResult:
     """Step along ``delta``, scored on validation data (see :func:`~lightning_influence.step_search`)."""
     st = settings.step
@@ -385,7 +491,7 @@ def _search(
             min_radius=st.min_radius,
             max_radius=st.max_radius,
             forget_target=problem.forget_target,
-            max_retain_drop=problem.max_retain_drop,
+            max_retain_drop=max_retain_drop,
             refine=st.refine,
             progress=bar.step_callback,
         )

@@ -1,8 +1,11 @@
-"""Parameter selection (method.md §5): which whole output neurons/channels may move.
+"""Parameter selection: which whole output neurons/channels of each layer may move.
 
-Per Linear/Conv layer, a fraction ``ratio`` of the output units (weights plus bias) is
-chosen, ranked on the forget data by |mean output| or |mean ∂loss/∂output|. Normalisation
-layers are never selected (they still enter H). The result is a dict of boolean masks.
+Per Linear/Conv layer, a fraction ``ratio`` of the output units (their weight rows plus bias
+entries) is chosen, ranked on the forget data by |Σ output| or |Σ ∂loss/∂output| over the
+samples (and positions), or at random. A Linear layer's units are its output features, on the
+last dimension of its output whatever the input rank (``[B, D]``, ``[B, T, D]``, ...); a Conv
+layer's units are its output channels. Normalisation layers are never selected (they still
+enter H). The result is a dict of boolean masks shaped like the parameters.
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_influence._modules import eval_mode, model_device
+from lightning_influence.batches import Batch, as_batches
 from lightning_influence.curvature import LossFn, default_loss
-from lightning_influence.data import as_batches
 
 SELECTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 METHODS = ("highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random")
 
 
 def selectable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear/Conv layers whose weight is trainable, keyed by module name."""
+    """Linear/Conv layers whose weight is trainable, keyed by module name.
+
+    Args:
+        model: the model.
+    """
     return {
         name: m
         for name, m in model.named_modules()
@@ -29,61 +37,139 @@ def selectable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def units_per_layer(n_out: int, ratio: float) -> int:
-    """How many output units a layer with ``n_out`` of them contributes: round(ratio·n), ≥ 1."""
+    """How many output units a layer with ``n_out`` of them contributes: round(ratio·n), ≥ 1.
+
+    Args:
+        n_out: the layer's number of output units.
+        ratio: the share to select, in (0, 1].
+    """
     return min(n_out, max(1, round(ratio * n_out)))
+
+
+def unit_dim(layer: nn.Module) -> int:
+    """The dimension of the layer's output that indexes its units (negative: from the end).
+
+    A Linear acts on the last dimension; a ConvNd's channels precede its N spatial dims, so
+    negative indices also cover unbatched inputs.
+
+    Args:
+        layer: an ``nn.Linear`` or ``nn.Conv1d/2d/3d``.
+    """
+    if isinstance(layer, nn.Linear):
+        return -1
+    return -(len(layer.kernel_size) + 1)
+
+
+def _per_unit_sums(out: Tensor, dim: int) -> Tensor:
+    """Σ over every dimension but the unit dimension (batch and positions), in float64."""
+    return out.movedim(dim, -1).reshape(-1, out.shape[dim]).sum(dim=0).double()
+
+
+class _OutputRecorder:
+    """Forward hooks that keep every output of the given layers (a layer may run twice)."""
+
+    def __init__(self, layers: dict[str, nn.Module]) -> None:
+        self.outputs: dict[str, list[Tensor]] = {name: [] for name in layers}
+        self.handles = [
+            layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()
+        ]
+
+    def _hook(self, name: str):
+        def record(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            self.outputs[name].append(output)
+
+        return record
+
+    def pop(self) -> dict[str, list[Tensor]]:
+        """The outputs recorded since the last call."""
+        outputs = self.outputs
+        self.outputs = {name: [] for name in outputs}
+        return outputs
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for handle in self.handles:
+            handle.remove()
+
+
+def _recorded_outputs(
+    model: nn.Module, recorder: _OutputRecorder, batch: Batch
+) -> dict[str, list[Tensor]]:
+    """Every output of the recorded layers on one batch."""
+    with torch.no_grad():
+        model(batch.x)
+    return recorder.pop()
+
+
+def _recorded_output_grads(
+    model: nn.Module, recorder: _OutputRecorder, batch: Batch, loss_fn: LossFn
+) -> dict[str, list[Tensor]]:
+    """∂loss/∂output for every output of the recorded layers on one batch.
+
+    Uses ``torch.autograd.grad``, so the parameters' accumulated ``.grad`` stay untouched.
+    """
+    with torch.enable_grad():
+        loss = loss_fn(model(batch.x), batch.y)
+        outputs = recorder.pop()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                "The loss on forget_data is NaN/inf: check the inputs and the model."
+            )
+        pairs = [(name, o) for name, outs in outputs.items() for o in outs if o.requires_grad]
+        if not pairs:
+            return {}
+        grads = torch.autograd.grad(loss, [o for _, o in pairs], allow_unused=True)
+    out: dict[str, list[Tensor]] = {}
+    for (name, o), g in zip(pairs, grads, strict=True):
+        out.setdefault(name, []).append(torch.zeros_like(o) if g is None else g)
+    return out
 
 
 def _unit_scores(
     model: nn.Module, layers: dict[str, nn.Module], data: Any, loss_fn: LossFn, use_grad: bool
 ) -> dict[str, Tensor]:
-    """Σ over the forget data of each output unit's activation (or loss-gradient)."""
-    sums: dict[str, Tensor] = {}
-    outputs: dict[str, Tensor] = {}
-    hooks = []
-
-    def hook(name: str):
-        def fn(_m: nn.Module, _inp: Any, out: Tensor) -> None:
-            if use_grad:
-                out.retain_grad()
-                outputs[name] = out
-            else:
-                _accumulate(sums, name, out.detach())
-
-        return fn
-
-    for name, layer in layers.items():
-        hooks.append(layer.register_forward_hook(hook(name)))
+    """|Σ over the forget data of each output unit's activation (or loss-gradient)|."""
+    sums = {
+        name: torch.zeros(layer.weight.shape[0], dtype=torch.float64)
+        for name, layer in layers.items()
+    }
+    device = model_device(model)
+    recorder = _OutputRecorder(layers)
     try:
-        for x, y, _ in as_batches(data, "forget_data"):
-            device = next(iter(model.parameters())).device
-            x, y = x.to(device), y.to(device)
+        for batch in as_batches(data, "forget_data"):
+            batch = Batch(batch.x.to(device), batch.y.to(device))
             if use_grad:
-                with torch.enable_grad():
-                    model.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(x), y)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            "The loss on forget_data is NaN/inf: check the inputs and the model."
-                        )
-                    loss.backward()
-                for name, out in outputs.items():
-                    _accumulate(sums, name, out.grad)
-                outputs.clear()
+                per_layer = _recorded_output_grads(model, recorder, batch, loss_fn)
             else:
-                with torch.no_grad():
-                    model(x)
+                per_layer = _recorded_outputs(model, recorder, batch)
+            for name, tensors in per_layer.items():
+                for t in tensors:
+                    sums[name] += _per_unit_sums(t.detach(), unit_dim(layers[name])).cpu()
     finally:
-        for h in hooks:
-            h.remove()
-        if use_grad:
-            model.zero_grad(set_to_none=True)
-    return {k: v.abs() for k, v in sums.items()}
+        recorder.remove()
+    return {name: s.abs() for name, s in sums.items()}
 
 
-def _accumulate(sums: dict[str, Tensor], name: str, t: Tensor) -> None:
-    """Sum over every dim but the channel dim (1): batch and spatial positions."""
-    per_unit = t.transpose(0, 1).reshape(t.shape[1], -1).sum(dim=1) if t.dim() > 2 else t.sum(dim=0)
-    sums[name] = sums.get(name, 0) + per_unit.double()
+def _scores(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    forget_data: Any,
+    method: str,
+    loss_fn: LossFn | None,
+    gen: torch.Generator,
+) -> dict[str, Tensor]:
+    """One float64 score per output unit of each layer."""
+    if method == "random":
+        return {
+            name: torch.rand(layer.weight.shape[0], generator=gen, dtype=torch.float64)
+            for name, layer in layers.items()
+        }
+    if forget_data is None:
+        raise ValueError(f"method={method!r} ranks units on the forget data: pass forget_data.")
+    with eval_mode(model):
+        return _unit_scores(
+            model, layers, forget_data, loss_fn or default_loss, "gradients" in method
+        )
 
 
 def select_parameters(
@@ -96,9 +182,23 @@ def select_parameters(
 ) -> dict[str, Tensor]:
     """Boolean masks {parameter name: mask} selecting whole output units of each layer.
 
-    ``forget_data`` is a batch ``(x, y)`` or an iterable of batches (not needed for
-    ``random``). ``ratio`` in (0, 1]: the share of each layer's output units. Ties and the
-    ``random`` method are resolved with ``seed``. The model is run in ``eval()`` mode.
+    The model is run in ``eval()`` mode (every submodule's own mode is restored after); its
+    weights and any accumulated ``.grad`` are left untouched.
+
+    Args:
+        model: the model; its trainable ``nn.Linear`` and ``nn.Conv1d/2d/3d`` layers are
+            selectable.
+        forget_data: a batch ``(x, y)`` or an iterable of batches, read by
+            :func:`~lightning_influence.as_batches` (not needed for ``random``).
+        method: ``highest_outputs``, ``highest_gradients``, ``lowest_outputs``,
+            ``lowest_gradients`` (rank units by |Σ output| or |Σ ∂loss/∂output| over the
+            forget data) or ``random``.
+        ratio: the share of each layer's output units, in (0, 1] (at least one unit each).
+        loss_fn: the loss for the gradient methods (``None``: cross-entropy).
+        seed: resolves ties and the ``random`` method.
+
+    Returns:
+        Masks shaped like the selected layers' weights and biases.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown selection method {method!r}: choose one of {METHODS}.")
@@ -111,38 +211,27 @@ def select_parameters(
             "parameter selection needs at least one; use selection=None to move every parameter."
         )
     gen = torch.Generator().manual_seed(seed)
-    if method == "random":
-        scores = {
-            name: torch.rand(layer.weight.shape[0], generator=gen, dtype=torch.float64)
-            for name, layer in layers.items()
-        }
-    else:
-        if forget_data is None:
-            raise ValueError(f"method={method!r} ranks units on the forget data: pass forget_data.")
-        was_training = model.training
-        model.eval()
-        try:
-            scores = _unit_scores(
-                model, layers, forget_data, loss_fn or default_loss, "gradients" in method
-            )
-        finally:
-            model.train(was_training)
-    masks: dict[str, Tensor] = {}
+    scores = _scores(model, layers, forget_data, method, loss_fn, gen)
     names = {id(p): n for n, p in model.named_parameters()}
+    masks: dict[str, Tensor] = {}
     for name, layer in layers.items():
-        s = scores[name]
-        k = units_per_layer(s.numel(), ratio)
-        tie_break = (
-            torch.rand(s.numel(), generator=gen, dtype=torch.float64)
-            * 1e-12
-            * (s.abs().max() + 1e-300)
-        )
-        order = torch.argsort(s + tie_break, descending=not method.startswith("lowest"))
-        units = torch.zeros(s.numel(), dtype=torch.bool)
-        units[order[:k]] = True
+        units = _top_units(scores[name], ratio, method, gen)
         for p in (layer.weight, layer.bias):
-            if p is None or not p.requires_grad:
-                continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            masks[names[id(p)]] = units.view(shape).expand_as(p).clone().to(p.device)
+            if p is not None and p.requires_grad:
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                masks[names[id(p)]] = units.view(shape).expand_as(p).clone().to(p.device)
     return masks
+
+
+def _top_units(scores: Tensor, ratio: float, method: str, gen: torch.Generator) -> Tensor:
+    """Bool mask of the ``units_per_layer`` best units (ties broken at random by ``gen``)."""
+    k = units_per_layer(scores.numel(), ratio)
+    tie_break = (
+        torch.rand(scores.numel(), generator=gen, dtype=torch.float64)
+        * 1e-12
+        * (scores.abs().max() + 1e-300)
+    )
+    order = torch.argsort(scores + tie_break, descending=not method.startswith("lowest"))
+    units = torch.zeros(scores.numel(), dtype=torch.bool)
+    units[order[:k]] = True
+    return units

@@ -108,12 +108,14 @@ class HessianArguments:
 class SelectionArguments:
     """Which parameters may move: whole output units of each Linear/Conv layer."""
 
-    method: SelectionName = field(
-        default="highest_outputs",
+    method: SelectionName | None = field(
+        default=None,
         metadata=_help(
             "Rank units on the forget data by |mean output| ('highest_outputs') or |mean "
             "d loss / d output| ('highest_gradients'); 'lowest_*' and 'random' are controls; "
-            "'all' moves every parameter."
+            "'all' moves every parameter. None: the task's own ('highest_outputs' for class "
+            "and sample removal, 'highest_gradients' for label change and backdoor repair, "
+            "ranked on the corrected samples, whose loss is high at the trained weights)."
         ),
     )
     ratio: float | list[float] = field(
@@ -125,6 +127,8 @@ class SelectionArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.method is None:
+            return self._check_ratios()
         _check_choice(
             self.method,
             (
@@ -137,6 +141,9 @@ class SelectionArguments:
             ),
             "selection.method",
         )
+        self._check_ratios()
+
+    def _check_ratios(self) -> None:
         if any(not 0.0 < r <= 1.0 for r in self.ratios):
             raise ValueError(f"selection.ratio must be in (0, 1], got {self.ratio!r}.")
 
@@ -174,6 +181,15 @@ class SolveArguments:
     )
     tol: float = field(default=1e-2, metadata=_help("Relative residual at which to stop."))
     max_iter: int = field(default=100, metadata=_help("Iteration cap of the iterative solvers."))
+    rounds: int | None = field(
+        default=None,
+        metadata=_help(
+            "Re-linearised rounds: after a kept step that has not completed forgetting, form "
+            "g and H again at the new weights and step again, up to this many solves in all "
+            "(None: the task's own: 1 for class and sample removal, 5 for label change and "
+            "backdoor repair, whose fix lies far from the trained weights)."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_choice(self.estimator, ("gif", "fif", "pif", "if"), "solve.estimator")
@@ -183,6 +199,8 @@ class SolveArguments:
         if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"solve.tol must be a positive number, got {self.tol!r}.")
         _check_positive_int(self.max_iter, "solve.max_iter")
+        if self.rounds is not None:
+            _check_positive_int(self.rounds, "solve.rounds")
 
     @property
     def dampings(self) -> list[float]:

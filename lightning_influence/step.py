@@ -1,4 +1,4 @@
-"""Apply an influence direction with a step search scored on validation data .
+"""Step along an influence direction, the step chosen on validation data.
 
 The direction of Δθ is reliable, its first-order magnitude is not. So Δθ is normalised to
 unit (global) norm and tried at radii ``r_k · ‖θ_S‖``, where ‖θ_S‖ is the norm of the
@@ -8,7 +8,8 @@ so the same grid means "move the chosen neurons by 0.1 %…N % of their size" fo
 any forget-set size and any solver scale.
 
 Every step is scored by a caller-supplied function on validation data returning
-``(forget_acc, retain_acc)``; the score is the forgetting F1. The search walks
+``(forget score, retained accuracy)`` (the forget score is an accuracy for most tasks, see
+:mod:`lightning_influence.scoring`); the score is the forgetting F1. The search walks
 the grid upwards and stops early when forgetting is complete (``forget_acc <= forget_target``)
 or retained accuracy collapses (drops more than ``max_retain_drop`` below its value before).
 Steps whose retained accuracy fell below that floor are never kept. After the first step that
@@ -21,6 +22,7 @@ original weights are restored bit for bit.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,15 +137,55 @@ def step_search(
     refine: int = 3,
     progress: Callable[[int, StepTrial], None] | None = None,
 ) -> StepResult:
-    """Search a step along ``delta / ‖delta‖``, keep the best by validation F1 (see module doc).
+    """Search a step along ``delta / ‖delta‖`` and keep the best by validation F1.
 
-    ``score_fn`` must not change the weights. On return the model holds either the best step
-    (``result.applied``) or its original weights, bit for bit. Exceptions restore the weights
-    and propagate.
+    See the module doc for the search. On return the model holds either the best step
+    (``result.applied``) or its original weights, bit for bit; exceptions restore the
+    weights and propagate.
+
+    Args:
+        model: the model whose parameters named in ``delta`` move (in place).
+        delta: the direction, keyed by parameter name (only its direction is used).
+        score_fn: ``score_fn(model) -> (forget score, retained accuracy)`` on validation
+            data; must not change the weights.
+        steps: radii on the geometric grid from ``min_radius`` to ``max_radius``.
+        min_radius: smallest step, relative to the norm of the selected weights.
+        max_radius: largest step, relative to the norm of the selected weights.
+        forget_target: forgetting is complete once the forget score is at most this.
+        max_retain_drop: steps losing more retained accuracy than this are never kept.
+        refine: bisection steps after the first radius that completes forgetting.
+        progress: called with (trial number, trial) after every trial.
     """
-    import time
-
     start = time.perf_counter()
+    direction, scale_ref = _unit_direction(model, delta)
+    snapshot = weights_snapshot(model)
+    search = _Search(model, direction, scale_ref, score_fn, progress)
+    result = search.result
+    try:
+        before = search.score_unchanged()
+        floor = before.retain_acc - max_retain_drop
+        grid = radius_grid(steps, min_radius, max_radius)
+        reached, prev = _walk(search, grid, floor, forget_target)
+        if reached is not None:
+            _bisect(search, prev, reached, refine, forget_target)
+            result.reason = f"forgetting complete (forget score <= {forget_target:g})"
+        elif not result.reason:
+            result.reason = (
+                f"forget score stayed above {forget_target:g} up to max_radius={max_radius:g}"
+            )
+        _keep_best(search, snapshot, floor)
+        return result
+    except BaseException:
+        restore_weights(model, snapshot)
+        raise
+    finally:
+        result.seconds = time.perf_counter() - start
+
+
+def _unit_direction(
+    model: nn.Module, delta: Mapping[str, Tensor]
+) -> tuple[dict[str, Tensor], float]:
+    """``delta`` normalised to unit global norm (zero entries dropped) and ‖θ_S‖."""
     if not delta:
         raise ValueError("delta is empty: nothing to apply.")
     named = _params(model, iter(delta))
@@ -155,77 +197,89 @@ def step_search(
     d_norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in moving.values()))
     if not math.isfinite(d_norm):
         raise FloatingPointError("delta contains NaN/inf: refusing to apply it.")
-    direction = {k: d / d_norm for k, d in moving.items()}
     # ‖θ_S‖: the norm of the selected entries (where the direction is non-zero).
     theta_s = math.sqrt(
         sum(float(named[k].detach().double()[d != 0].pow(2).sum()) for k, d in moving.items())
     )
-    scale_ref = theta_s if theta_s > 0 else 1.0
+    return {k: d / d_norm for k, d in moving.items()}, (theta_s if theta_s > 0 else 1.0)
 
-    snapshot = weights_snapshot(model)
-    base = {k: named[k].detach().clone() for k in moving}
-    result = StepResult(applied=False)
-    try:
-        fa, ra = score_fn(model)
-        result.before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
-        floor = ra - max_retain_drop
 
-        def trial(radius: float) -> StepTrial:
-            scale = radius * scale_ref
-            apply_step(model, base, direction, scale)
-            f, r = score_fn(model)
-            t = StepTrial(radius, scale, f, r, float(forgetting_f1(f, r)))
-            if not (math.isfinite(f) and math.isfinite(r)):
-                t.f1 = -1.0
-            result.trials.append(t)
-            if progress is not None:
-                progress(len(result.trials), t)
-            return t
+class _Search:
+    """Applies and scores radii along one direction; records every trial."""
 
-        prev = 0.0
-        reached: float | None = None
-        for radius in radius_grid(steps, min_radius, max_radius):
-            t = trial(radius)
-            if t.retain_acc < floor:
-                result.reason = f"retained accuracy collapsed at radius {radius:.3g}"
-                break
-            if t.forget_acc <= forget_target:
-                reached = radius
-                break
-            prev = radius
-        if reached is not None:
-            lo, hi = prev, reached  # lo misses the target (or is 0), hi reaches it
-            for _ in range(refine):
-                mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
-                t = trial(mid)
-                if t.forget_acc <= forget_target:
-                    hi = mid
-                else:
-                    lo = mid
-            result.reason = f"forgetting complete (forget acc <= {forget_target:g})"
-        elif not result.reason:
-            result.reason = (
-                f"forget acc stayed above {forget_target:g} up to max_radius={max_radius:g}"
-            )
+    def __init__(
+        self,
+        model: nn.Module,
+        direction: dict[str, Tensor],
+        scale_ref: float,
+        score_fn: ScoreFn,
+        progress: Callable[[int, StepTrial], None] | None,
+    ) -> None:
+        named = dict(model.named_parameters())
+        self.model, self.direction, self.scale_ref = model, direction, scale_ref
+        self.base = {k: named[k].detach().clone() for k in direction}
+        self.score_fn, self.progress = score_fn, progress
+        self.result = StepResult(applied=False)
 
-        # A step whose retained accuracy collapsed is never kept, whatever its F1.
-        valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= floor]
-        best = max(valid, key=lambda t: (t.f1, -t.radius), default=None)
-        if best is None or best.f1 <= result.before.f1:
-            restore_weights(model, snapshot)
-            why = (
-                f"no step improved the validation F1 over the unchanged model "
-                f"({result.before.f1:.4f}; best tried {best.f1 if best else float('nan'):.4f}); "
-                f"{result.reason}"
-            )
-            result.reason = why
-            return result
-        apply_step(model, base, direction, best.step_norm)
-        result.applied, result.best = True, best
-        result.radius, result.step_norm = best.radius, best.step_norm
-        return result
-    except BaseException:
-        restore_weights(model, snapshot)
-        raise
-    finally:
-        result.seconds = time.perf_counter() - start
+    def score_unchanged(self) -> StepTrial:
+        fa, ra = self.score_fn(self.model)
+        self.result.before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
+        return self.result.before
+
+    def trial(self, radius: float) -> StepTrial:
+        scale = radius * self.scale_ref
+        apply_step(self.model, self.base, self.direction, scale)
+        f, r = self.score_fn(self.model)
+        t = StepTrial(radius, scale, f, r, float(forgetting_f1(f, r)))
+        if not (math.isfinite(f) and math.isfinite(r)):
+            t.f1 = -1.0
+        self.result.trials.append(t)
+        if self.progress is not None:
+            self.progress(len(self.result.trials), t)
+        return t
+
+
+def _walk(
+    search: _Search, grid: list[float], floor: float, forget_target: float
+) -> tuple[float | None, float]:
+    """Walk the grid upwards; returns (first radius reaching the target or None, the one before)."""
+    prev = 0.0
+    for radius in grid:
+        t = search.trial(radius)
+        if t.retain_acc < floor:
+            search.result.reason = f"retained accuracy collapsed at radius {radius:.3g}"
+            return None, prev
+        if t.forget_acc <= forget_target:
+            return radius, prev
+        prev = radius
+    return None, prev
+
+
+def _bisect(search: _Search, lo: float, hi: float, refine: int, forget_target: float) -> None:
+    """Look for a smaller radius that still completes forgetting (``lo`` misses, ``hi`` reaches)."""
+    for _ in range(refine):
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+        if search.trial(mid).forget_acc <= forget_target:
+            hi = mid
+        else:
+            lo = mid
+
+
+def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], floor: float) -> None:
+    """Apply the best valid trial if it beats the unchanged model, else restore the weights."""
+    result = search.result
+    assert result.before is not None
+    # A step whose retained accuracy collapsed is never kept, whatever its F1.
+    valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= floor]
+    best = max(valid, key=lambda t: (t.f1, -t.radius), default=None)
+    if best is None or best.f1 <= result.before.f1:
+        restore_weights(search.model, snapshot)
+        result.reason = (
+            f"no step improved the validation F1 over the unchanged model "
+            f"({result.before.f1:.4f}; best tried {best.f1 if best else float('nan'):.4f}); "
+            f"{result.reason}"
+        )
+        return
+    apply_step(search.model, search.base, search.direction, best.step_norm)
+    result.applied, result.best = True, best
+    result.radius, result.step_norm = best.radius, best.step_norm

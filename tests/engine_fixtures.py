@@ -74,7 +74,11 @@ def dense_reference(model, loss_fn, hessian_batches, forget_batches, weights=Non
 def closed_form(
     estimator: str, H: torch.Tensor, g: torch.Tensor, sel: torch.Tensor
 ) -> torch.Tensor:
-    """method.md §2 with pseudo-inverses (minimum-norm where singular)."""
+    """Each estimator's solution with pseudo-inverses (minimum-norm where singular).
+
+    GIF: argmin ‖H_{:,S} x − g‖ = (H_{:,S}ᵀ H_{:,S})⁺ H_{:,S}ᵀ g on S; FIF: H_SS⁺ g_S on S;
+    PIF: [H⁺ g]_S; IF: H⁺ g.
+    """
     idx = sel.nonzero().squeeze(1)
     x = torch.zeros_like(g)
     if estimator == "gif":

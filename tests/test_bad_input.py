@@ -85,4 +85,22 @@ def test_unknown_names(setup):
 def test_negative_weights(setup):
     model, h, f = setup
     with pytest.raises(ValueError, match="non-negative"):
-        li.influence(model, None, (h[0], h[1], -torch.ones(10, dtype=torch.float64)), f)
+        li.influence(model, None, li.Batch(h[0], h[1], weights=-torch.ones(10)), f)
+    with pytest.raises(ValueError, match="non-negative"):
+        li.influence(model, None, {"x": h[0], "y": h[1], "sample_weight": -torch.ones(10)}, f)
+
+
+def test_float_third_element_is_not_read_as_weights(setup):
+    model, h, f = setup
+    with pytest.raises(ValueError, match=r"sample ids.*Batch\(x, y, weights=w\)"):
+        li.influence(model, None, (h[0], h[1], torch.ones(10, dtype=torch.float64)), f)
+    with pytest.raises(ValueError, match=r"forget_data\[1\].*Batch\(x, y, weights=w\)"):
+        li.influence(model, None, h, [f, (f[0], f[1], torch.rand(10))])
+
+
+def test_mismatched_sample_counts(setup):
+    model, h, f = setup
+    with pytest.raises(ValueError, match="hessian_data.*same number of samples"):
+        li.influence(model, None, (h[0], h[1][:5]), f)
+    with pytest.raises(ValueError, match="weights have 3 entries"):
+        li.influence(model, None, li.Batch(h[0], h[1], weights=torch.ones(3)), f)

@@ -1,4 +1,8 @@
-"""Operators, estimators and solvers against dense float64 references (method.md §2–3)."""
+"""Operators, estimators and solvers against dense float64 references.
+
+The references are closed forms built independently of the package (``torch.func.hessian``
+and pseudo-inverses, see ``engine_fixtures``), on tiny float64 models with indefinite Hessians.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +21,16 @@ from engine_fixtures import (
     tiny_mlp,
 )
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
 from lightning_influence import vectors as V
-from lightning_influence.curvature import HessianOperator, trainable_params
-from lightning_influence.data import as_batches
-from lightning_influence.solvers import as_masks
+from lightning_influence.batches import Batch, IndexedDataset, as_batches
+from lightning_influence.curvature import DenseHessianOperator, HessianOperator, trainable_params
+from lightning_influence.estimators import build_system
+from lightning_influence.operators import ParamOperator
+from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC
+from lightning_influence.vectors import as_masks
 
 ESTIMATORS = ["gif", "fif", "pif", "if"]
 
@@ -58,11 +66,27 @@ def test_operator_matches_dense_hessian(problem):
     assert op.hvp_count == 1
 
 
+def test_operators_materialise_to_the_dense_hessian(problem):
+    model, loss, hess, _, _, H, _ = problem
+    op = HessianOperator(model, loss, hess)
+    assert isinstance(op, ParamOperator) and op.symmetric
+    scale = H.abs().max()
+    assert (op.to_matrix(op.params) - H).abs().max() < 1e-12 * scale
+    assert op.hvp_count == op.num_params  # one HVP per column
+    dense = DenseHessianOperator(model, loss, hess)
+    assert (dense.matrix - H).abs().max() < 1e-12 * scale
+    v = V.unflatten(torch.randn(H.shape[0], dtype=torch.float64), dense.params)
+    assert rel_err(dense @ v, H @ V.flatten(v)) < 1e-12
+
+
 def test_weighted_operator_matches_weighted_dense():
     model = tiny_mlp()
     x, y = data_for(model, 20, seed=3)
     w = torch.rand(20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    batches = [(x[:8], y[:8], w[:8]), (x[8:], y[8:], w[8:])]
+    batches = [
+        Batch(x[:8], y[:8], ids=torch.arange(8), weights=w[:8]),
+        {"x": x[8:], "y": y[8:], "idx": torch.arange(8, 20), "weights": w[8:]},
+    ]
     H, _ = dense_reference(
         model,
         nn.functional.cross_entropy,
@@ -73,6 +97,8 @@ def test_weighted_operator_matches_weighted_dense():
     op = HessianOperator(model, None, as_batches(batches))
     v = torch.randn(H.shape[0], dtype=torch.float64)
     assert rel_err(op.matvec(V.unflatten(v, op.params)), H @ v) < 1e-12
+    dense = DenseHessianOperator(model, None, batches)
+    assert (dense.matrix - H).abs().max() < 1e-12 * H.abs().max()
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -292,3 +318,49 @@ def test_damping_must_be_non_negative():
     x, y = data_for(model, 10, seed=0)
     with pytest.raises(ValueError, match="damping"):
         li.influence(model, None, (x, y), (x, y), damping=-1.0)
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.1])
+def test_estimator_systems_are_the_documented_algebra(damping):
+    """GIF: H P (least squares, Tikhonov λ); FIF: P (H + λI) P; PIF/IF: H + λI."""
+    model = tiny_mlp()
+    x, y = data_for(model, 30, seed=0)
+    H = DenseHessianOperator(model, None, (x, y))
+    masks = li.select_parameters(model, (x, y), ratio=0.34)
+    g = {k: torch.randn_like(v) for k, v in H.params.items()}
+    p = V.flatten(as_masks(masks, H.params)).double()
+    P, Hd = torch.diag(p), H.matrix + damping * torch.eye(len(p), dtype=torch.float64)
+    expected = {
+        "gif": (H.matrix @ P, V.flatten(g), LEAST_SQUARES, damping, masks),
+        "fif": (P @ Hd @ P, p * V.flatten(g), SYMMETRIC, 0.0, masks),
+        "pif": (Hd, V.flatten(g), SYMMETRIC, 0.0, masks),
+        "if": (Hd, V.flatten(g), SYMMETRIC, 0.0, None),
+    }
+    for estimator, (A, b, kind, lam, out_mask) in expected.items():
+        system = build_system(estimator, H, g, masks, damping)
+        assert torch.allclose(system.operator.to_matrix(H.params), A, rtol=0, atol=1e-14)
+        assert torch.allclose(system.operator.T.to_matrix(H.params), A.T, rtol=0, atol=1e-14)
+        assert torch.equal(V.flatten(system.rhs), b)
+        assert (system.kind, system.damping, system.output_mask) == (kind, lam, out_mask)
+        assert system.operator.symmetric == (kind == SYMMETRIC)
+
+
+def test_loader_over_indexed_dataset_gives_the_unweighted_result():
+    """A third tuple element is sample ids: never per-sample weights."""
+    model = tiny_mlp()
+    x, y = data_for(model, 40, seed=1)
+    forget = (x[30:], y[30:])
+    with_ids = DataLoader(IndexedDataset(TensorDataset(x[:30], y[:30])), batch_size=8)
+    plain = DataLoader(TensorDataset(x[:30], y[:30]), batch_size=8)
+    first = next(iter(with_ids))
+    assert len(first) == 3 and first[2].dtype == torch.long
+    for solver in ("krylov", "dense"):
+        a, _ = li.influence(model, None, with_ids, forget, estimator="if", solver=solver)
+        b, _ = li.influence(model, None, plain, forget, estimator="if", solver=solver)
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    whole, _ = li.influence(model, None, (x[:30], y[:30]), forget, estimator="if", solver="dense")
+    assert rel_err(a, V.flatten(whole)) < 1e-10  # the dense solve over the loader
+    # What the former rule computed: the Hessian weighted by the sample ids.
+    by_ids = [Batch(bx, by, weights=ids.double()) for bx, by, ids in with_ids]
+    wrong, _ = li.influence(model, None, by_ids, forget, estimator="if", solver="dense")
+    assert rel_err(wrong, V.flatten(whole)) > 1e-3

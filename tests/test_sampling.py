@@ -319,15 +319,16 @@ def test_cluster_samplers_estimate_the_hessian_better_than_random(data_seed: int
 
 
 def test_weights_plug_into_the_engine_hessian_operator(one_thread):
-    """The engine's HessianOperator with (x, y, w) batches equals the local weighted HVP."""
-    curvature = pytest.importorskip("lightning_influence.curvature")
+    """The engine's HessianOperator with weighted batches equals the local weighted HVP."""
+    from lightning_influence import Batch, curvature
+
     x, y = _mixture(0)
     model = _trained_mlp(x, y)
     with torch.no_grad():
         pool = CaptureResult(torch.arange(len(y)), y, model(x), model[1](model[0](x)))
     sel = LogitSampler().select(pool, 30, seed=0)
     xb, yb = x[sel.ids], y[sel.ids]
-    op = curvature.HessianOperator(model, None, [(xb, yb, sel.weights)])
+    op = curvature.HessianOperator(model, None, [Batch(xb, yb, weights=sel.weights)])
     v = {k: torch.randn_like(p) for k, p in model.named_parameters()}
     torch.testing.assert_close(
         _flat(op.matvec(v)), _flat(_weighted_hvp(model, xb, yb, sel.weights, v))

@@ -1,4 +1,4 @@
-"""Parameter selection (method.md §5): counts, whole units, determinism, BN never selected."""
+"""Parameter selection: counts, whole units, determinism, BN never selected, state untouched."""
 
 from __future__ import annotations
 
@@ -104,3 +104,51 @@ def test_frozen_layers_are_not_selectable(net_and_data):
         assert "fc1.weight" not in masks
     finally:
         net.fc1.requires_grad_(True)
+
+
+def test_selection_keeps_frozen_eval_submodules_and_existing_grads(net_and_data):
+    """A submodule the user froze in eval stays in eval; accumulated ``.grad`` survive."""
+    net, data = net_and_data
+    net.train()
+    net.bn.eval()
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    try:
+        for method in ("highest_outputs", "highest_gradients"):
+            li.select_parameters(net, data, method=method)
+            assert net.training and net.conv1.training and not net.bn.training
+            assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in net.parameters())
+    finally:
+        net.bn.train()
+        for p in net.parameters():
+            p.grad = None
+
+
+class SequenceNet(nn.Module):
+    """A Linear applied to ``[B, T, D]``: its units are the output features (last dim)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.proj(x)).mean(dim=1))
+
+
+@pytest.mark.parametrize("method", ["highest_outputs", "highest_gradients"])
+def test_linear_on_sequences_selects_output_features(method):
+    torch.manual_seed(0)
+    net = SequenceNet()
+    x, y = torch.randn(7, 5, 4), torch.randint(0, 3, (7,))  # T = 5 differs from 6 features
+    masks = li.select_parameters(net, (x, y), method=method, ratio=0.5)
+    rows = masks["proj.weight"]
+    assert rows.shape == (6, 4) and (rows.all(1) | ~rows.any(1)).all()
+    assert torch.equal(masks["proj.bias"], rows.all(1))
+    h = net.proj(x)  # [7, 5, 6]
+    if method == "highest_outputs":
+        score = h.detach().sum(dim=(0, 1)).abs()
+    else:
+        loss = nn.functional.cross_entropy(net.head(torch.tanh(h).mean(dim=1)), y)
+        score = torch.autograd.grad(loss, h)[0].sum(dim=(0, 1)).abs()
+    assert set(score.topk(3).indices.tolist()) == set(rows.all(1).nonzero().squeeze(1).tolist())

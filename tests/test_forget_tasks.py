@@ -1,0 +1,248 @@
+"""The four forget tasks of UnlearnCallback end to end on digits, against retrained references.
+
+Every model is trained once per module (``train_classifier``, 12 epochs, seed 0) and
+deep-copied before unlearning. All acceptance numbers are measured on the *test* split; the
+callback only sees the training and validation splits. The ``test_reference_*`` tests check
+the reference side alone (that each corruption does damage a retrained or clean model does
+not), so a failure there means the task setup, not the unlearning, is off.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from forget_task_data import (
+    accuracy,
+    attack_success_rate,
+    class_accuracies,
+    corner_trigger,
+    flip_labels,
+    poison,
+    random_ids,
+    without_classes,
+    without_ids,
+)
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_influence import IndexedDataset, UnlearnCallback
+from lightning_influence.demos.datasets import digits_splits
+from lightning_influence.demos.models import train_classifier
+from lightning_influence.metrics import evaluate
+
+torch.set_num_threads(1)
+
+EPOCHS = 12
+FORGET_CLASS = 3
+FLIP_SOURCE, FLIP_DEST, FLIP_FRACTION = 3, 8, 0.5
+BACKDOOR_TARGET, POISON_FRACTION = 0, 0.05
+TRIGGER = corner_trigger(size=4, value=1.0, corner="bottom_right")
+
+
+def fit(train: TensorDataset, val: TensorDataset | None) -> torch.nn.Module:
+    return train_classifier(train, val, epochs=EPOCHS, seed=0, num_classes=10)
+
+
+def unlearn(model, train: TensorDataset, val: TensorDataset, **task):
+    """A deep copy of ``model`` unlearned with ``UnlearnCallback(**task)``, and the report."""
+    model = copy.deepcopy(model)
+    cb = UnlearnCallback(progress_bar=False, **task)
+    report = cb.unlearn_model(
+        model,
+        DataLoader(IndexedDataset(train), batch_size=64),
+        DataLoader(val, batch_size=256),
+    )
+    return model.eval(), report
+
+
+def class_f1(model, test: TensorDataset, c: int) -> dict[str, float]:
+    return evaluate(model, DataLoader(test, batch_size=512), [c])
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return digits_splits(0)
+
+
+@pytest.fixture(scope="module")
+def clean_model(digits):
+    train, val, _ = digits
+    return fit(train, val)
+
+
+@pytest.fixture(scope="module")
+def retrained_without_class(digits):
+    train, val, _ = digits
+    return fit(without_classes(train, [FORGET_CLASS]), without_classes(val, [FORGET_CLASS]))
+
+
+@pytest.fixture(scope="module")
+def flipped(digits):
+    """(noisy training data, {flipped id: true label}, model trained on the noisy data)."""
+    train, val, _ = digits
+    noisy, relabel = flip_labels(train, FLIP_SOURCE, FLIP_DEST, FLIP_FRACTION, seed=0)
+    return noisy, relabel, fit(noisy, val)
+
+
+@pytest.fixture(scope="module")
+def poisoned(digits):
+    """(poisoned training data, poisoned ids, {id: true label}, model trained on it)."""
+    train, val, _ = digits
+    data, ids, true_labels = poison(train, TRIGGER, BACKDOOR_TARGET, POISON_FRACTION, seed=0)
+    return data, ids, true_labels, fit(data, val)
+
+
+# ------------------------------------------------------------------ reference side alone
+
+
+def test_reference_class_removal(digits, clean_model, retrained_without_class):
+    _, _, test = digits
+    before = class_f1(clean_model, test, FORGET_CLASS)
+    ref = class_f1(retrained_without_class, test, FORGET_CLASS)
+    print(
+        f"\n[class ref] trained F1={before['f1']:.4f} retrained F1={ref['f1']:.4f} "
+        f"(a_f={ref['forget_acc']:.4f}, a_r={ref['retain_acc']:.4f})"
+    )
+    assert ref["forget_acc"] <= 0.02 and ref["f1"] >= 0.95, (
+        f"retrained-without-class model: a_f={ref['forget_acc']:.4f}, "
+        f"a_r={ref['retain_acc']:.4f}, F1={ref['f1']:.4f}"
+    )
+
+
+def test_reference_label_flip_hurts(digits, clean_model, flipped):
+    _, _, test = digits
+    clean = class_accuracies(clean_model, test)
+    corrupt = class_accuracies(flipped[2], test)
+    print(
+        f"\n[relabel ref] class {FLIP_SOURCE} acc: corrupted={corrupt[FLIP_SOURCE]:.4f} "
+        f"clean={clean[FLIP_SOURCE]:.4f}; test acc corrupted={accuracy(flipped[2], test):.4f} "
+        f"clean={accuracy(clean_model, test):.4f}"
+    )
+    assert clean[FLIP_SOURCE] - corrupt[FLIP_SOURCE] >= 0.3, (
+        f"flipping {FLIP_FRACTION:.0%} of {FLIP_SOURCE}->{FLIP_DEST} left class "
+        f"{FLIP_SOURCE} at {corrupt[FLIP_SOURCE]:.4f} (clean model {clean[FLIP_SOURCE]:.4f})"
+    )
+
+
+def test_reference_backdoor_works(digits, clean_model, poisoned):
+    _, _, test = digits
+    model = poisoned[3]
+    asr = attack_success_rate(model, test, TRIGGER, BACKDOOR_TARGET)
+    clean_asr = attack_success_rate(clean_model, test, TRIGGER, BACKDOOR_TARGET)
+    print(
+        f"\n[backdoor ref] {len(poisoned[1])} poisoned; ASR poisoned={asr:.4f} "
+        f"clean={clean_asr:.4f}; test acc poisoned={accuracy(model, test):.4f} "
+        f"clean={accuracy(clean_model, test):.4f}"
+    )
+    assert asr >= 0.8, f"backdoor does not work: ASR={asr:.4f} on the poisoned model"
+    assert clean_asr <= 0.10, f"the trigger alone fools the clean model: ASR={clean_asr:.4f}"
+
+
+# ------------------------------------------------------------------------- the four tasks
+
+
+def test_class_removal_matches_retrained_f1(digits, clean_model, retrained_without_class):
+    train, val, test = digits
+    model, report = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS])
+    before = class_f1(clean_model, test, FORGET_CLASS)
+    after = class_f1(model, test, FORGET_CLASS)
+    ref = class_f1(retrained_without_class, test, FORGET_CLASS)
+    msg = (
+        f"class {FORGET_CLASS} removal: F1 before={before['f1']:.4f} after={after['f1']:.4f} "
+        f"retrained={ref['f1']:.4f}; a_f before={before['forget_acc']:.4f} "
+        f"after={after['forget_acc']:.4f} retrained={ref['forget_acc']:.4f}; a_r "
+        f"before={before['retain_acc']:.4f} after={after['retain_acc']:.4f} "
+        f"retrained={ref['retain_acc']:.4f}; applied={report.applied}"
+    )
+    print("\n" + msg)
+    assert abs(after["f1"] - ref["f1"]) <= 0.02, msg
+
+
+@pytest.mark.parametrize("n_forget", [1, 50])
+def test_sample_removal_keeps_test_accuracy(digits, clean_model, n_forget):
+    train, val, test = digits
+    ids = random_ids(len(train), n_forget, seed=1)
+    model, report = unlearn(clean_model, train, val, forget_ids=ids)
+    before, after = accuracy(clean_model, test), accuracy(model, test)
+    # The retrained reference is reported, not asserted on: the criterion is "test accuracy
+    # unchanged", and retraining without 1 or 50 of 1168 samples moves it by noise only.
+    # Retrained only for 50 samples to keep the file fast (without the 1 sample, id 549, a
+    # retrained model scored the same 0.9861 test accuracy as the trained one).
+    ref = f"{accuracy(fit(without_ids(train, ids), val), test):.4f}" if n_forget > 1 else "-"
+    forgotten = TensorDataset(*(t[torch.tensor(ids)] for t in train.tensors))
+    msg = (
+        f"removal of {n_forget} samples: test acc before={before:.4f} after={after:.4f} "
+        f"retrained={ref}; train acc on the forgotten samples before="
+        f"{accuracy(clean_model, forgotten):.4f} after={accuracy(model, forgotten):.4f}; "
+        f"applied={report.applied}"
+    )
+    print("\n" + msg)
+    assert abs(after - before) <= 0.01, msg
+
+
+def test_label_change_recovers_flipped_class(digits, clean_model, flipped):
+    _, val, test = digits
+    noisy, relabel, corrupted = flipped
+    model, report = unlearn(corrupted, noisy, val, relabel=relabel)
+    clean = class_accuracies(clean_model, test)
+    before = class_accuracies(corrupted, test)
+    after = class_accuracies(model, test)
+    others = torch.arange(10) != FLIP_SOURCE
+    gap = float(clean[FLIP_SOURCE] - before[FLIP_SOURCE])
+    recovered = float(after[FLIP_SOURCE] - before[FLIP_SOURCE])
+    # Other classes have ~36 test images each (one image = 0.028), so the 0.02 bound is on
+    # the mean accuracy over the nine other classes; the largest single drop is printed too.
+    other_drop = float(before[others].mean() - after[others].mean())
+    worst = int(torch.argmax(before - after).item())
+    msg = (
+        f"relabel {len(relabel)} flipped {FLIP_SOURCE}->{FLIP_DEST} back: class {FLIP_SOURCE} "
+        f"acc corrupted={before[FLIP_SOURCE]:.4f} after={after[FLIP_SOURCE]:.4f} "
+        f"clean={clean[FLIP_SOURCE]:.4f} (recovered {recovered:.4f} of gap {gap:.4f}); "
+        f"other classes mean acc corrupted={before[others].mean():.4f} "
+        f"after={after[others].mean():.4f} (drop {other_drop:.4f}; worst class {worst}: "
+        f"{before[worst]:.4f}->{after[worst]:.4f}); applied={report.applied}"
+    )
+    print("\n" + msg)
+    assert gap > 0.1, msg  # the corruption must do damage for the test to mean anything
+    assert recovered >= 0.5 * gap, msg
+    assert other_drop <= 0.02, msg
+
+
+@pytest.mark.parametrize("with_true_labels", [True, False], ids=["true_labels", "no_labels"])
+def test_backdoor_repair(digits, clean_model, poisoned, with_true_labels):
+    _, val, test = digits
+    data, ids, true_labels, backdoored = poisoned
+    extra = {"backdoor_true_labels": true_labels} if with_true_labels else {}
+    asr_before = attack_success_rate(backdoored, test, TRIGGER, BACKDOOR_TARGET)
+    acc_before = accuracy(backdoored, test)
+    model, report = unlearn(
+        backdoored,
+        data,
+        val,
+        backdoor_trigger=TRIGGER,
+        backdoor_target=BACKDOOR_TARGET,
+        forget_ids=ids,
+        **extra,
+    )
+    asr_after = attack_success_rate(model, test, TRIGGER, BACKDOOR_TARGET)
+    acc_after = accuracy(model, test)
+    msg = (
+        f"backdoor repair ({len(ids)} poisoned, true labels {with_true_labels}): ASR "
+        f"before={asr_before:.4f} after={asr_after:.4f} clean-model="
+        f"{attack_success_rate(clean_model, test, TRIGGER, BACKDOOR_TARGET):.4f}; clean test "
+        f"acc before={acc_before:.4f} after={acc_after:.4f} clean-model="
+        f"{accuracy(clean_model, test):.4f}; applied={report.applied}"
+    )
+    print("\n" + msg)
+    assert asr_before >= 0.8, msg  # the backdoor works before the repair
+    assert acc_before - acc_after <= 0.03, msg
+    if with_true_labels:
+        assert asr_after <= 0.10, msg
+    else:
+        # Removal alone: the poisoned samples are fitted (loss ~0), so their gradients, and
+        # the influence of removing them, are small; the repair is partial by nature.
+        assert asr_after < asr_before, msg
