@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import Batch, parse_batch
 from lightning_influence.capture import CaptureCallback, CaptureResult
+from lightning_influence.checkpoints import refresh_checkpoints
 from lightning_influence.curvature import default_loss
 from lightning_influence.forget import ForgetSpec, forget_spec_from_arguments
-from lightning_influence.loaders import first_loader, plain_loader
+from lightning_influence.loaders import data_pass, first_loader
 from lightning_influence.pipeline import run_unlearning
 from lightning_influence.report import UnlearnReport
 from lightning_influence.settings import (
@@ -119,6 +120,8 @@ class UnlearnCallback(pl.Callback):
         self.loss_fn = loss_fn or default_loss
         self.batch_parser = batch_parser or parse_batch
         self.report: UnlearnReport | None = None
+        #: ``trainer.global_step`` when ``on_fit_end`` last unlearned (kept in checkpoints)
+        self.unlearned_step: int | None = None
 
     @property
     def task(self) -> str:
@@ -131,18 +134,48 @@ class UnlearnCallback(pl.Callback):
 
     # ------------------------------------------------------------------ hooks
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.fast_dev_run and not _has_validation(trainer):
+            raise ValueError(
+                "UnlearnCallback needs validation data (the step is chosen on it, never on test "
+                "data): pass val_dataloaders to fit or a datamodule with val_dataloader(). "
+                "Checked before training so that the fit is not wasted."
+            )
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted:
             rank_zero_warn("UnlearnCallback: fit was interrupted; not unlearning.")
             return
+        if trainer.fast_dev_run:
+            rank_zero_warn("UnlearnCallback: fast_dev_run is a smoke test; not unlearning.")
+            return
+        if self.unlearned_step is not None and self.unlearned_step == trainer.global_step:
+            rank_zero_info(
+                "UnlearnCallback: this model was already unlearned at this step (resumed from "
+                "a checkpoint written after unlearning); not unlearning again."
+            )
+            return
         self.unlearn(trainer, pl_module)
+        self.unlearned_step = trainer.global_step
+        written, stale = refresh_checkpoints(trainer)
+        if written and stale:
+            rank_zero_warn(
+                f"UnlearnCallback: {', '.join(written)} now hold the unlearned model (ckpt_path="
+                f"'best'/'last' load it); these checkpoints of the fit still hold the model "
+                f"from before unlearning: {', '.join(stale)}. Delete them if the forgotten data "
+                "must not persist."
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"report": None if self.report is None else self.report.as_dict()}
+        return {
+            "report": None if self.report is None else self.report.as_dict(),
+            "unlearned_step": self.unlearned_step,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         rep = state_dict.get("report")
         self.report = None if rep is None else UnlearnReport.from_dict(rep)
+        self.unlearned_step = state_dict.get("unlearned_step")
 
     # ------------------------------------------------------------------ entry points
 
@@ -201,8 +234,8 @@ class UnlearnCallback(pl.Callback):
                 model.to(dev)
                 self.report = run_unlearning(
                     model,
-                    plain_loader(train_dataloader),
-                    plain_loader(val_dataloader),
+                    data_pass(train_dataloader),
+                    data_pass(val_dataloader),
                     self.spec,
                     self.settings,
                     loss_fn=self.loss_fn,
@@ -313,6 +346,16 @@ def _require_loaders(train: Any, val: Any) -> None:
         )
 
 
+def _has_validation(trainer: pl.Trainer) -> bool:
+    """Whether the fit has validation data (a loader, or a datamodule that defines one)."""
+    if trainer.limit_val_batches == 0:
+        return False
+    try:
+        return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
+    except AttributeError:  # another Lightning layout: do not block the fit
+        return True
+
+
 def _fresh_capture(trainer: pl.Trainer) -> CaptureResult | None:
     """A CaptureCallback's result recorded at the current weights (no training step since)."""
     for cb in trainer.callbacks:
@@ -339,8 +382,15 @@ def _log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
     )
     if trainer.is_global_zero:
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-            logger.save()
+            try:
+                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.save()
+            except Exception as err:  # the model is unlearned: a logger must not undo that
+                rank_zero_warn(
+                    f"UnlearnCallback: {type(logger).__name__} failed to log the report "
+                    f"({type(err).__name__}: {err}); the model is unlearned and "
+                    "callback.report holds every value."
+                )
     b, a = rep.before, rep.after
     rank_zero_info(
         f"UnlearnCallback ({rep.task}): val forget acc {b.get('forget_acc', math.nan):.3f} -> "

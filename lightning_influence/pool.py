@@ -104,27 +104,47 @@ def batch_ids(batch: Batch, start: int) -> Tensor:
 
 
 def _parsed(
-    loader: Iterable[Any], parser: BatchParser, what: str
+    loader: Iterable[Any], parser: BatchParser, what: str, needs_ids: bool = False
 ) -> Iterable[tuple[Batch, Tensor]]:
-    """``(batch, ids)`` per batch, inputs and labels detached on the CPU."""
+    """``(batch, ids)`` per batch, inputs and labels detached on the CPU.
+
+    Batches without ids take the dataset index of each position where the pass knows it
+    (``loader.position_ids``), else the position; ``needs_ids`` refuses positions of a pass
+    whose order is not reproducible (``loader.stable``).
+    """
+    known = getattr(loader, "position_ids", None)
     position = 0
     for raw in loader:
-        try:
-            b = parser(raw)
-        except ValueError as err:
-            raise ValueError(f"cannot parse a {what} batch: {err}") from err
-        if not isinstance(b.x, Tensor):
+        b = _parse(parser, raw, what)
+        if b.ids is None and known is not None:
+            b.ids = known[position : position + len(b)]
+        elif b.ids is None and needs_ids and not getattr(loader, "stable", True):
             raise ValueError(
-                f"unlearning needs tensor inputs; a {what} batch has x of type "
-                f"{type(b.x).__name__} (pass a batch_parser that returns a tensor x)."
+                f"The {what} batches carry no sample ids and the loader's order "
+                f"({getattr(loader, 'sampler', 'its sampler')}) cannot be reproduced, so "
+                "positions are no ids: wrap the dataset in lightning_influence.IndexedDataset "
+                "(or yield (x, y, idx)) so that forget ids name the same samples."
             )
-        y = torch.as_tensor(b.y).reshape(-1)
-        if y.is_floating_point():
-            raise ValueError(f"{what} labels must be integer class indices, got {y.dtype}.")
-        b = Batch(b.x.detach().cpu(), y.detach().cpu().long(), b.ids)
         ids = batch_ids(b, position)
         position += len(b)
         yield b, ids
+
+
+def _parse(parser: BatchParser, raw: Any, what: str) -> Batch:
+    """The batch parsed, checked and detached on the CPU."""
+    try:
+        b = parser(raw)
+    except ValueError as err:
+        raise ValueError(f"cannot parse a {what} batch: {err}") from err
+    if not isinstance(b.x, Tensor):
+        raise ValueError(
+            f"unlearning needs tensor inputs; a {what} batch has x of type "
+            f"{type(b.x).__name__} (pass a batch_parser that returns a tensor x)."
+        )
+    y = torch.as_tensor(b.y).reshape(-1)
+    if y.is_floating_point():
+        raise ValueError(f"{what} labels must be integer class indices, got {y.dtype}.")
+    return Batch(b.x.detach().cpu(), y.detach().cpu().long(), b.ids)
 
 
 def _first_per_id(rows: Rows) -> Rows:
@@ -187,12 +207,13 @@ def read_training_data(
     forget_mask: ForgetMask,
     pool_size: int | None,
     seed: int,
+    needs_ids: bool = False,
 ) -> TrainingData:
     """One pass: ids and labels of every row, the forget rows, a bounded candidate pool."""
     all_ids, all_labels, forget_parts = [], [], []
     pool = _BoundedPool(pool_size, seed)
     like: Rows | None = None
-    for b, ids in _parsed(loader, parser, "training"):
+    for b, ids in _parsed(loader, parser, "training", needs_ids):
         rows = Rows(b.x, b.y, ids)
         like = like or rows
         mask = forget_mask(ids, b.y).to(torch.bool).cpu()

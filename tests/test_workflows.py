@@ -1,0 +1,158 @@
+"""Everyday Lightning workflows around UnlearnCallback: checkpoints, test after fit, resume,
+two callbacks, fast_dev_run, loggers that fail, missing validation data."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch.utils.data import DataLoader
+
+from lightning_influence import IndexedDataset, UnlearnCallback
+from lightning_influence.checkpoints import UNLEARNED_CHECKPOINT
+from lightning_influence.demos.datasets import digits_splits
+from lightning_influence.demos.models import ImageClassifier
+from lightning_influence.metrics import evaluate
+
+torch.set_num_threads(1)
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, val, test = digits_splits(0)
+    return (
+        DataLoader(
+            IndexedDataset(train),
+            batch_size=64,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        ),
+        DataLoader(val, batch_size=256),
+        DataLoader(test, batch_size=512),
+    )
+
+
+def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
+    options = dict(
+        max_epochs=EPOCHS,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    options.update(kwargs)
+    return L.Trainer(callbacks=callbacks, **options)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits, tmp_path_factory):
+    """(trainer, model, unlearn callback, checkpoint callback) after fit with unlearning."""
+    tmp = tmp_path_factory.mktemp("fit")
+    L.seed_everything(0, verbose=False)
+    model = ImageClassifier()
+    ckpt = ModelCheckpoint(dirpath=tmp / "ckpt", monitor="val_loss", save_last=True)
+    unlearn = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    trainer = _trainer(tmp, [ckpt, unlearn])
+    train, val, _ = digits
+    with pytest.warns(UserWarning, match="still hold the model from before unlearning"):
+        trainer.fit(model, train, val)
+    return trainer, model, unlearn, ckpt
+
+
+def test_checkpoints_after_fit_hold_the_unlearned_model(fitted, digits):
+    trainer, model, unlearn, ckpt = fitted
+    assert unlearn.report is not None and unlearn.report.applied
+    assert ckpt.best_model_path.endswith(UNLEARNED_CHECKPOINT)
+    for path in (ckpt.best_model_path, ckpt.last_model_path):
+        state = torch.load(path, weights_only=False)
+        assert state["callbacks"][unlearn.state_key]["report"]["applied"]
+        restored = ImageClassifier()
+        restored.load_state_dict(state["state_dict"])
+        for k, v in model.state_dict().items():
+            assert torch.equal(restored.state_dict()[k], v), f"{path}: {k} differs"
+
+
+@pytest.mark.parametrize("ckpt_path", [None, "best", "last"])
+def test_test_after_fit_uses_the_unlearned_model(fitted, digits, ckpt_path):
+    trainer, model, _, _ = fitted
+    _, _, test = digits
+    work = copy.deepcopy(model)
+    with torch.no_grad():  # scramble the in-memory weights: test must load the checkpoint
+        for p in work.parameters():
+            p.add_(torch.randn_like(p))
+    trainer.test(work, dataloaders=test, ckpt_path=ckpt_path or "best", verbose=False)
+    metrics = evaluate(work, test, [3])
+    assert metrics["forget_acc"] <= 0.10, metrics
+
+
+def test_resuming_a_finished_fit_does_not_unlearn_twice(fitted, digits, tmp_path):
+    trainer, model, unlearn, ckpt = fitted
+    train, val, _ = digits
+    again = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    resumed = _trainer(tmp_path, [ModelCheckpoint(dirpath=tmp_path / "c2"), again])
+    fresh = ImageClassifier()
+    resumed.fit(fresh, train, val, ckpt_path=ckpt.best_model_path)
+    assert again.report == unlearn.report  # loaded, not recomputed
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+
+
+def test_two_unlearn_callbacks_in_one_trainer(tmp_path):
+    a = UnlearnCallback(forget_classes=[3])
+    b = UnlearnCallback(forget_classes=[5])
+    assert a.state_key != b.state_key
+    same = UnlearnCallback(forget_classes=[3])
+    assert a.state_key == same.state_key  # stable across runs: checkpoints restore it
+
+
+def test_fast_dev_run_does_not_unlearn(digits, tmp_path):
+    train, val, _ = digits
+    model = ImageClassifier()
+    cb = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    trainer = _trainer(tmp_path, [cb], fast_dev_run=True)
+    with pytest.warns(UserWarning, match="fast_dev_run"):
+        trainer.fit(model, train, val)
+    assert cb.report is None
+
+
+def test_missing_validation_data_fails_before_training(digits, tmp_path):
+    train, _, _ = digits
+    model = ImageClassifier()
+    before = copy.deepcopy(model.state_dict())
+    trainer = _trainer(tmp_path, [UnlearnCallback(forget_classes=[3])], max_epochs=50)
+    with pytest.raises(ValueError, match="validation data"):
+        trainer.fit(model, train)
+    assert trainer.global_step == 0
+    for k, v in before.items():
+        assert torch.equal(model.state_dict()[k], v)
+
+
+class _BrokenLogger(Logger):
+    name, version = "broken", 0
+
+    def log_metrics(self, metrics, step=None):
+        if any(k.startswith("unlearn/") for k in metrics):
+            raise OSError("disk full")
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def test_a_failing_logger_warns_and_keeps_the_unlearned_model(digits, tmp_path):
+    train, val, test = digits
+    L.seed_everything(0, verbose=False)
+    model = ImageClassifier()
+    cb = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    loggers = [_BrokenLogger(), CSVLogger(tmp_path)]
+    trainer = _trainer(tmp_path, [cb], logger=loggers, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="failed to log"):
+        trainer.fit(model, train, val)
+    assert cb.report is not None and cb.report.applied
+    assert evaluate(model, test, [3])["forget_acc"] <= 0.10
