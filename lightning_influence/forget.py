@@ -276,7 +276,7 @@ class BackdoorRepair(ForgetSpec):
     target: int
     true_labels: dict[int, int] | None = field(default=None)
     task: ClassVar[str] = "backdoor"
-    max_retain_drop: ClassVar[float] = 0.03
+    max_retain_drop: ClassVar[float] = 0.01
     rounds: ClassVar[int] = 5
     selection: ClassVar[str] = "highest_gradients"
 

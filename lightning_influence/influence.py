@@ -125,18 +125,59 @@ def influence(
         selection) and an :class:`InfluenceReport`.
     """
     _check_choices(estimator, solver, damping)
+    validate_selection(model, selection)
+    loss_fn = loss_fn or default_loss
+    f_batches = as_batches(forget_data, "forget_data")
+    a_batches = as_batches(add_data, "add_data") if add_data is not None else None
+    start = time.perf_counter()
+    with eval_mode(model):
+        g = influence_gradient(model, loss_fn, f_batches, a_batches, forget_weight)
+    seconds = time.perf_counter() - start
+    delta, report = solve_influence(
+        model, loss_fn, hessian_data, g, selection, estimator, solver, damping, **solver_options
+    )
+    report.seconds += seconds
+    return delta, report
+
+
+def solve_influence(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    hessian_data: Any,
+    gradient: ParamDict,
+    selection: Mapping[str, Tensor] | None = None,
+    estimator: str = "gif",
+    solver: str = "krylov",
+    damping: float = 0.0,
+    **solver_options: Any,
+) -> tuple[ParamDict, InfluenceReport]:
+    """Solve the estimator's system for a given right-hand side g (see :func:`influence`).
+
+    The building block of :func:`influence` for callers that form g themselves (e.g. a
+    re-linearised round, whose g holds the retained data's gradient at the new weights).
+
+    Args:
+        model: the model at the weights where H is formed.
+        loss_fn: a mean-reducing loss (``None``: cross-entropy).
+        hessian_data: the data of H (see :func:`influence`).
+        gradient: g, keyed by trainable parameter name.
+        selection: bool masks of the parameters allowed to move (``None``: all).
+        estimator: ``gif`` | ``fif`` | ``pif`` | ``if``.
+        solver: ``krylov`` | ``lissa`` | ``dense``.
+        damping: λ ≥ 0.
+        **solver_options: as for :func:`influence`.
+    """
+    _check_choices(estimator, solver, damping)
     loss_fn = loss_fn or default_loss
     masks = validate_selection(model, selection)
     if estimator == "if":
         masks = None
     h_batches = as_batches(hessian_data, "hessian_data")
-    f_batches = as_batches(forget_data, "forget_data")
-    a_batches = as_batches(add_data, "add_data") if add_data is not None else None
     max_params = solver_options.pop("max_params", 5000)
     start = time.perf_counter()
     with eval_mode(model):
-        g = _gradient(model, loss_fn, f_batches, a_batches, forget_weight)
         hessian = _hessian(model, loss_fn, h_batches, solver, max_params)
+        g = dict(gradient)
         if solver == "dense":
             g = {k: t.to(torch.float64) for k, t in g.items()}
         system = build_system(estimator, hessian, g, masks, damping)
@@ -163,14 +204,22 @@ def _hessian(
     return HessianOperator(model, loss_fn, batches)
 
 
-def _gradient(
+def influence_gradient(
     model: nn.Module,
     loss_fn: LossFn,
-    forget: list[Batch],
-    add: list[Batch] | None,
-    forget_weight: float,
+    forget: Any,
+    add: Any = None,
+    forget_weight: float = 1.0,
 ) -> ParamDict:
-    """g = forget_weight × (mean gradient on ``forget`` − mean gradient on ``add``)."""
+    """g = ``forget_weight`` × (mean gradient on ``forget`` − mean gradient on ``add``).
+
+    Args:
+        model: the model (in ``eval()`` if it has BatchNorm or dropout).
+        loss_fn: a mean-reducing loss.
+        forget: the data whose loss g removes (a batch or an iterable of batches).
+        add: the data whose loss g adds, or ``None``.
+        forget_weight: the factor on g.
+    """
     g = mean_gradient(model, loss_fn, forget, "forget_data")
     if add is not None:
         g = V.add(g, mean_gradient(model, loss_fn, add, "add_data"), -1.0)

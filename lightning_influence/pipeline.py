@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from lightning_influence.batches import Batch, BatchParser
 from lightning_influence.capture import CaptureResult, capture_pool
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.influence import InfluenceReport, influence
+from lightning_influence.influence import InfluenceReport, solve_influence
 from lightning_influence.pool import Rows, TrainingData, read_rows, read_training_data
 from lightning_influence.progress import progress_bar
 from lightning_influence.report import (
@@ -38,6 +38,7 @@ from lightning_influence.report import (
     plain,
     validation_f1,
 )
+from lightning_influence.rounds import RoundGradient
 from lightning_influence.sampling import SubsetSelection, get_sampler
 from lightning_influence.scoring import Scorer
 from lightning_influence.selection import select_parameters, selectable_layers
@@ -58,14 +59,12 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class Problem:
-    """Everything the candidates share: the data of g and H, the scorer, the scale of g."""
+    """Everything the candidates share: the data of H, g of each round, the scorer."""
 
     hessian: list[Batch]
-    remove: list[Batch]
-    add: list[Batch] | None
+    gradient: RoundGradient
     selection_rows: list[Batch]
     scorer: Scorer
-    forget_weight: float
     forget_target: float
     max_retain_drop: float
     rounds: int
@@ -135,7 +134,7 @@ def run_unlearning(
     spec.check_labels(num_classes=int(pool.logits.shape[1]))
     with timer("sample"):
         subset = sample_hessian_subset(pool, settings)
-    problem = _build_problem(spec, data, val, subset, settings, device)
+    problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
     before = problem.scorer.metrics(model)
     best, candidates = _search_candidates(
@@ -213,6 +212,8 @@ def sample_hessian_subset(pool: CaptureResult, settings: UnlearnSettings) -> Sub
 
 
 def _build_problem(
+    model: nn.Module,
+    loss_fn: LossFn,
     spec: ForgetSpec,
     data: TrainingData,
     val: Rows,
@@ -222,23 +223,44 @@ def _build_problem(
 ) -> Problem:
     size = settings.batch_size
     remove, add = spec.gradient_data(data.forget)
+    added = None if add is None or len(add) == 0 else add
     step = settings.step
+    rounds = spec.rounds if settings.solve.rounds is None else settings.solve.rounds
+    n, m = len(data), len(data.forget)
+    weight = spec.forget_weight(n, m)
+    retained = _subset_batches(data, subset, size, device)
+    gradient = RoundGradient(
+        model,
+        loss_fn,
+        remove.batches(size, device),
+        None if added is None else added.batches(size, device),
+        retained,
+        forget_weight=weight,
+        retain_share=weight * (n - m) / m,
+        rounds=rounds,
+    )
     return Problem(
-        hessian=_hessian_batches(data, subset, add, size, device),
-        remove=remove.batches(size, device),
-        add=None if add is None or len(add) == 0 else add.batches(size, device),
+        hessian=_hessian_batches(data, subset, added, size, device),
+        gradient=gradient,
         # Units are ranked where the change is largest: on the rows g adds (their loss is
         # high at the trained weights) when there are any, else on the forgotten rows.
-        selection_rows=(add if add is not None and len(add) else data.forget).batches(size, device),
+        selection_rows=(added if added is not None else data.forget).batches(size, device),
         scorer=spec.scorer(val.to(device), data.forget.to(device)),
-        forget_weight=spec.forget_weight(len(data), len(data.forget)),
         forget_target=0.0 if step.forget_target is None else step.forget_target,
         max_retain_drop=(
             spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
         ),
-        rounds=spec.rounds if settings.solve.rounds is None else settings.solve.rounds,
+        rounds=rounds,
         selection_method=settings.selection.method or spec.selection,
     )
+
+
+def _subset_batches(
+    data: TrainingData, subset: SubsetSelection, size: int, device: torch.device
+) -> list[Batch]:
+    """The weighted Hessian subset of retained rows (its weighted mean loss estimates L_R)."""
+    rows = data.candidates.take(data.candidates.positions(subset.ids))
+    return rows.batches(size, device, subset.weights.to(torch.float32))
 
 
 def _hessian_batches(
@@ -252,12 +274,13 @@ def _hessian_batches(
     added samples live (e.g. the trigger's pixels), and the least-squares solve cannot move
     there.
     """
+    if add is None:
+        return _subset_batches(data, subset, size, device)
     rows = data.candidates.take(data.candidates.positions(subset.ids))
     weights = subset.weights.to(torch.float32)
-    if add is not None and len(add) > 0:
-        per_sample = float(weights.sum()) / max(len(data) - len(data.forget), 1)
-        rows = Rows.cat([rows, add])
-        weights = torch.cat([weights, torch.full((len(add),), per_sample)])
+    per_sample = float(weights.sum()) / max(len(data) - len(data.forget), 1)
+    rows = Rows.cat([rows, add])
+    weights = torch.cat([weights, torch.full((len(add),), per_sample)])
     return rows.batches(size, device, weights)
 
 
@@ -333,7 +356,12 @@ def _select(
     if method == "all":
         return None
     return select_parameters(
-        model, problem.selection_rows, method=method, ratio=ratio, loss_fn=loss_fn, seed=settings.seed
+        model,
+        problem.selection_rows,
+        method=method,
+        ratio=ratio,
+        loss_fn=loss_fn,
+        seed=settings.seed,
     )
 
 
@@ -373,7 +401,8 @@ def try_candidate(
     for k in range(problem.rounds):
         tag = f"{label} round {k + 1}/{problem.rounds}" if problem.rounds > 1 else label
         with timer("solve"):
-            delta, solve = _solve(model, problem, settings, masks, damping, loss_fn, show, tag)
+            g = problem.gradient.at(model, k)
+            delta, solve = _solve(model, problem, settings, g, masks, damping, loss_fn, show, tag)
         with timer("search"):
             step = _search(model, problem, settings, delta, show, tag, budget)
         steps.append(step)
@@ -441,6 +470,7 @@ def _solve(
     model: nn.Module,
     problem: Problem,
     settings: UnlearnSettings,
+    gradient: dict[str, Tensor],
     masks: dict[str, Tensor] | None,
     damping: float,
     loss_fn: LossFn,
@@ -456,16 +486,14 @@ def _solve(
         with warnings.catch_warnings():
             if damping == 0:
                 warnings.simplefilter("ignore", ConvergenceWarning)
-            return influence(
+            return solve_influence(
                 model,
                 loss_fn,
                 problem.hessian,
-                problem.remove,
+                gradient,
                 selection=masks,
                 estimator=s.estimator,
                 solver=s.solver,
-                forget_weight=problem.forget_weight,
-                add_data=problem.add,
                 damping=damping,
                 **options,
             )
