@@ -12,6 +12,7 @@ The pipeline, one module each: read → capture → sample → select → solve 
 :class:`UnlearnCallback` runs the whole pipeline after ``Trainer.fit``.
 """
 
+from lightning_influence import settings as _settings
 from lightning_influence.batches import (
     Batch,
     IndexedDataset,
@@ -58,33 +59,21 @@ from lightning_influence.sampling import (
     get_sampler,
 )
 from lightning_influence.selection import select_parameters, selectable_layers
-from lightning_influence.settings import (
-    GridArguments,
-    HessianArguments,
-    SelectionArguments,
-    SolveArguments,
-    StepArguments,
-    UnlearnSettings,
-)
+from lightning_influence.settings import *  # noqa: F403  (the settings groups, settings.__all__)
 from lightning_influence.solvers import ConvergenceWarning, SolveReport
 from lightning_influence.step import StepResult, step_search
 
 __version__ = "0.1.0"
 
 __all__ = [
+    *_settings.__all__,
     "BackdoorRepair",
     "Batch",
     "CandidateResult",
     "ClassRemoval",
     "ForgetSpec",
-    "GridArguments",
-    "HessianArguments",
     "LabelChange",
     "SampleRemoval",
-    "SelectionArguments",
-    "SolveArguments",
-    "StepArguments",
-    "UnlearnSettings",
     "run_unlearning",
     "ESTIMATORS",
     "CaptureCallback",

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_influence.forward import inputs_rows, is_inputs
+
 __all__ = ["Batch", "BatchParser", "IndexedDataset", "ParsedBatch", "as_batches", "parse_batch"]
 
 _X_KEYS = ("x", "input", "inputs", "image", "images")
@@ -224,10 +226,13 @@ def _parse_with_weights(item: Any, where: str) -> Batch:
 
 def _checked_batch(item: Any, where: str) -> Batch:
     batch = _parse_with_weights(item, where)
-    if not isinstance(batch.x, Tensor):
-        raise ValueError(f"{where}: the inputs x must be a tensor, got {type(batch.x).__name__}.")
+    if not is_inputs(batch.x):
+        raise ValueError(
+            f"{where}: the inputs x must be a tensor (or a tuple/dict of tensors for several "
+            f"inputs), got {type(batch.x).__name__}."
+        )
     y = torch.as_tensor(batch.y)
-    n = int(batch.x.shape[0]) if batch.x.dim() > 0 else -1
+    n = inputs_rows(batch.x)
     if y.dim() == 0 or y.shape[0] != n:
         raise ValueError(f"{where}: x and y must have the same number of samples.")
     if batch.ids is not None and torch.as_tensor(batch.ids).numel() != n:

@@ -25,8 +25,10 @@ from lightning_influence.capture import CaptureCallback, CaptureResult
 from lightning_influence.checkpoints import refresh_checkpoints
 from lightning_influence.curvature import default_loss
 from lightning_influence.forget import ForgetSpec, forget_spec_from_arguments
+from lightning_influence.forward import LogitsModel
 from lightning_influence.loaders import data_pass, first_loader
 from lightning_influence.pipeline import run_unlearning
+from lightning_influence.progress import trainer_progress
 from lightning_influence.report import UnlearnReport
 from lightning_influence.settings import (
     GridArguments,
@@ -73,8 +75,12 @@ class UnlearnCallback(pl.Callback):
         grid: how grid candidates are ranked and when the grid stops early.
         seed: seed of the sampler, the candidate pool and tie-breaks.
         batch_size: batch size of the capture, the solve and the scoring passes.
-        progress_bar: show progress bars (only where the Trainer shows one).
+        progress_bar: show progress bars (only where the Trainer shows one; drawn with
+            Rich under a ``RichProgressBar``, else with tqdm).
         loss_fn: ``loss_fn(logits, targets)``, mean-reduced (default: cross-entropy).
+        logits_fn: ``logits_fn(output) -> logits`` for models whose forward returns
+            something else than logits, a dict/object with ``logits`` or a tuple whose first
+            tensor is the logits (those three are found without it).
         batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`
             (default: :func:`~lightning_influence.parse_batch`).
     """
@@ -96,6 +102,7 @@ class UnlearnCallback(pl.Callback):
         batch_size: int = 256,
         progress_bar: bool = True,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        logits_fn: Callable[[Any], Tensor] | None = None,
         batch_parser: Callable[[Any], Batch] | None = None,
     ) -> None:
         super().__init__()
@@ -118,6 +125,9 @@ class UnlearnCallback(pl.Callback):
         )
         self.progress_bar = bool(progress_bar)
         self.loss_fn = loss_fn or default_loss
+        if logits_fn is not None and not callable(logits_fn):
+            raise ValueError("logits_fn must be a callable (model output -> logits tensor).")
+        self.logits_fn = logits_fn
         self.batch_parser = batch_parser or parse_batch
         self.report: UnlearnReport | None = None
         #: ``trainer.global_step`` when ``on_fit_end`` last unlearned (kept in checkpoints)
@@ -198,10 +208,13 @@ class UnlearnCallback(pl.Callback):
         show = self.progress_bar and trainer.progress_bar_callback is not None
         capture = _fresh_capture(trainer)
         device = trainer.strategy.root_device
-        if trainer.world_size > 1:
-            self._unlearn_on_rank_zero(trainer, model, train, val, show, device, capture)
-        else:
-            self.unlearn_model(model, train, val, progress_bar=show, device=device, capture=capture)
+        with trainer_progress(trainer.progress_bar_callback):  # Rich under a RichProgressBar
+            if trainer.world_size > 1:
+                self._unlearn_on_rank_zero(trainer, model, train, val, show, device, capture)
+            else:
+                self.unlearn_model(
+                    model, train, val, progress_bar=show, device=device, capture=capture
+                )
         assert self.report is not None
         _log_report(trainer, self.report)
         return self.report
@@ -233,7 +246,7 @@ class UnlearnCallback(pl.Callback):
             with eval_mode(model):
                 model.to(dev)
                 self.report = run_unlearning(
-                    model,
+                    model if self.logits_fn is None else LogitsModel(model, self.logits_fn),
                     data_pass(train_dataloader),
                     data_pass(val_dataloader),
                     self.spec,
@@ -366,7 +379,14 @@ def _fresh_capture(trainer: pl.Trainer) -> CaptureResult | None:
 
 
 def _log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
-    """Before/after values and the run's key numbers to every logger (rank 0)."""
+    """The report to every logger (rank 0; a logger that fails only warns).
+
+    Every logger gets the before/after values and the run's key numbers as scalars at
+    ``trainer.global_step``, and the step-search curve as ``unlearn/trial_*`` scalars with
+    ``step`` = the trial's index in ``report.trials``. Loggers that take a table also get
+    the before/after table: ``log_table`` (e.g. WandbLogger) or ``experiment.add_text``
+    (TensorBoardLogger, as markdown).
+    """
     metrics = {f"unlearn/before_{k}": v for k, v in rep.before.items()}
     metrics.update({f"unlearn/after_{k}": v for k, v in rep.after.items()})
     metrics.update(
@@ -381,16 +401,12 @@ def _log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
         }
     )
     if trainer.is_global_zero:
+        step = trainer.global_step
         for logger in trainer.loggers:
-            try:
-                logger.log_metrics(metrics, step=trainer.global_step)
-                logger.save()
-            except Exception as err:  # the model is unlearned: a logger must not undo that
-                rank_zero_warn(
-                    f"UnlearnCallback: {type(logger).__name__} failed to log the report "
-                    f"({type(err).__name__}: {err}); the model is unlearned and "
-                    "callback.report holds every value."
-                )
+            _guarded(logger, "the report", lambda lg: lg.log_metrics(metrics, step=step))
+            _guarded(logger, "the step-search curve", lambda lg: _log_curve(lg, rep))
+            _guarded(logger, "the before/after table", lambda lg: _log_table(lg, rep, step))
+            _guarded(logger, "the report", lambda lg: lg.save())
     b, a = rep.before, rep.after
     rank_zero_info(
         f"UnlearnCallback ({rep.task}): val forget acc {b.get('forget_acc', math.nan):.3f} -> "
@@ -398,3 +414,62 @@ def _log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
         f"{a.get('retain_acc', math.nan):.3f}, F1 {b.get('f1', math.nan):.3f} -> "
         f"{a.get('f1', math.nan):.3f} in {rep.seconds.get('total', math.nan):.2f} s"
     )
+
+
+def _guarded(logger: Any, what: str, log: Callable[[Any], None]) -> None:
+    """``log(logger)``; a failure only warns (the model is unlearned: a logger must not undo it)."""
+    try:
+        log(logger)
+    except Exception as err:
+        rank_zero_warn(
+            f"UnlearnCallback: {type(logger).__name__} failed to log {what} "
+            f"({type(err).__name__}: {err}); the model is unlearned and "
+            "callback.report holds every value."
+        )
+
+
+#: report.trials fields -> the step-search curve's scalars
+_CURVE = {
+    "radius": "unlearn/trial_radius",
+    "forget_acc": "unlearn/trial_forget_score",
+    "retain_acc": "unlearn/trial_retain_acc",
+    "f1": "unlearn/trial_f1",
+}
+
+
+def _log_curve(logger: Any, rep: UnlearnReport) -> None:
+    """One row per step-search trial, ``step`` = its index in ``rep.trials``."""
+    for k, trial in enumerate(rep.trials):
+        logger.log_metrics({key: float(trial[f]) for f, key in _CURVE.items()}, step=k)
+
+
+def _report_rows(rep: UnlearnReport) -> list[list[Any]]:
+    """``[metric, before, after]`` for every validation value."""
+    names = list(rep.before) + [k for k in rep.after if k not in rep.before]
+    return [[k, rep.before.get(k, math.nan), rep.after.get(k, math.nan)] for k in names]
+
+
+def _report_markdown(rep: UnlearnReport) -> str:
+    lines = ["| metric | before | after |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {b:.4f} | {a:.4f} |" for k, b, a in _report_rows(rep)]
+    lines.append("")
+    lines.append(
+        f"task {rep.task}, applied {rep.applied} ({rep.reason}); radius {rep.radius:.3g}, "
+        f"ratio {rep.ratio:g}, damping {rep.damping:g}, "
+        f"{rep.solver.get('iterations', 0)} solver iterations, "
+        f"{len(rep.trials)} step trials, {rep.seconds.get('total', math.nan):.2f} s"
+    )
+    return "\n".join(lines)
+
+
+def _log_table(logger: Any, rep: UnlearnReport, step: int) -> None:
+    """The before/after table where the logger takes one (duck typed); others log none."""
+    log_table = getattr(logger, "log_table", None)
+    if callable(log_table):  # WandbLogger's signature
+        log_table(
+            key="unlearn/report", columns=["metric", "before", "after"], data=_report_rows(rep)
+        )
+        return
+    add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+    if callable(add_text):  # TensorBoard's SummaryWriter
+        add_text("unlearn/report", _report_markdown(rep), global_step=step)

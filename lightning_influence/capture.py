@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from .batches import BatchParser, parse_batch
+from .forward import LogitsModel, call_model, logits_of
 from .pool import batch_ids
 
 __all__ = [
@@ -134,6 +135,8 @@ def find_feature_module(model: nn.Module, name: str | None = None) -> tuple[str,
     if name is not None:
         if name in modules and name != "":
             return name, modules[name]
+        if f"model.{name}" in modules and isinstance(model, LogitsModel):  # logits_fn wrapper
+            return name, modules[f"model.{name}"]
         some = [n for n in modules if n][:8]
         raise ValueError(
             f"feature_module {name!r} is not a submodule of {type(model).__name__}; valid names "
@@ -215,15 +218,11 @@ class _OutputRecorder:
 
 
 def _logits_from(output: Any) -> torch.Tensor | None:
-    """Logits from a model/step output: a Tensor, a dict with "logits", or a tuple's first."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        out = output.get("logits")
-        return out if isinstance(out, torch.Tensor) else None
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return None
+    """Logits from a model/step output (see :func:`~lightning_influence.forward.logits_of`)."""
+    try:
+        return logits_of(output)
+    except TypeError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,13 +381,8 @@ def capture_pool(
                 position += b
                 if rec is not None:
                     rec.reset()
-                out = model(move_data_to_device(parsed.x, device))
-                logits = _logits_from(out)
-                if logits is None:
-                    raise ValueError(
-                        f"cannot find logits in the model output of type {type(out).__name__}; "
-                        "return a Tensor, a dict with 'logits' or a tuple whose first item is it."
-                    )
+                out = call_model(model, move_data_to_device(parsed.x, device))
+                logits = logits_of(out)
                 acc.add(ids, labels, logits, None if rec is None else rec.last)
     finally:
         for m, mode in modes.items():

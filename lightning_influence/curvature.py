@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from lightning_influence._modules import model_device
 from lightning_influence.batches import Batch, as_batches
+from lightning_influence.forward import call_functional, inputs_float64, inputs_to, logits_of
 from lightning_influence.operators import DenseMatrixOperator, ParamOperator
 from lightning_influence.vectors import ParamDict, flatten, unflatten
 
@@ -62,7 +63,7 @@ class BatchLoss:
     def __init__(self, model: nn.Module, loss_fn: LossFn, batch: Batch, weight_total: float):
         self.model, self.loss_fn = model, loss_fn
         device = model_device(model)
-        self.x, self.y = batch.x.to(device), batch.y.to(device)
+        self.x, self.y = inputs_to(batch.x, device), batch.y.to(device)
         self.w = None if batch.weights is None else batch.weights.to(device)
         self.n = len(batch)
         self.weight_total = weight_total
@@ -71,7 +72,7 @@ class BatchLoss:
         self.frozen.update(dict(model.named_buffers()))
 
     def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
-        out = functional_call(self.model, ({**self.frozen, **params},), (self.x,))
+        out = logits_of(call_functional(self.model, {**self.frozen, **params}, self.x))
         if self.w is None:
             return self.loss_fn(out, self.y) * (self.n / self.weight_total)
         per_sample = vmap(lambda o, t: self.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, self.y)
@@ -271,7 +272,7 @@ def batch_losses_float64(
     cast = [
         replace(
             b,
-            x=b.x.double() if b.x.is_floating_point() else b.x,
+            x=inputs_float64(b.x),
             weights=None if b.weights is None else b.weights.double(),
         )
         for b in batches

@@ -25,11 +25,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from lightning_influence.forward import inputs_cat, inputs_rows, inputs_take, is_inputs
 from lightning_influence.pool import Rows, TrainingData
 from lightning_influence.scoring import MembershipScorer, Scorer, SplitScorer
 
@@ -247,7 +248,7 @@ class LabelChange(ForgetSpec):
         return m / n  # the data set keeps its size
 
     def scorer(self, val: Rows, forget: Rows) -> Scorer:
-        x = torch.cat([forget.x, val.x])
+        x = inputs_cat([forget.x, val.x])
         y = torch.cat([forget.y, val.y])
         mask = torch.arange(len(y), device=y.device) < len(forget)
         return SplitScorer(x, y, mask, new_labels=self._new_y(forget).to(y.device))
@@ -314,11 +315,16 @@ class BackdoorRepair(ForgetSpec):
     def forget_weight(self, n: int, m: int) -> float:
         return m / n if self.true_labels else m / (n - m)
 
-    def triggered(self, x: Tensor) -> Tensor:
-        """``trigger(x)`` on a copy, checked to keep the batch's shape."""
-        out = self.trigger(x.clone())
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            raise ValueError("backdoor_trigger must return a tensor of the input batch's shape.")
+    def triggered(self, x: Any) -> Any:
+        """``trigger(x)`` on a copy, checked to keep the batch's structure and rows."""
+        out = self.trigger(inputs_take(x, slice(None)) if not isinstance(x, Tensor) else x.clone())
+        same = (
+            out.shape == x.shape
+            if isinstance(x, Tensor) and isinstance(out, Tensor)
+            else is_inputs(out) and inputs_rows(out) == inputs_rows(x)
+        )
+        if not same:
+            raise ValueError("backdoor_trigger must return inputs of the input batch's shape.")
         return out
 
     def scorer(self, val: Rows, forget: Rows) -> Scorer:
@@ -327,11 +333,11 @@ class BackdoorRepair(ForgetSpec):
             raise ValueError(
                 "The validation data holds only target-class samples: no attack to score."
             )
-        tx = self.triggered(val.x[victims])
+        tx = self.triggered(inputs_take(val.x, victims))
         ty = torch.full((tx.shape[0],), self.target, dtype=val.y.dtype, device=val.y.device)
         mask = torch.arange(len(ty) + len(val), device=ty.device) < len(ty)
         return SplitScorer(
-            torch.cat([tx, val.x]), torch.cat([ty, val.y]), mask, forget_name="attack_success_rate"
+            inputs_cat([tx, val.x]), torch.cat([ty, val.y]), mask, forget_name="attack_success_rate"
         )
 
 
@@ -367,7 +373,7 @@ def forget_spec_from_arguments(
     if forget_classes is not None:
         return ClassRemoval(list(forget_classes))
     if relabel is not None:
-        return LabelChange(dict(relabel))
+        return LabelChange(relabel)  # type: ignore[arg-type]  (checked in __post_init__)
     if backdoor:
         if backdoor_trigger is None or backdoor_target is None or forget_ids is None:
             raise ValueError(

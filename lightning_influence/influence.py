@@ -85,21 +85,24 @@ def influence(
     model: nn.Module,
     loss_fn: LossFn | None,
     hessian_data: Any,
-    forget_data: Any,
+    forget_data: Any = None,
     selection: Mapping[str, Tensor] | None = None,
     estimator: str = "gif",
     solver: str = "krylov",
     forget_weight: float = 1.0,
     add_data: Any = None,
     damping: float = 0.0,
+    *,
+    gradient: Mapping[str, Tensor] | None = None,
     **solver_options: Any,
 ) -> tuple[ParamDict, InfluenceReport]:
     """Estimate Δθ such that θ̂ + Δθ approximates the model trained without ``forget_data``.
 
     H is the Hessian of the (weighted) mean loss over ``hessian_data``; g is
-    ``forget_weight`` × (mean gradient over ``forget_data`` − mean gradient over ``add_data``).
-    Each estimator is a linear system in H and g (:mod:`lightning_influence.estimators`). The
-    weights are never modified; the model runs in ``eval()``, each submodule's mode restored.
+    ``forget_weight`` × (mean gradient over ``forget_data`` − mean gradient over ``add_data``),
+    or the given ``gradient``. Each estimator is a linear system in H and g
+    (:mod:`lightning_influence.estimators`). The weights are never modified; the model runs
+    in ``eval()``, each submodule's mode restored.
 
     Args:
         model: the trained model; only parameters with ``requires_grad`` enter.
@@ -107,7 +110,7 @@ def influence(
         hessian_data: the data of H: a batch or an iterable of batches (e.g. a DataLoader),
             read by :func:`~lightning_influence.as_batches`; per-sample weights come from
             :class:`~lightning_influence.Batch` ``(x, y, weights=w)`` (as the samplers return).
-        forget_data: the data to remove (same forms).
+        forget_data: the data to remove (same forms); give it or ``gradient``.
         selection: bool masks ``{name: mask}`` of the parameters allowed to move (from
             :func:`~lightning_influence.select_parameters`); ``None`` moves every parameter.
         estimator: ``gif`` | ``fif`` | ``pif`` | ``if`` (``if`` always uses every parameter).
@@ -116,6 +119,9 @@ def influence(
             faithful first-order magnitude.
         add_data: data whose mean gradient is subtracted from g (e.g. corrected labels).
         damping: λ ≥ 0: Tikhonov λ‖x‖² for ``gif``, H + λI for the others.
+        gradient: a right-hand side g formed by the caller (keyed by trainable parameter
+            name), instead of ``forget_data``/``add_data`` (e.g. a re-linearised round's g,
+            see :mod:`lightning_influence.rounds`).
         **solver_options: passed to the solver (``tol``, ``max_iter``, ``method``,
             ``variant``, ``scale``, ``scale_step``, ``progress`` ...); ``max_params`` (default
             5000) caps the model size of ``solver="dense"``.
@@ -125,59 +131,22 @@ def influence(
         selection) and an :class:`InfluenceReport`.
     """
     _check_choices(estimator, solver, damping)
-    validate_selection(model, selection)
-    loss_fn = loss_fn or default_loss
-    f_batches = as_batches(forget_data, "forget_data")
-    a_batches = as_batches(add_data, "add_data") if add_data is not None else None
-    start = time.perf_counter()
-    with eval_mode(model):
-        g = influence_gradient(model, loss_fn, f_batches, a_batches, forget_weight)
-    seconds = time.perf_counter() - start
-    delta, report = solve_influence(
-        model, loss_fn, hessian_data, g, selection, estimator, solver, damping, **solver_options
-    )
-    report.seconds += seconds
-    return delta, report
-
-
-def solve_influence(
-    model: nn.Module,
-    loss_fn: LossFn | None,
-    hessian_data: Any,
-    gradient: ParamDict,
-    selection: Mapping[str, Tensor] | None = None,
-    estimator: str = "gif",
-    solver: str = "krylov",
-    damping: float = 0.0,
-    **solver_options: Any,
-) -> tuple[ParamDict, InfluenceReport]:
-    """Solve the estimator's system for a given right-hand side g (see :func:`influence`).
-
-    The building block of :func:`influence` for callers that form g themselves (e.g. a
-    re-linearised round, whose g holds the retained data's gradient at the new weights).
-
-    Args:
-        model: the model at the weights where H is formed.
-        loss_fn: a mean-reducing loss (``None``: cross-entropy).
-        hessian_data: the data of H (see :func:`influence`).
-        gradient: g, keyed by trainable parameter name.
-        selection: bool masks of the parameters allowed to move (``None``: all).
-        estimator: ``gif`` | ``fif`` | ``pif`` | ``if``.
-        solver: ``krylov`` | ``lissa`` | ``dense``.
-        damping: λ ≥ 0.
-        **solver_options: as for :func:`influence`.
-    """
-    _check_choices(estimator, solver, damping)
+    if (forget_data is None) == (gradient is None):
+        raise ValueError("influence() needs exactly one of forget_data= or gradient=.")
     loss_fn = loss_fn or default_loss
     masks = validate_selection(model, selection)
     if estimator == "if":
         masks = None
     h_batches = as_batches(hessian_data, "hessian_data")
+    f_batches = None if forget_data is None else as_batches(forget_data, "forget_data")
+    a_batches = as_batches(add_data, "add_data") if add_data is not None else None
     max_params = solver_options.pop("max_params", 5000)
     start = time.perf_counter()
     with eval_mode(model):
+        g = dict(gradient) if gradient is not None else {}
+        if f_batches is not None:
+            g = influence_gradient(model, loss_fn, f_batches, a_batches, forget_weight)
         hessian = _hessian(model, loss_fn, h_batches, solver, max_params)
-        g = dict(gradient)
         if solver == "dense":
             g = {k: t.to(torch.float64) for k, t in g.items()}
         system = build_system(estimator, hessian, g, masks, damping)

@@ -27,6 +27,7 @@ from torchmetrics import Metric, MetricCollection
 
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import parse_batch
+from lightning_influence.forward import call_model, inputs_to, logits_of
 
 __all__ = [
     "ExclusiveLoss",
@@ -316,7 +317,7 @@ def evaluate(
         seen = 0
         for batch in dataloader:
             x, y, ids = _unpack(parser(batch))
-            x, y = x.to(dev), y.to(dev)
+            x, y = inputs_to(x, dev), y.to(dev)
             mask = None
             if forget_ids is not None:
                 if ids is None:
@@ -327,7 +328,7 @@ def evaluate(
                     if id_set is not None
                     else torch.zeros_like(ids, dtype=torch.bool)
                 )
-            metrics.update(model(x), y, forget_mask=mask)
+            metrics.update(logits_of(call_model(model, x)), y, forget_mask=mask)
             seen += int(y.numel())
         if seen == 0:
             raise ValueError("evaluate() got no samples from the dataloader.")

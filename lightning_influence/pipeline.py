@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from lightning_influence.batches import Batch, BatchParser
 from lightning_influence.capture import CaptureResult, capture_pool
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.influence import InfluenceReport, solve_influence
+from lightning_influence.forward import inputs_finite
+from lightning_influence.influence import InfluenceReport, influence
 from lightning_influence.pool import Rows, TrainingData, read_rows, read_training_data
 from lightning_influence.progress import progress_bar
 from lightning_influence.report import (
@@ -122,7 +123,12 @@ def run_unlearning(
     h = settings.hessian
     with timer("read"):
         data = read_training_data(
-            train_loader, batch_parser, spec.forget_mask, h.pool_size, settings.seed
+            train_loader,
+            batch_parser,
+            spec.forget_mask,
+            h.pool_size,
+            settings.seed,
+            needs_ids=spec.forgotten_ids is not None,
         )
         val = read_rows(val_loader, batch_parser, "validation")
         _check_finite(val.x, "validation")
@@ -146,8 +152,8 @@ def run_unlearning(
     return report
 
 
-def _check_finite(x: Tensor, what: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+def _check_finite(x: Any, what: str) -> None:
+    if not inputs_finite(x):
         raise FloatingPointError(
             f"The {what} inputs contain NaN or inf: clean them (or drop those samples) first."
         )
@@ -313,7 +319,7 @@ def _search_candidates(
             with timer("select"):
                 masks_by_ratio[ratio] = _select(model, problem, settings, ratio, loss_fn)
         restore_weights(model, base)
-        label = f" {k + 1}/{len(grid)}" if len(grid) > 1 else ""
+        label = f" candidate {k + 1}/{len(grid)}" if len(grid) > 1 else ""
         outcome = try_candidate(
             model,
             problem,
@@ -479,18 +485,20 @@ def _solve(
 ) -> tuple[dict[str, Tensor], InfluenceReport]:
     """One influence solve; an undamped run is early-stopped on purpose, so no warning."""
     s = settings.solve
-    with progress_bar(show, s.max_iter, f"unlearn{label}: solve (damping {damping:g})") as bar:
+    # no total: a Krylov solve stops long before max_iter (the bar shows the residual vs tol)
+    desc = f"unlearn{label}: solve (damping {damping:g})"
+    with progress_bar(show, None, desc, tol=None if s.solver == "dense" else s.tol) as bar:
         options: dict[str, Any] = {}
         if s.solver != "dense":
             options = {"tol": s.tol, "max_iter": s.max_iter, "progress": bar.solver_callback}
         with warnings.catch_warnings():
             if damping == 0:
                 warnings.simplefilter("ignore", ConvergenceWarning)
-            return solve_influence(
+            return influence(
                 model,
                 loss_fn,
                 problem.hessian,
-                gradient,
+                gradient=gradient,
                 selection=masks,
                 estimator=s.estimator,
                 solver=s.solver,

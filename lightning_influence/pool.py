@@ -22,6 +22,13 @@ import torch
 from torch import Tensor
 
 from lightning_influence.batches import Batch, BatchParser
+from lightning_influence.forward import (
+    inputs_cat,
+    inputs_detach_cpu,
+    inputs_take,
+    inputs_to,
+    is_inputs,
+)
 
 __all__ = ["Rows", "TrainingData", "batch_ids", "read_rows", "read_training_data"]
 
@@ -43,14 +50,14 @@ class Rows:
     def take(self, index: Tensor) -> Rows:
         """The rows at ``index`` (a LongTensor of positions or a bool mask)."""
         index = index.to(self.y.device)
-        return Rows(self.x[index], self.y[index], self.ids[index])
+        return Rows(inputs_take(self.x, index), self.y[index], self.ids[index])
 
     def relabelled(self, y: Tensor) -> Rows:
         """The same inputs and ids with other labels."""
         return Rows(self.x, y.to(self.y.device, self.y.dtype), self.ids)
 
     def to(self, device: torch.device | str) -> Rows:
-        return Rows(self.x.to(device), self.y.to(device), self.ids)
+        return Rows(inputs_to(self.x, device), self.y.to(device), self.ids)
 
     def positions(self, ids: Tensor) -> Tensor:
         """Row positions of ``ids`` (every id must be present)."""
@@ -66,7 +73,7 @@ class Rows:
             w = None if weights is None else weights[i : i + size].to(device)
             out.append(
                 Batch(
-                    self.x[i : i + size].to(device),
+                    inputs_to(inputs_take(self.x, slice(i, i + size)), device),
                     self.y[i : i + size].to(device).long(),
                     self.ids[i : i + size],
                     w,
@@ -77,7 +84,7 @@ class Rows:
     @staticmethod
     def cat(parts: list[Rows]) -> Rows:
         return Rows(
-            torch.cat([p.x for p in parts]),
+            inputs_cat([p.x for p in parts]),
             torch.cat([p.y for p in parts]),
             torch.cat([p.ids for p in parts]),
         )
@@ -136,15 +143,16 @@ def _parse(parser: BatchParser, raw: Any, what: str) -> Batch:
         b = parser(raw)
     except ValueError as err:
         raise ValueError(f"cannot parse a {what} batch: {err}") from err
-    if not isinstance(b.x, Tensor):
+    if not is_inputs(b.x):
         raise ValueError(
-            f"unlearning needs tensor inputs; a {what} batch has x of type "
-            f"{type(b.x).__name__} (pass a batch_parser that returns a tensor x)."
+            f"unlearning needs tensor inputs (a tensor, or a tuple/dict of tensors for several "
+            f"inputs); a {what} batch has x of type {type(b.x).__name__} (pass a batch_parser "
+            "that returns such an x)."
         )
     y = torch.as_tensor(b.y).reshape(-1)
     if y.is_floating_point():
         raise ValueError(f"{what} labels must be integer class indices, got {y.dtype}.")
-    return Batch(b.x.detach().cpu(), y.detach().cpu().long(), b.ids)
+    return Batch(inputs_detach_cpu(b.x), y.detach().cpu().long(), b.ids)
 
 
 def _first_per_id(rows: Rows) -> Rows:
@@ -197,7 +205,7 @@ class _BoundedPool:
 
     def result(self, like: Rows) -> Rows:
         if not self.parts:
-            return Rows(like.x[:0], like.y[:0], like.ids[:0])
+            return Rows(inputs_take(like.x, slice(0, 0)), like.y[:0], like.ids[:0])
         return self._smallest(Rows.cat(self.parts))
 
 
@@ -224,7 +232,10 @@ def read_training_data(
         if not bool(mask.all()):
             pool.add(rows.take(~mask))
     if like is None:
-        raise ValueError("The training data is empty: nothing to unlearn from.")
+        raise ValueError(
+            "The training data yielded no batch: nothing to unlearn from. A generator or other "
+            "one-shot iterator is used up by fit; pass a DataLoader (it can be read again)."
+        )
     ids, labels = _unique_ids(torch.cat(all_ids), torch.cat(all_labels))
     forget = _first_per_id(Rows.cat(forget_parts)) if forget_parts else like.take(torch.arange(0))
     return TrainingData(ids=ids, labels=labels, forget=forget, candidates=pool.result(like))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_influence._modules import eval_mode
+from lightning_influence.forward import call_model, inputs_rows, inputs_take, logits_of
 from lightning_influence.metrics import (
     ExclusiveLoss,
     ForgetAccuracy,
@@ -47,7 +48,12 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = _CHUNK) -> Ten
     """Logits of ``model`` (eval mode, no grad) on ``x``, in chunks of ``batch_size``."""
     with eval_mode(model):
         step = max(batch_size, _CHUNK)
-        return torch.cat([model(x[i : i + step]) for i in range(0, x.shape[0], step)])
+        return torch.cat(
+            [
+                logits_of(call_model(model, inputs_take(x, slice(i, i + step))))
+                for i in range(0, inputs_rows(x), step)
+            ]
+        )
 
 
 class Scorer(ABC):

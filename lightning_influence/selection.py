@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import Batch, as_batches
 from lightning_influence.curvature import LossFn, default_loss
+from lightning_influence.forward import call_model, inputs_to, logits_of
 
 SELECTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 METHODS = ("highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random")
@@ -97,7 +98,7 @@ def _recorded_outputs(
 ) -> dict[str, list[Tensor]]:
     """Every output of the recorded layers on one batch."""
     with torch.no_grad():
-        model(batch.x)
+        call_model(model, batch.x)
     return recorder.pop()
 
 
@@ -109,7 +110,7 @@ def _recorded_output_grads(
     Uses ``torch.autograd.grad``, so the parameters' accumulated ``.grad`` stay untouched.
     """
     with torch.enable_grad():
-        loss = loss_fn(model(batch.x), batch.y)
+        loss = loss_fn(logits_of(call_model(model, batch.x)), batch.y)
         outputs = recorder.pop()
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -137,7 +138,7 @@ def _unit_scores(
     recorder = _OutputRecorder(layers)
     try:
         for batch in as_batches(data, "forget_data"):
-            batch = Batch(batch.x.to(device), batch.y.to(device))
+            batch = Batch(inputs_to(batch.x, device), batch.y.to(device))
             if use_grad:
                 per_layer = _recorded_output_grads(model, recorder, batch, loss_fn)
             else:

@@ -237,7 +237,7 @@ class StepArguments:
         metadata=_help(
             "A step whose retained validation accuracy falls more than this below its value "
             "before is never kept (None: the task's own: 0.25 for classes, 0.005 for samples, "
-            "0.03 for labels and backdoors)."
+            "0.03 for labels, 0.01 for backdoors; several re-linearised rounds share it)."
         ),
     )
 

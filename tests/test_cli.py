@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -60,3 +63,27 @@ def test_demo_missing_fashion_mnist_is_a_clear_error(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV, cwd=ROOT)
     assert proc.returncode == 2
     assert "error" in proc.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "-1"], "--epochs"),
+        (["--epochs", "0"], "--epochs"),
+        (["--seed", "-1"], "--seed"),
+        (["--forget-class", "10"], "--forget-class"),
+        (["--json", "{file}/out.json"], "--json"),
+    ],
+)
+def test_demo_flags_are_checked_before_any_work(tmp_path, capsys, flags, message):
+    from lightning_influence.__main__ import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    flags = [f.format(file=a_file) for f in flags]
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert time.perf_counter() - start < 5  # refused at parse time, nothing trained

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import DataLoader
 
-from lightning_influence import IndexedDataset, UnlearnCallback
+from lightning_influence import CaptureCallback, IndexedDataset, UnlearnCallback
 from lightning_influence.checkpoints import UNLEARNED_CHECKPOINT
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier
@@ -156,3 +156,40 @@ def test_a_failing_logger_warns_and_keeps_the_unlearned_model(digits, tmp_path):
         trainer.fit(model, train, val)
     assert cb.report is not None and cb.report.applied
     assert evaluate(model, test, [3])["forget_acc"] <= 0.10
+
+
+def test_two_unlearn_callbacks_fit_and_checkpoint_side_by_side(digits, tmp_path):
+    train, val, _ = digits
+    L.seed_everything(0, verbose=False)
+    model = ImageClassifier()
+    a = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    b = UnlearnCallback(forget_classes=[5], progress_bar=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(tmp_path, [ckpt, a, b], max_epochs=3)
+    trainer.fit(model, train, val)  # raised "Found more than one stateful callback" before
+    state = torch.load(ckpt.last_model_path, weights_only=False)["callbacks"]
+    assert state[a.state_key]["report"]["task"] == "class"
+    assert state[b.state_key]["report"] is not None
+    assert a.report is not None and b.report is not None
+
+
+def test_a_capture_callback_on_the_training_pool_replaces_the_capture_pass(digits, tmp_path):
+    train_loader, val, _ = digits
+    pool = DataLoader(IndexedDataset(train_loader.dataset.dataset), batch_size=256)
+    L.seed_everything(0, verbose=False)
+    capture = CaptureCallback(dataloader_idx=1)
+    unlearn = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    trainer = _trainer(tmp_path, [capture, unlearn], max_epochs=3, enable_checkpointing=False)
+    trainer.fit(ImageClassifier(), train_loader, [val, pool])
+    assert capture.result is not None and capture.captured_step == trainer.global_step
+    assert unlearn.report is not None
+    assert unlearn.report.capture_source == "capture_callback"
+    assert unlearn.report.pool_size == len(pool.dataset)
+
+
+def test_without_a_capture_the_callback_captures_by_itself(digits, tmp_path):
+    train_loader, val, _ = digits
+    unlearn = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    trainer = _trainer(tmp_path, [unlearn], max_epochs=1, enable_checkpointing=False)
+    trainer.fit(ImageClassifier(), train_loader, val)
+    assert unlearn.report.capture_source == "pass"

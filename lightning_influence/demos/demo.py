@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -135,16 +136,47 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def _bounded_int(low: int, high: int | None = None) -> Any:
+    """An argparse type: an integer in [low, high] (checked before any work starts)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f"in {low}..{high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"{value} is not {bound}")
+        return value
+
+    return parse
+
+
+def _writable_json(text: str) -> Path:
+    """An argparse type: a path whose folder exists (or can be made) and is writable."""
+    path = Path(text)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r} (not a writable file path)")
+    return path
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--forget-class", type=int, default=3, help="class to unlearn (default 3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write {before, after, retrain} here")
+    p.add_argument(
+        "--forget-class", type=_bounded_int(0, 9), default=3, help="class to unlearn (0-9)"
+    )
+    p.add_argument("--seed", type=_bounded_int(0, 2**32 - 1), default=0)
+    p.add_argument(
+        "--json", type=_writable_json, default=None, help="write {before, after, retrain} here"
+    )
     p.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: Debian's)")
     p.add_argument(
         "--download", action="store_true", help="allow torchvision to download Fashion-MNIST"
     )
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=_bounded_int(1, 1000), default=15)
     p.add_argument(
         "--progress-bar", action="store_true", help="show training/unlearning progress bars"
     )

@@ -114,10 +114,12 @@ class ImageClassifier(L.LightningModule):
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         loss, acc, n = self._loss_acc(batch)
-        self.log("val_loss", loss, batch_size=n)
-        self.log("val_acc", acc, prog_bar=True, batch_size=n)
+        if dataloader_idx != 0:  # e.g. the training set passed for a CaptureCallback: no logs
+            return
+        self.log("val_loss", loss, batch_size=n, add_dataloader_idx=False)
+        self.log("val_acc", acc, prog_bar=True, batch_size=n, add_dataloader_idx=False)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         loss, acc, n = self._loss_acc(batch)
