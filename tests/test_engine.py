@@ -364,3 +364,18 @@ def test_loader_over_indexed_dataset_gives_the_unweighted_result():
     by_ids = [Batch(bx, by, weights=ids.double()) for bx, by, ids in with_ids]
     wrong, _ = li.influence(model, None, by_ids, forget, estimator="if", solver="dense")
     assert rel_err(wrong, V.flatten(whole)) > 1e-3
+
+
+def test_influence_keeps_frozen_eval_submodules_and_existing_grads():
+    """A submodule the user froze in eval stays in eval; accumulated ``.grad`` survive."""
+    model = tiny_cnn().train()
+    frozen = next(m for m in model.modules() if m is not model and list(m.parameters()))
+    frozen.eval()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    x, y = data_for(model, 20, seed=2)
+    li.influence(model, None, (x[:10], y[:10]), (x[10:], y[10:]), tol=1e-4, max_iter=20)
+    assert model.training and not frozen.training
+    others = [m for m in model.modules() if m is not frozen and m is not model]
+    assert all(m.training for m in others if not any(m is f for f in frozen.modules()))
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())

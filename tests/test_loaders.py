@@ -151,3 +151,17 @@ def test_nan_in_validation_inputs_is_refused(trained, digits):
             forget_classes=[3],
         )
     _assert_unchanged(model, before)
+
+
+def test_no_sample_id_warning_when_positions_are_stable(trained, digits, recwarn):
+    train, val, _ = digits
+    report = _run(
+        copy.deepcopy(trained),
+        DataLoader(train, batch_size=64),  # no ids, but a reproducible order: positions are ids
+        DataLoader(val, batch_size=256),
+        forget_ids=[0, 5, 9],
+    )
+    assert report.forget_size == 3
+    assert not [w for w in recwarn if "sample ids" in str(w.message)], [
+        str(w.message) for w in recwarn
+    ]
