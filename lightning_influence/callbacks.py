@@ -10,7 +10,6 @@ keeps it in its checkpoint state.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ from lightning_influence.curvature import default_loss
 from lightning_influence.forget import ForgetSpec, forget_spec_from_arguments
 from lightning_influence.forward import LogitsModel
 from lightning_influence.loaders import data_pass, first_loader
+from lightning_influence.loggers import log_report
 from lightning_influence.pipeline import run_unlearning
 from lightning_influence.progress import trainer_progress
 from lightning_influence.report import UnlearnReport
@@ -74,7 +74,8 @@ class UnlearnCallback(pl.Callback):
         step: the step search (radii, refinement, forget target, largest retained drop).
         grid: how grid candidates are ranked and when the grid stops early.
         seed: seed of the sampler, the candidate pool and tie-breaks.
-        batch_size: batch size of the capture, the solve and the scoring passes.
+        batch_size: batch size of the capture and the solve (scoring runs in chunks of at least
+            1024 rows).
         progress_bar: show progress bars (only where the Trainer shows one; drawn with
             Rich under a ``RichProgressBar``, else with tqdm).
         loss_fn: ``loss_fn(logits, targets)``, mean-reduced (default: cross-entropy).
@@ -167,6 +168,8 @@ class UnlearnCallback(pl.Callback):
             return
         self.unlearn(trainer, pl_module)
         self.unlearned_step = trainer.global_step
+        if self.report is None or not self.report.applied:
+            return  # the weights are those the fit's checkpoints hold
         written, stale = refresh_checkpoints(trainer)
         if written and stale:
             rank_zero_warn(
@@ -216,7 +219,7 @@ class UnlearnCallback(pl.Callback):
                     model, train, val, progress_bar=show, device=device, capture=capture
                 )
         assert self.report is not None
-        _log_report(trainer, self.report)
+        log_report(trainer, self.report)
         return self.report
 
     def unlearn_model(
@@ -278,6 +281,7 @@ class UnlearnCallback(pl.Callback):
     ) -> None:
         """Rank 0 computes; the changed parameters (or the error) are broadcast to all ranks."""
         payload: Any = None
+        failure: BaseException | None = None
         if trainer.is_global_zero:
             try:
                 before = weights_snapshot(model)
@@ -288,14 +292,17 @@ class UnlearnCallback(pl.Callback):
                     if not torch.equal(p.detach(), before[k])
                 }
                 payload = ("ok", changed, self.report.as_dict() if self.report else None)
-            except Exception as err:  # every rank must learn about the failure
-                payload = ("error", type(err).__name__, str(err))
+            except BaseException as err:  # every rank must learn about it (interrupts too)
+                failure, payload = err, ("error", type(err).__name__, str(err))
         payload = trainer.strategy.broadcast(payload, src=0)
+        if failure is not None:
+            raise failure  # rank 0 keeps its own exception and traceback
         if payload[0] == "error":
             known = {
                 "ValueError": ValueError,
                 "FloatingPointError": FloatingPointError,
                 "TypeError": TypeError,
+                "KeyboardInterrupt": KeyboardInterrupt,
             }
             raise known.get(payload[1], RuntimeError)(f"{payload[2]} (raised on rank 0)")
         _, changed, report = payload
@@ -376,100 +383,3 @@ def _fresh_capture(trainer: pl.Trainer) -> CaptureResult | None:
             if cb.captured_step == trainer.global_step:
                 return cb.result
     return None
-
-
-def _log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
-    """The report to every logger (rank 0; a logger that fails only warns).
-
-    Every logger gets the before/after values and the run's key numbers as scalars at
-    ``trainer.global_step``, and the step-search curve as ``unlearn/trial_*`` scalars with
-    ``step`` = the trial's index in ``report.trials``. Loggers that take a table also get
-    the before/after table: ``log_table`` (e.g. WandbLogger) or ``experiment.add_text``
-    (TensorBoardLogger, as markdown).
-    """
-    metrics = {f"unlearn/before_{k}": v for k, v in rep.before.items()}
-    metrics.update({f"unlearn/after_{k}": v for k, v in rep.after.items()})
-    metrics.update(
-        {
-            "unlearn/applied": float(rep.applied),
-            "unlearn/radius": rep.radius,
-            "unlearn/seconds": rep.seconds.get("total", math.nan),
-            "unlearn/solver_iterations": float(rep.solver.get("iterations", math.nan)),
-            "unlearn/selected_params": float(rep.selected_params),
-            "unlearn/ratio": rep.ratio,
-            "unlearn/damping": rep.damping,
-        }
-    )
-    if trainer.is_global_zero:
-        step = trainer.global_step
-        for logger in trainer.loggers:
-            _guarded(logger, "the report", lambda lg: lg.log_metrics(metrics, step=step))
-            _guarded(logger, "the step-search curve", lambda lg: _log_curve(lg, rep))
-            _guarded(logger, "the before/after table", lambda lg: _log_table(lg, rep, step))
-            _guarded(logger, "the report", lambda lg: lg.save())
-    b, a = rep.before, rep.after
-    rank_zero_info(
-        f"UnlearnCallback ({rep.task}): val forget acc {b.get('forget_acc', math.nan):.3f} -> "
-        f"{a.get('forget_acc', math.nan):.3f}, retained acc {b.get('retain_acc', math.nan):.3f} -> "
-        f"{a.get('retain_acc', math.nan):.3f}, F1 {b.get('f1', math.nan):.3f} -> "
-        f"{a.get('f1', math.nan):.3f} in {rep.seconds.get('total', math.nan):.2f} s"
-    )
-
-
-def _guarded(logger: Any, what: str, log: Callable[[Any], None]) -> None:
-    """``log(logger)``; a failure only warns (the model is unlearned: a logger must not undo it)."""
-    try:
-        log(logger)
-    except Exception as err:
-        rank_zero_warn(
-            f"UnlearnCallback: {type(logger).__name__} failed to log {what} "
-            f"({type(err).__name__}: {err}); the model is unlearned and "
-            "callback.report holds every value."
-        )
-
-
-#: report.trials fields -> the step-search curve's scalars
-_CURVE = {
-    "radius": "unlearn/trial_radius",
-    "forget_acc": "unlearn/trial_forget_score",
-    "retain_acc": "unlearn/trial_retain_acc",
-    "f1": "unlearn/trial_f1",
-}
-
-
-def _log_curve(logger: Any, rep: UnlearnReport) -> None:
-    """One row per step-search trial, ``step`` = its index in ``rep.trials``."""
-    for k, trial in enumerate(rep.trials):
-        logger.log_metrics({key: float(trial[f]) for f, key in _CURVE.items()}, step=k)
-
-
-def _report_rows(rep: UnlearnReport) -> list[list[Any]]:
-    """``[metric, before, after]`` for every validation value."""
-    names = list(rep.before) + [k for k in rep.after if k not in rep.before]
-    return [[k, rep.before.get(k, math.nan), rep.after.get(k, math.nan)] for k in names]
-
-
-def _report_markdown(rep: UnlearnReport) -> str:
-    lines = ["| metric | before | after |", "| --- | ---: | ---: |"]
-    lines += [f"| {k} | {b:.4f} | {a:.4f} |" for k, b, a in _report_rows(rep)]
-    lines.append("")
-    lines.append(
-        f"task {rep.task}, applied {rep.applied} ({rep.reason}); radius {rep.radius:.3g}, "
-        f"ratio {rep.ratio:g}, damping {rep.damping:g}, "
-        f"{rep.solver.get('iterations', 0)} solver iterations, "
-        f"{len(rep.trials)} step trials, {rep.seconds.get('total', math.nan):.2f} s"
-    )
-    return "\n".join(lines)
-
-
-def _log_table(logger: Any, rep: UnlearnReport, step: int) -> None:
-    """The before/after table where the logger takes one (duck typed); others log none."""
-    log_table = getattr(logger, "log_table", None)
-    if callable(log_table):  # WandbLogger's signature
-        log_table(
-            key="unlearn/report", columns=["metric", "before", "after"], data=_report_rows(rep)
-        )
-        return
-    add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
-    if callable(add_text):  # TensorBoard's SummaryWriter
-        add_text("unlearn/report", _report_markdown(rep), global_step=step)

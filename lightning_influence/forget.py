@@ -5,7 +5,7 @@ Each specification owns what differs between the tasks:
 - :meth:`~ForgetSpec.forget_mask`: which training rows are forgotten (read in the one pass
   over the training data; they never enter the Hessian subset);
 - :meth:`~ForgetSpec.gradient_data`: what the influence right-hand side g removes and adds;
-- :meth:`~ForgetSpec.forget_weight`: the scale of g (the share of the data that changes);
+- :meth:`~ForgetSpec.gradient_weights`: the scales of g's terms (shares of the corrected set);
 - :meth:`~ForgetSpec.scorer`: what the step is scored on (validation data, plus per task the
   forgotten rows or triggered inputs), see :mod:`lightning_influence.scoring`;
 - ``max_retain_drop``: how much retained validation accuracy a step may cost.
@@ -80,9 +80,21 @@ class ForgetSpec(ABC):
         """(rows whose loss g removes, rows whose loss g adds or ``None``)."""
         return forget, None
 
-    def forget_weight(self, n: int, m: int) -> float:
-        """Scale of g: removing m of n samples moves the optimum by about H⁻¹ g · m/(n − m)."""
-        return m / (n - m)
+    def gradient_weights(self, n: int, m: int, k: int) -> tuple[float, float, float]:
+        """Scales of g's terms: ``(m / N', k / N', (n − m) / N')`` with N' = n − m + k.
+
+        The corrected training set drops the m forgotten of the n samples and adds k (a
+        corrected label, a repaired backdoor sample), so it has N' samples; g = (Σ_U ∇ℓ −
+        Σ_A ∇ℓ) / N' = (m/N') mean_U ∇ℓ − (k/N') mean_A ∇ℓ, and the retained samples are a
+        share (n − m)/N' of it. Removal (k = 0) gives the classic m / (n − m).
+
+        Args:
+            n: training samples.
+            m: forgotten samples (U).
+            k: added samples (A).
+        """
+        size = n - m + k
+        return m / size, k / size, (n - m) / size
 
     @abstractmethod
     def scorer(self, val: Rows, forget: Rows) -> Scorer:
@@ -244,9 +256,6 @@ class LabelChange(ForgetSpec):
     def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
         return forget, forget.relabelled(self._new_y(forget))
 
-    def forget_weight(self, n: int, m: int) -> float:
-        return m / n  # the data set keeps its size
-
     def scorer(self, val: Rows, forget: Rows) -> Scorer:
         x = inputs_cat([forget.x, val.x])
         y = torch.cat([forget.y, val.y])
@@ -311,9 +320,6 @@ class BackdoorRepair(ForgetSpec):
         fixed = forget.take(known)
         y = torch.tensor([self.true_labels[int(i)] for i in fixed.ids.tolist()])
         return forget, fixed.relabelled(y)
-
-    def forget_weight(self, n: int, m: int) -> float:
-        return m / n if self.true_labels else m / (n - m)
 
     def triggered(self, x: Any) -> Any:
         """``trigger(x)`` on a copy, checked to keep the batch's structure and rows."""

@@ -8,6 +8,7 @@ same dataset, batch size and collate function, respecting its sampler:
 | sampler | samples read |
 |---|---|
 | sequential, ``RandomSampler``, ``DistributedSampler`` | the whole dataset (under DDP rank 0 reads the union of the shards) |
+| Lightning's ``DistributedSamplerWrapper`` (DDP around a user's sampler) | what the wrapped sampler yields (rows above) |
 | ``SubsetRandomSampler``, a sequence of indices | those indices |
 | ``WeightedRandomSampler`` | the indices with a positive weight |
 | anything else (custom samplers, batch samplers, iterable datasets) | the loader itself, once |
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch import Tensor
 from torch.utils.data import (
@@ -78,6 +80,9 @@ class DataPass:
 
 def _indices(sampler: Any, n: int) -> Tensor | None:
     """The dataset indices a sampler can yield, sorted (None: not knowable)."""
+    inner = getattr(getattr(sampler, "dataset", None), "_sampler", None)
+    if isinstance(sampler, DistributedSamplerWrapper) and inner is not None:
+        return _indices(inner, n)  # Lightning's DDP wrapper around the user's own sampler
     if isinstance(sampler, (SequentialSampler, RandomSampler, DistributedSampler)):
         return torch.arange(n)
     if isinstance(sampler, SubsetRandomSampler):

@@ -233,7 +233,8 @@ def _build_problem(
     step = settings.step
     rounds = spec.rounds if settings.solve.rounds is None else settings.solve.rounds
     n, m = len(data), len(data.forget)
-    weight = spec.forget_weight(n, m)
+    k = 0 if added is None else len(added)
+    remove_weight, add_weight, retain_share = spec.gradient_weights(n, m, k)
     retained = _subset_batches(data, subset, size, device)
     gradient = RoundGradient(
         model,
@@ -241,8 +242,9 @@ def _build_problem(
         remove.batches(size, device),
         None if added is None else added.batches(size, device),
         retained,
-        forget_weight=weight,
-        retain_share=weight * (n - m) / m,
+        remove_weight=remove_weight,
+        add_weight=add_weight,
+        retain_share=retain_share,
         rounds=rounds,
     )
     return Problem(
@@ -315,10 +317,10 @@ def _search_candidates(
     grid = [(r, d) for r in settings.selection.ratios for d in settings.solve.dampings]
     masks_by_ratio: dict[float, dict[str, Tensor] | None] = {}
     for k, (ratio, damping) in enumerate(grid):
+        restore_weights(model, base)  # units are ranked, and every candidate starts, at θ₀
         if ratio not in masks_by_ratio:
             with timer("select"):
                 masks_by_ratio[ratio] = _select(model, problem, settings, ratio, loss_fn)
-        restore_weights(model, base)
         label = f" candidate {k + 1}/{len(grid)}" if len(grid) > 1 else ""
         outcome = try_candidate(
             model,

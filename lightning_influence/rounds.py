@@ -9,8 +9,8 @@ backdoor sample; none for removal) and N' the corrected set's size. A Newton ste
 H⁻¹ g with g = −∇J(θ).
 
 - **Round 1** (at θ₀): the trained model has ∇L_D(θ₀) ≈ 0, so Σ_R ∇ℓ(θ₀) = −Σ_U ∇ℓ(θ₀) and
-  g₀ = w · (mean_U ∇ℓ(θ₀) − mean_A ∇ℓ(θ₀)), w = m / N' (U the m forgotten samples). This
-  is the classic influence right-hand side; it needs no pass over R.
+  g₀ = (m/N') mean_U ∇ℓ(θ₀) − (k/N') mean_A ∇ℓ(θ₀) (U the m forgotten, A the k added
+  samples). This is the classic influence right-hand side; it needs no pass over R.
 - **Round k > 1** (at θ_k, after a kept step): ∇L_R(θ_k) is no longer −(m/|R|) mean_U ∇ℓ(θ₀):
   the step moved the retained samples' gradient too, and ignoring that (re-using the
   round-1 formula at θ_k) steers later rounds away from the retained data. The retained
@@ -19,7 +19,7 @@ H⁻¹ g with g = −∇J(θ).
 
       Σ_R ∇ℓ(θ_k) ≈ −Σ_U ∇ℓ(θ₀) + |R| (∇L_B(θ_k) − ∇L_B(θ₀)),
 
-  so g_k = w · (mean_U ∇ℓ(θ₀) − mean_A ∇ℓ(θ_k)) − (|R|/N') (∇L_B(θ_k) − ∇L_B(θ₀)).
+  so g_k = (m/N') mean_U ∇ℓ(θ₀) − (k/N') mean_A ∇ℓ(θ_k) − (|R|/N') (∇L_B(θ_k) − ∇L_B(θ₀)).
 
 A round costs one gradient over B and one over A on top of the solve's HVPs.
 """
@@ -51,7 +51,8 @@ class RoundGradient:
         remove: the rows whose loss the correction removes (U).
         add: the rows whose loss it adds (A), or ``None``.
         retained: the weighted Hessian subset of retained rows (B), the estimate of L_R.
-        forget_weight: w = m / N'.
+        remove_weight: m / N'.
+        add_weight: k / N' (0 without added rows).
         retain_share: |R| / N' (1 for removal, (n − m) / n when the set keeps its size).
         rounds: how many rounds will be asked for (∇L_B(θ₀) is only formed when > 1).
     """
@@ -63,14 +64,15 @@ class RoundGradient:
         remove: list[Batch],
         add: list[Batch] | None,
         retained: list[Batch],
-        forget_weight: float,
+        remove_weight: float,
+        add_weight: float,
         retain_share: float,
         rounds: int = 1,
     ) -> None:
         self.loss_fn, self.add, self.retained = loss_fn, add, retained
-        self.forget_weight, self.retain_share = forget_weight, retain_share
+        self.add_weight, self.retain_share = add_weight, retain_share
         with eval_mode(model):
-            self.removed = influence_gradient(model, loss_fn, remove, None, forget_weight)
+            self.removed = influence_gradient(model, loss_fn, remove, None, remove_weight)
             self.first = self._with_added(model, self.removed)
             self.anchor = self._retained_gradient(model) if rounds > 1 else None
 
@@ -78,7 +80,7 @@ class RoundGradient:
         if self.add is None:
             return g
         added = mean_gradient(model, self.loss_fn, self.add, "add_data")
-        return V.add(g, added, -self.forget_weight)
+        return V.add(g, added, -self.add_weight)
 
     def _retained_gradient(self, model: nn.Module) -> ParamDict:
         return mean_gradient(model, self.loss_fn, self.retained, "hessian_data")

@@ -165,3 +165,20 @@ def test_no_sample_id_warning_when_positions_are_stable(trained, digits, recwarn
     assert not [w for w in recwarn if "sample ids" in str(w.message)], [
         str(w.message) for w in recwarn
     ]
+
+
+def test_ddp_wrapper_around_a_subset_sampler_reads_the_subset():
+    """Under DDP Lightning wraps the user's sampler in a DistributedSamplerWrapper (a
+    DistributedSampler): the samples read are still those the wrapped sampler yields."""
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    from lightning_influence.loaders import data_pass
+
+    data = TensorDataset(torch.arange(100.0).reshape(100, 1), torch.zeros(100, dtype=torch.long))
+    inner = SubsetRandomSampler(list(range(10, 40)))
+    loader = DataLoader(
+        data, batch_size=8, sampler=DistributedSamplerWrapper(inner, num_replicas=2, rank=0)
+    )
+    read = data_pass(loader)
+    assert read.stable and read.position_ids.tolist() == list(range(10, 40))
+    assert torch.cat([b[0] for b in read]).reshape(-1).tolist() == [float(i) for i in range(10, 40)]

@@ -99,7 +99,8 @@ def test_csv_logger_holds_the_curve_and_before_after(logged):
         rows = list(csv.DictReader(f))
     curve = [r for r in rows if r.get("unlearn/trial_radius")]
     assert len(curve) == len(rep.trials)
-    assert [int(r["step"]) for r in curve] == list(range(len(rep.trials)))
+    start = trainer.global_step  # steps keep increasing after training's
+    assert [int(r["step"]) for r in curve] == list(range(start, start + len(rep.trials)))
     for row, trial in zip(curve, rep.trials, strict=True):
         assert float(row["unlearn/trial_radius"]) == pytest.approx(trial["radius"])
         assert float(row["unlearn/trial_forget_score"]) == pytest.approx(trial["forget_acc"])
@@ -127,7 +128,8 @@ def test_tensorboard_holds_the_curve_and_the_before_after_table(logged):
     assert set(CURVE) <= scalars
     assert {"unlearn/before_forget_acc", "unlearn/after_forget_acc"} <= scalars
     curve = events.Scalars("unlearn/trial_forget_score")
-    assert [e.step for e in curve] == list(range(len(rep.trials)))
+    start = trainer.global_step
+    assert [e.step for e in curve] == list(range(start, start + len(rep.trials)))
     for e, trial in zip(curve, rep.trials, strict=True):
         assert e.value == pytest.approx(trial["forget_acc"], abs=1e-6)
     radius = events.Scalars("unlearn/trial_radius")
@@ -146,14 +148,15 @@ def test_tensorboard_holds_the_curve_and_the_before_after_table(logged):
 
 
 def test_a_table_logger_gets_the_table_and_the_curve(logged):
-    _, rep, (_, _, table) = logged
+    trainer, rep, (_, _, table) = logged
     (logged_table,) = table.tables
     assert logged_table["key"] == "unlearn/report"
     assert logged_table["columns"] == ["metric", "before", "after"]
     rows = {r[0]: r[1:] for r in logged_table["data"]}
     assert rows["forget_acc"] == [rep.before["forget_acc"], rep.after["forget_acc"]]
     curve = [(step, m) for step, m in table.metrics if set(CURVE) <= set(m)]
-    assert [step for step, _ in curve] == list(range(len(rep.trials)))
+    start = trainer.global_step
+    assert [step for step, _ in curve] == list(range(start, start + len(rep.trials)))
     assert [m["unlearn/trial_f1"] for _, m in curve] == [t["f1"] for t in rep.trials]
 
 
@@ -163,7 +166,7 @@ class _BrokenTable(_TableLogger):
 
 
 def test_a_logger_whose_table_fails_only_warns_and_still_gets_the_curve():
-    from lightning_influence.callbacks import _log_report
+    from lightning_influence.loggers import log_report
     from lightning_influence.report import UnlearnReport
 
     rep = UnlearnReport(
@@ -178,7 +181,7 @@ def test_a_logger_whose_table_fails_only_warns_and_still_gets_the_curve():
     broken = _BrokenTable()
     trainer = L.Trainer(logger=[broken], accelerator="cpu", enable_progress_bar=False)
     with pytest.warns(UserWarning, match="failed to log the before/after table"):
-        _log_report(trainer, rep)
+        log_report(trainer, rep)
     assert [step for step, m in broken.metrics if "unlearn/trial_radius" in m] == [0, 1]
     assert any("unlearn/after_f1" in m for _, m in broken.metrics)
 

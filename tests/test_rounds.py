@@ -16,6 +16,7 @@ from torch import nn
 from lightning_influence import vectors as V
 from lightning_influence.batches import Batch
 from lightning_influence.curvature import default_loss
+from lightning_influence.forget import ClassRemoval
 from lightning_influence.rounds import RoundGradient
 
 N, M, D, C = 60, 6, 3, 3
@@ -56,35 +57,40 @@ def _exact_negative_gradient(model, x, y, weight_rows: torch.Tensor) -> dict:
     return {k: -p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("task", ["removal", "label_change"])
-def test_later_round_gradient_is_the_corrected_objective_gradient(task):
+@pytest.mark.parametrize("task", ["removal", "label_change", "partial_labels"])
+@pytest.mark.parametrize("round_index", [0, 1])
+def test_round_gradient_is_the_corrected_objective_gradient(task, round_index):
+    """g of round 1 (at the optimum) and of a later round (after a step) is −∇J exactly.
+
+    ``partial_labels``: true labels known for only some forgotten samples (backdoor repair
+    with a partial ``backdoor_true_labels``): J = (Σ_R ℓ + Σ_A ℓ) / (n − m + k).
+    """
     model, x, y = _trained_linear()
     forget, retained = slice(0, M), slice(M, N)
-    new_y = (y[forget] + 1) % C
-    if task == "removal":
-        add, denominator = None, N - M
-    else:
-        add, denominator = [Batch(x[forget], new_y)], N
-    weight = M / denominator
+    k = {"removal": 0, "label_change": M, "partial_labels": M // 2}[task]
+    added_x, added_y = x[:k], (y[:k] + 1) % C
+    add = [Batch(added_x, added_y)] if k else None
+    remove_w, add_w, share = ClassRemoval([0]).gradient_weights(N, M, k)  # same for every task
     rg = RoundGradient(
         model,
         default_loss,
         [Batch(x[forget], y[forget])],
         add,
         [Batch(x[retained], y[retained], weights=torch.ones(N - M, dtype=torch.float64))],
-        forget_weight=weight,
-        retain_share=(N - M) / denominator,
+        remove_weight=remove_w,
+        add_weight=add_w,
+        retain_share=share,
         rounds=2,
     )
-    with torch.no_grad():  # a step away from the trained weights
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    got = rg.at(model, 1)
-    rows_x, rows_y = x[retained], y[retained]
-    if add is not None:
-        rows_x, rows_y = torch.cat([rows_x, x[forget]]), torch.cat([rows_y, new_y])
+    if round_index:
+        with torch.no_grad():  # a step away from the trained weights
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    got = rg.at(model, round_index)
+    rows_x, rows_y = torch.cat([x[retained], added_x]), torch.cat([y[retained], added_y])
+    size = N - M + k
     want = _exact_negative_gradient(
-        model, rows_x, rows_y, torch.full((len(rows_y),), 1.0 / denominator, dtype=torch.float64)
+        model, rows_x, rows_y, torch.full((len(rows_y),), 1.0 / size, dtype=torch.float64)
     )
     err = float(V.norm(V.add(got, want, -1.0)) / V.norm(want))
     assert err < 1e-6, err
@@ -99,7 +105,8 @@ def test_first_round_gradient_is_the_classic_right_hand_side():
         [Batch(x[forget], y[forget])],
         None,
         [Batch(x[M:], y[M:])],
-        forget_weight=M / (N - M),
+        remove_weight=M / (N - M),
+        add_weight=0.0,
         retain_share=1.0,
     )
     want = _exact_negative_gradient(
