@@ -305,7 +305,7 @@ def papers_section(data: dict[str, dict | None]) -> list[str]:
             f"{verdict}. Influence-based unlearning pays off in time when training is expensive relative to "
             "an HVP on the Hessian subset times the solver's iterations."
         )
-    f = load("unlearning_fashion.json")
+    f = load("unlearning_fashion10k.json")
     if f:
         cells = {c["method"]: c for c in f["cells"]}
         gif, ret = cells.get("gif (default)"), cells.get("retrain")
@@ -321,6 +321,54 @@ def papers_section(data: dict[str, dict | None]) -> list[str]:
                 f"{best['method']} (F1 {ms(best['test_f1'])})."
             )
     return out + [""]
+
+
+def fashion_section(d: dict | None) -> list[str]:
+    """Full Fashion-MNIST class removal (benchmarks/fashion.py): rows so far, the goals."""
+    title = "## Class removal on full Fashion-MNIST (54,000 training images)"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.fashion --resume`.", ""]
+    s = d["summary"]
+    runs = ", ".join(f"class {c} seed {k}" for c, k in s["runs"]) or "none yet"
+    out = [
+        title,
+        "",
+        f"Command: `{d['command']}`. Recipe (base and retrained models alike): {d['recipe']}. "
+        f"Finished (class, seed) runs: {runs}. Test split; every method chooses its steps or "
+        "epochs on validation data; seconds are wall time on this machine, one thread.",
+        "",
+        "| method | runs | forget acc | retained acc | F1 | seconds | × retrain time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ret = d["cells"].get("retrain", {}).get("seconds", {}).get("mean")
+    for name, c in d["cells"].items():
+        rel = f"{c['seconds']['mean'] / ret:.3f}" if ret else "–"
+        out.append(
+            f"| {name} | {c['runs']} | {ms(c['test_forget_acc'])} | {ms(c['test_retain_acc'])} | "
+            f"{ms(c['test_f1'])} | {ms(c['seconds'], 1)} | {rel} |"
+        )
+
+    def fmt(key: str) -> str:
+        v = s.get(key)
+        return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    out += ["", "| summary key | value | goal |", "|---|---|---|"]
+    out += [f"| `{k}` | {fmt(k)} | {g} |" for k, g in s["goals"].items()]
+    out += [f"| best baseline | {s.get('best_baseline')} | |", ""]
+    stages = [
+        r["stage_seconds"]
+        for r in d["rows"]
+        if r.get("method") == "gif (default)" and "stage_seconds" in r
+    ]
+    if stages:
+        keys = [k for k in stages[0] if k != "total"]
+        mean = {k: sum(st.get(k, 0.0) for st in stages) / len(stages) for k in keys}
+        out += [
+            "Default's seconds per stage (mean over its runs): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in mean.items()),
+            "",
+        ]
+    return out
 
 
 def build() -> str:
@@ -360,7 +408,8 @@ def build() -> str:
     lines += solvers_section(data["solvers.json"])
     lines += samplers_section(data["samplers.json"])
     lines += unlearning_section(data["unlearning.json"])
-    lines += unlearning_section(load("unlearning_fashion.json"), suite="fashion")
+    lines += fashion_section(load("unlearning_fashion.json"))
+    lines += unlearning_section(load("unlearning_fashion10k.json"), suite="fashion10k")
     lines += selection_section(data["selection.json"])
     return "\n".join(lines)
 

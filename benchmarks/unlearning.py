@@ -63,7 +63,7 @@ SUITES = {
     # Fashion-MNIST (10,000 training images, validation cut to 2,000) where a 28x28 CNN costs
     # ~50 s to retrain on this CPU: two classes, the default GIF against the baselines; the
     # grid (~12 min a run) on two seeds only.
-    "fashion": {
+    "fashion10k": {
         "datasets": ["fashion-mnist"],
         "classes": [0, 7],
         "seeds": [0, 1, 2, 3, 4],
