@@ -29,7 +29,13 @@ from lightning_influence.capture import CaptureResult, capture_pool
 from lightning_influence.forget import ForgetSpec
 from lightning_influence.forward import inputs_finite
 from lightning_influence.influence import InfluenceReport, influence
-from lightning_influence.pool import Rows, TrainingData, read_rows, read_training_data
+from lightning_influence.pool import (
+    Rows,
+    TrainingData,
+    read_rows,
+    read_training_data,
+    stratified_rows,
+)
 from lightning_influence.progress import progress_bar
 from lightning_influence.report import (
     CandidateResult,
@@ -66,6 +72,7 @@ class Problem:
     gradient: RoundGradient
     selection_rows: list[Batch]
     scorer: Scorer
+    search_scorer: Scorer
     forget_target: float
     max_retain_drop: float
     rounds: int
@@ -254,6 +261,10 @@ def _build_problem(
         # high at the trained weights) when there are any, else on the forgotten rows.
         selection_rows=(added if added is not None else data.forget).batches(size, device),
         scorer=spec.scorer(val.to(device), data.forget.to(device)),
+        search_scorer=spec.scorer(
+            stratified_rows(val, step.max_val_samples, settings.seed).to(device),
+            data.forget.to(device),
+        ),
         forget_target=0.0 if step.forget_target is None else step.forget_target,
         max_retain_drop=(
             spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
@@ -524,7 +535,7 @@ def _search(
         return step_search(
             model,
             delta,
-            problem.scorer.score,
+            problem.search_scorer.score,
             steps=st.steps,
             min_radius=st.min_radius,
             max_radius=st.max_radius,

@@ -30,7 +30,14 @@ from lightning_influence.forward import (
     is_inputs,
 )
 
-__all__ = ["Rows", "TrainingData", "batch_ids", "read_rows", "read_training_data"]
+__all__ = [
+    "Rows",
+    "TrainingData",
+    "batch_ids",
+    "read_rows",
+    "read_training_data",
+    "stratified_rows",
+]
 
 #: ``forget_mask(ids, labels) -> bool mask`` of the rows to forget in one batch.
 ForgetMask = Callable[[Tensor, Tensor], Tensor]
@@ -101,6 +108,25 @@ class TrainingData:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+
+def stratified_rows(rows: Rows, limit: int | None, seed: int) -> Rows:
+    """At most ``limit`` rows with every label's share kept (seeded; all rows if fewer).
+
+    Args:
+        rows: the rows (e.g. the validation data).
+        limit: the most rows to keep (None: all).
+        seed: the seed of the draw.
+    """
+    if limit is None or len(rows) <= limit:
+        return rows
+    gen = torch.Generator().manual_seed(seed)
+    keep = []
+    for label in torch.unique(rows.y).tolist():
+        where = torch.nonzero(rows.y == label).reshape(-1)
+        k = max(1, round(limit * len(where) / len(rows)))
+        keep.append(where[torch.randperm(len(where), generator=gen)[:k]])
+    return rows.take(torch.sort(torch.cat(keep)).values)
 
 
 def batch_ids(batch: Batch, start: int) -> Tensor:

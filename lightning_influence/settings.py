@@ -221,6 +221,14 @@ class StepArguments:
     max_radius: float = field(
         default=5.0, metadata=_help("Largest step, relative to the norm of the selected weights.")
     )
+    max_val_samples: int | None = field(
+        default=2048,
+        metadata=_help(
+            "The step search scores each trial on at most this many validation samples (a "
+            "seeded, class-stratified subsample; None: all). The before/after values in the "
+            "report are measured on the whole validation set."
+        ),
+    )
     refine: int = field(
         default=3,
         metadata=_help("Bisection steps after the first radius that completes forgetting."),
@@ -243,6 +251,8 @@ class StepArguments:
 
     def __post_init__(self) -> None:
         _check_positive_int(self.steps, "step.steps")
+        if self.max_val_samples is not None:
+            _check_positive_int(self.max_val_samples, "step.max_val_samples")
         if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
             raise ValueError(f"step.refine must be an integer >= 0, got {self.refine!r}.")
         if not 0.0 < self.min_radius <= self.max_radius or not math.isfinite(self.max_radius):

@@ -195,3 +195,15 @@ def test_membership_scorer_measures_the_target_once():
     logits[1:] = torch.tensor([0.0, 1.0])  # validation gets worse: the target stays put
     scorer.score(model)
     assert scorer.heldout_loss == held
+
+
+def test_stratified_rows_keeps_every_label_and_its_share():
+    from lightning_influence.pool import Rows, stratified_rows
+
+    y = torch.cat([torch.zeros(900, dtype=torch.long), torch.ones(100, dtype=torch.long)])
+    rows = Rows(torch.arange(1000.0).reshape(-1, 1), y, torch.arange(1000))
+    sub = stratified_rows(rows, 200, seed=0)
+    assert len(sub) == 200 and int((sub.y == 1).sum()) == 20
+    assert torch.equal(sub.ids, torch.sort(sub.ids).values)  # order kept
+    assert torch.equal(stratified_rows(rows, 200, seed=0).ids, sub.ids)  # seeded
+    assert stratified_rows(rows, None, seed=0) is rows and stratified_rows(rows, 5000, 0) is rows
