@@ -63,6 +63,19 @@ def _check_positive_int(value: int, name: str) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
+def _documented(cls: type) -> type:
+    """Append an ``Args:`` section built from the fields' help to the class docstring.
+
+    The help lives once, in each field's metadata (as kronfluence's ``arguments.py``);
+    jsonargparse/LightningCLI read it from the docstring (``--...hessian.help``).
+    """
+    lines = [f"    {f.name}: {f.metadata['help']}" for f in fields(cls) if "help" in f.metadata]
+    if lines:
+        cls.__doc__ = f"{(cls.__doc__ or '').rstrip()}\n\nArgs:\n" + "\n".join(lines) + "\n"
+    return cls
+
+
+@_documented
 @dataclass
 class HessianArguments:
     """Which retained training samples estimate the Hessian (the Hessian subset)."""
@@ -104,6 +117,7 @@ class HessianArguments:
                 )
 
 
+@_documented
 @dataclass
 class SelectionArguments:
     """Which parameters may move: whole output units of each Linear/Conv layer."""
@@ -153,6 +167,7 @@ class SelectionArguments:
         return [1.0] if self.method == "all" else _as_list(self.ratio, "selection.ratio")
 
 
+@_documented
 @dataclass
 class SolveArguments:
     """How the influence system is solved."""
@@ -208,6 +223,7 @@ class SolveArguments:
         return _as_list(self.damping, "solve.damping")
 
 
+@_documented
 @dataclass
 class StepArguments:
     """The step along the normalised direction, chosen on validation data."""
@@ -266,6 +282,7 @@ class StepArguments:
                 raise ValueError(f"step.{name} must be in [0, 1] or None, got {value!r}.")
 
 
+@_documented
 @dataclass
 class GridArguments:
     """How candidates of a ratio x damping grid are ranked and when the grid stops early."""

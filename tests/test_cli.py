@@ -87,3 +87,30 @@ def test_demo_flags_are_checked_before_any_work(tmp_path, capsys, flags, message
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert time.perf_counter() - start < 5  # refused at parse time, nothing trained
+
+
+def test_every_setting_has_help_in_the_cli():
+    """LightningCLI/jsonargparse shows per-field help of every settings group."""
+    from dataclasses import fields
+
+    from jsonargparse import ArgumentParser
+
+    import lightning_influence as li
+
+    for group in (
+        li.HessianArguments,
+        li.SelectionArguments,
+        li.SolveArguments,
+        li.StepArguments,
+        li.GridArguments,
+    ):
+        parser = ArgumentParser()
+        parser.add_class_arguments(group, "g")
+        text = " ".join(parser.format_help().split())
+        for f in fields(group):
+            assert f.metadata.get("help"), f"{group.__name__}.{f.name} has no help"
+            assert " ".join(f.metadata["help"].split())[:40] in text, f.name
+    parser = ArgumentParser()
+    parser.add_class_arguments(li.UnlearnCallback, "cb")
+    text = " ".join(parser.format_help().split())
+    assert "class labels to forget" in text and "logits_fn(output) -> logits" in text
