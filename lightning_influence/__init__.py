@@ -27,7 +27,12 @@ from lightning_influence.capture import (
     capture_pool,
     find_feature_module,
 )
-from lightning_influence.curvature import HessianOperator, default_loss, mean_gradient
+from lightning_influence.curvature import (
+    GaussNewtonOperator,
+    HessianOperator,
+    default_loss,
+    mean_gradient,
+)
 from lightning_influence.estimators import ESTIMATORS
 from lightning_influence.forget import (
     BackdoorRepair,
@@ -83,6 +88,7 @@ __all__ = [
     "FeatureSampler",
     "ForgetAccuracy",
     "ForgettingF1",
+    "GaussNewtonOperator",
     "HessianOperator",
     "IndexedDataset",
     "InfluenceReport",

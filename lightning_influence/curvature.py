@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from lightning_influence._modules import model_device
 from lightning_influence.batches import Batch, as_batches
@@ -72,7 +72,14 @@ class BatchLoss:
         self.frozen.update(dict(model.named_buffers()))
 
     def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
-        out = logits_of(call_functional(self.model, {**self.frozen, **params}, self.x))
+        return self.loss_on(self.outputs(params))
+
+    def outputs(self, params: Mapping[str, Tensor]) -> Tensor:
+        """The batch's logits at ``params``."""
+        return logits_of(call_functional(self.model, {**self.frozen, **params}, self.x))
+
+    def loss_on(self, out: Tensor) -> Tensor:
+        """The batch's share of the (weighted) mean loss, given its logits ``out``."""
         if self.w is None:
             return self.loss_fn(out, self.y) * (self.n / self.weight_total)
         per_sample = vmap(lambda o, t: self.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, self.y)
@@ -200,6 +207,60 @@ class HessianOperator(ParamOperator):
         return out
 
 
+class GaussNewtonOperator(HessianOperator):
+    """G = Σ Jᵀ (∇²_z ℓ) J: the generalised Gauss–Newton matrix of the same loss and data.
+
+    J is the Jacobian of the logits z with respect to the parameters and ∇²_z ℓ the Hessian
+    of the loss in the logits (for cross-entropy diag(p) − p pᵀ per sample). G drops the
+    term of H that the network's curvature adds, so it is positive semi-definite even where
+    a trained net's H is indefinite; for a model linear in its parameters G = H. One
+    mat-vec costs about one HVP: a forward-mode ``jvp`` for J v, a Hessian-vector product
+    in the (small) logit space, and a ``vjp`` for Jᵀ(·).
+
+    Args:
+        model: the model (put it in ``eval()`` first if it has BatchNorm or dropout).
+        loss_fn: a mean-reducing loss of the logits (``None``: :func:`default_loss`).
+        batches: a batch or an iterable of batches, as for :class:`HessianOperator`.
+    """
+
+    def matvec(self, v: Mapping[str, Tensor]) -> ParamDict:
+        self.hvp_count += 1
+        out: ParamDict | None = None
+        with torch.enable_grad():
+            for f in self.losses:
+                z, jv = jvp(f.outputs, (self.params,), (dict(v),))
+                _, hjv = jvp(grad(f.loss_on), (z,), (jv,))
+                _, pullback = vjp(f.outputs, self.params)
+                (gv,) = pullback(hjv)
+                out = gv if out is None else {k: out[k] + gv[k] for k in out}
+        assert out is not None
+        return out
+
+
+def dense_gauss_newton(
+    model: nn.Module, loss_fn: LossFn | None, batches: list[Batch], params: ParamDict
+) -> Tensor:
+    """The explicit float64 Gauss–Newton matrix Σ Jᵀ (∇²_z ℓ) J (the reference of
+    :class:`GaussNewtonOperator`), from ``jacrev`` and ``torch.func.hessian``.
+
+    Args:
+        model: the model.
+        loss_fn: a mean-reducing loss (``None``: :func:`default_loss`).
+        batches: the batches of the (weighted) mean loss.
+        params: float64 trainable parameters, keyed like ``trainable_params(model)``.
+    """
+    total = None
+    for f in batch_losses_float64(model, loss_fn or default_loss, batches):
+        theta = flatten(params)
+        jac = jacrev(lambda t, f=f: f.outputs(unflatten(t, params)).reshape(-1))(theta)
+        z = f.outputs(params)
+        h = torch.func.hessian(lambda zz, f=f, s=z.shape: f.loss_on(zz.reshape(s)))(z.reshape(-1))
+        g = jac.T @ h @ jac
+        total = g if total is None else total + g
+    assert total is not None
+    return total
+
+
 class DenseHessianOperator(DenseMatrixOperator):
     """The explicit float64 Hessian of a tiny model, applied to parameter dicts.
 
@@ -212,13 +273,19 @@ class DenseHessianOperator(DenseMatrixOperator):
         loss_fn: a mean-reducing loss (``None``: :func:`default_loss`).
         batches: a batch or an iterable of batches, as for :class:`HessianOperator`.
         max_params: refuse models with more trainable parameters than this.
+        curvature: ``hessian`` or ``gauss_newton`` (:func:`dense_gauss_newton`).
 
     Raises:
         ValueError: when the model has more than ``max_params`` trainable parameters.
     """
 
     def __init__(
-        self, model: nn.Module, loss_fn: LossFn | None, batches: Any, max_params: int = 5000
+        self,
+        model: nn.Module,
+        loss_fn: LossFn | None,
+        batches: Any,
+        max_params: int = 5000,
+        curvature: str = "hessian",
     ):
         self.params = {k: v.to(torch.float64) for k, v in trainable_params(model).items()}
         if not self.params:
@@ -229,7 +296,8 @@ class DenseHessianOperator(DenseMatrixOperator):
                 f"above max_params={max_params}. Use solver='krylov' (or 'lissa'), restrict the "
                 "parameters, or raise max_params."
             )
-        matrix = dense_hessian(model, loss_fn, as_batches(batches, "hessian_data"), self.params)
+        build = dense_gauss_newton if curvature == "gauss_newton" else dense_hessian
+        matrix = build(model, loss_fn, as_batches(batches, "hessian_data"), self.params)
         super().__init__(matrix, self.params, symmetric=True)
         self.hvp_count = 0  # an explicit matrix needs no Hessian-vector products
 

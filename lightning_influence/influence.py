@@ -15,6 +15,7 @@ from lightning_influence._modules import eval_mode
 from lightning_influence.batches import Batch, as_batches
 from lightning_influence.curvature import (
     DenseHessianOperator,
+    GaussNewtonOperator,
     HessianOperator,
     LossFn,
     default_loss,
@@ -39,6 +40,9 @@ class InfluenceReport(SolveReport):
     estimator: str = "gif"
     selected_params: int = 0
     total_params: int = 0
+
+
+CURVATURES = ("hessian", "gauss_newton")
 
 
 def validate_selection(
@@ -94,6 +98,7 @@ def influence(
     damping: float = 0.0,
     *,
     gradient: Mapping[str, Tensor] | None = None,
+    curvature: str = "hessian",
     **solver_options: Any,
 ) -> tuple[ParamDict, InfluenceReport]:
     """Estimate Δθ such that θ̂ + Δθ approximates the model trained without ``forget_data``.
@@ -119,6 +124,9 @@ def influence(
             faithful first-order magnitude.
         add_data: data whose mean gradient is subtracted from g (e.g. corrected labels).
         damping: λ ≥ 0: Tikhonov λ‖x‖² for ``gif``, H + λI for the others.
+        curvature: ``hessian`` (exact, may be indefinite) or ``gauss_newton`` (the generalised
+            Gauss–Newton matrix, positive semi-definite; see
+            :class:`~lightning_influence.curvature.GaussNewtonOperator`).
         gradient: a right-hand side g formed by the caller (keyed by trainable parameter
             name), instead of ``forget_data``/``add_data`` (e.g. a re-linearised round's g,
             see :mod:`lightning_influence.rounds`).
@@ -131,6 +139,8 @@ def influence(
         selection) and an :class:`InfluenceReport`.
     """
     _check_choices(estimator, solver, damping)
+    if curvature not in CURVATURES:
+        raise ValueError(f"Unknown curvature {curvature!r}: choose one of {CURVATURES}.")
     if (forget_data is None) == (gradient is None):
         raise ValueError("influence() needs exactly one of forget_data= or gradient=.")
     loss_fn = loss_fn or default_loss
@@ -146,7 +156,7 @@ def influence(
         g = dict(gradient) if gradient is not None else {}
         if f_batches is not None:
             g = influence_gradient(model, loss_fn, f_batches, a_batches, forget_weight)
-        hessian = _hessian(model, loss_fn, h_batches, solver, max_params)
+        hessian = _hessian(model, loss_fn, h_batches, solver, max_params, curvature)
         if solver == "dense":
             g = {k: t.to(torch.float64) for k, t in g.items()}
         system = build_system(estimator, hessian, g, masks, damping)
@@ -165,11 +175,18 @@ def _check_choices(estimator: str, solver: str, damping: float) -> None:
 
 
 def _hessian(
-    model: nn.Module, loss_fn: LossFn, batches: list[Batch], solver: str, max_params: int
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: list[Batch],
+    solver: str,
+    max_params: int,
+    curvature: str,
 ) -> HessianOperator | DenseHessianOperator:
-    """The explicit float64 Hessian for the dense solver, else the HVP operator."""
+    """The explicit float64 matrix for the dense solver, else the mat-vec operator."""
     if solver == "dense":
-        return DenseHessianOperator(model, loss_fn, batches, max_params)
+        return DenseHessianOperator(model, loss_fn, batches, max_params, curvature)
+    if curvature == "gauss_newton":
+        return GaussNewtonOperator(model, loss_fn, batches)
     return HessianOperator(model, loss_fn, batches)
 
 

@@ -515,6 +515,7 @@ def _solve(
                 selection=masks,
                 estimator=s.estimator,
                 solver=s.solver,
+                curvature=s.curvature,
                 damping=damping,
                 **options,
             )

@@ -35,6 +35,7 @@ SelectionName = Literal[
 ]
 EstimatorName = Literal["gif", "fif", "pif", "if"]
 SolverName = Literal["krylov", "lissa", "dense"]
+CurvatureName = Literal["hessian", "gauss_newton"]
 
 
 def _help(text: str) -> dict[str, str]:
@@ -194,6 +195,14 @@ class SolveArguments:
             "grid chosen on validation data."
         ),
     )
+    curvature: CurvatureName = field(
+        default="hessian",
+        metadata=_help(
+            "hessian (the exact Hessian of the loss, may be indefinite) or gauss_newton (the "
+            "generalised Gauss-Newton matrix J^T (d2 loss / d logits2) J, positive "
+            "semi-definite)."
+        ),
+    )
     tol: float = field(default=1e-2, metadata=_help("Relative residual at which to stop."))
     max_iter: int = field(default=100, metadata=_help("Iteration cap of the iterative solvers."))
     rounds: int | None = field(
@@ -209,6 +218,7 @@ class SolveArguments:
     def __post_init__(self) -> None:
         _check_choice(self.estimator, ("gif", "fif", "pif", "if"), "solve.estimator")
         _check_choice(self.solver, ("krylov", "lissa", "dense"), "solve.solver")
+        _check_choice(self.curvature, ("hessian", "gauss_newton"), "solve.curvature")
         if any(d < 0 for d in self.dampings):
             raise ValueError(f"solve.damping must be >= 0, got {self.damping!r}.")
         if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
