@@ -117,7 +117,8 @@ def fit(train: TensorDataset, val: TensorDataset, seed: int) -> tuple[nn.Module,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
-    start, best, best_state, since, epochs = time.perf_counter(), float("inf"), None, 0, 0
+    start, cpu = time.perf_counter(), time.process_time()
+    best, best_state, since, epochs = float("inf"), None, 0, 0
     while epochs < RECIPE["max_epochs"]:
         epochs += 1
         train_epoch(model, loader, opt)
@@ -129,7 +130,12 @@ def fit(train: TensorDataset, val: TensorDataset, seed: int) -> tuple[nn.Module,
             if since >= RECIPE["patience"]:
                 break
     model.load_state_dict(best_state)
-    info = {"seconds": time.perf_counter() - start, "epochs": epochs, "best_val_loss": best}
+    info = {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "epochs": epochs,
+        "best_val_loss": best,
+    }
     return model.eval(), info
 
 
@@ -226,7 +232,7 @@ def run_method(name, model, data, c, seed) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     with PeakRSS() as mem, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if name in VARIANTS:
             cb = li.UnlearnCallback(
                 forget_classes=[c], seed=seed, progress_bar=False, **VARIANTS[name]
@@ -251,11 +257,12 @@ def run_method(name, model, data, c, seed) -> dict[str, Any]:
             gradient_ascent(m, train, val_loader, c, seed)
         else:
             raise ValueError(name)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     out = li.evaluate_forgetting(m, test_loader, [c])
     return {
         "method": name,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_extra_rss_bytes": mem.extra_bytes,
         **{f"test_{k}": v for k, v in out.items()},
         **extra,
@@ -266,18 +273,22 @@ def _retrain_row(data, c, seed) -> dict[str, Any]:
     train, val, test = data
     model, info = cached_fit(f"retrain_c{c}_seed{seed}", without(train, c), without(val, c), seed)
     out = li.evaluate_forgetting(model, DataLoader(test, batch_size=1024), [c])
-    return {"method": "retrain", "seconds": info["seconds"], "epochs": info["epochs"]} | {
-        f"test_{k}": v for k, v in out.items()
-    }
+    timing = {k: info[k] for k in ("seconds", "cpu_seconds", "epochs") if k in info}
+    return {"method": "retrain", **timing} | {f"test_{k}": v for k, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- study
 
 
+NOTES: list[str] = []
+
+
 def run(seeds, classes, methods, resume: bool) -> dict[str, Any]:
     torch.set_num_threads(1)
     path = RESULTS / RESULT
-    rows = json.loads(path.read_text())["rows"] if resume and path.exists() else []
+    old = json.loads(path.read_text()) if resume and path.exists() else {}
+    rows = old.get("rows", [])
+    NOTES[:0] = [n for n in old.get("notes", []) if n not in NOTES]
     rows = [r for r in rows if "error" not in r]
     done = {(r["forget_class"], r["seed"], r["method"]) for r in rows}
     command = "python -m benchmarks.fashion " + " ".join(sys.argv[1:])
@@ -337,6 +348,7 @@ def summarise(rows, methods, command, train_samples) -> dict[str, Any]:
         "setup": __doc__.split("\n\n")[1],
         "recipe": RECIPE,
         "machine": machine(),
+        "notes": NOTES,
         "summary": _summary(ok, train_samples),
         "cells": cells,
         "rows": rows,
@@ -388,12 +400,15 @@ def _summary(ok: list[dict[str, Any]], train_samples: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    global RESULT, CACHE_DIR
     p = argparse.ArgumentParser(prog="python -m benchmarks.fashion", description=__doc__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--classes", type=int, nargs="+", default=[0, 2, 4, 6])
     p.add_argument("--methods", nargs="+", default=[*VARIANTS, *BASELINES])
     p.add_argument("--resume", action="store_true", help="keep finished rows, run the rest")
     p.add_argument("--smoke", action="store_true", help="3,000 images, 1 epoch, separate files")
+    p.add_argument("--note", action="append", default=[], help="a note stored in the JSON")
+    p.add_argument("--result", default=None, help=f"result file name (default {RESULT})")
     p.add_argument(
         "--train-only",
         action="store_true",
@@ -401,13 +416,15 @@ def main() -> None:
     )
     a = p.parse_args()
     if a.smoke:
-        global RESULT, CACHE_DIR
         SMOKE.update(train=3000)
         RECIPE["max_epochs"] = 1
         RESULT, CACHE_DIR = "unlearning_fashion_smoke.json", CACHE / "fashion_smoke"
     unknown = sorted(set(a.methods) - set(VARIANTS) - set(BASELINES))
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {[*VARIANTS, *BASELINES]}")
+    NOTES.extend(a.note)
+    if a.result:
+        RESULT = a.result
     result = run(a.seeds, a.classes, [] if a.train_only else a.methods, a.resume)
     print(json.dumps(result["summary"], indent=2))
 

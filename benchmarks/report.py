@@ -371,6 +371,32 @@ def fashion_section(d: dict | None) -> list[str]:
     return out
 
 
+def levers_section(d: dict | None) -> list[str]:
+    """The lever study on full Fashion-MNIST (benchmarks/fashion_levers.py), one row each."""
+    if not d:
+        return []
+    out = [
+        "## Levers of the default on full Fashion-MNIST",
+        "",
+        f"Command: `{d['command']}`: `UnlearnCallback` variants on the same trained model, "
+        "test split, seconds measured while other jobs shared the 2 cores (compare them with "
+        "each other, not with the table above). The retrained model is the reference.",
+        "",
+        "| class | seed | lever | F1 | retrain F1 | forget acc | retained acc | seconds | solve | search |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        st = r["stage_seconds"]
+        ret = r.get("retrain_f1")
+        out.append(
+            f"| {r['forget_class']} | {r['seed']} | {r['lever']} | {r['test_f1']:.4f} | "
+            f"{'–' if ret is None else f'{ret:.4f}'} | {r['test_forget_acc']:.3f} | "
+            f"{r['test_retain_acc']:.3f} | {r['seconds']:.1f} | {st.get('solve', 0):.1f} | "
+            f"{st.get('search', 0):.1f} |"
+        )
+    return out + [""]
+
+
 def build() -> str:
     names = ["solvers.json", "samplers.json", "unlearning.json", "selection.json"]
     data = {n: load(n) for n in names}
@@ -409,6 +435,7 @@ def build() -> str:
     lines += samplers_section(data["samplers.json"])
     lines += unlearning_section(data["unlearning.json"])
     lines += fashion_section(load("unlearning_fashion.json"))
+    lines += levers_section(load("fashion_levers.json"))
     lines += unlearning_section(load("unlearning_fashion10k.json"), suite="fashion10k")
     lines += selection_section(data["selection.json"])
     return "\n".join(lines)

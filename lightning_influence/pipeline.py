@@ -77,6 +77,7 @@ class Problem:
     max_retain_drop: float
     rounds: int
     selection_method: str
+    ratio: float
 
 
 @dataclass
@@ -147,9 +148,11 @@ def run_unlearning(
     spec.check_labels(num_classes=int(pool.logits.shape[1]))
     with timer("sample"):
         subset = sample_hessian_subset(pool, settings)
-    problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
+    with timer("prepare"):  # g's data and its round-1 gradient, the scorers
+        problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
-    before = problem.scorer.metrics(model)
+    with timer("measure"):
+        before = problem.scorer.metrics(model)
     best, candidates = _search_candidates(
         model, problem, settings, loss_fn, timer, show_progress, before
     )
@@ -259,7 +262,11 @@ def _build_problem(
         gradient=gradient,
         # Units are ranked where the change is largest: on the rows g adds (their loss is
         # high at the trained weights) when there are any, else on the forgotten rows.
-        selection_rows=(added if added is not None else data.forget).batches(size, device),
+        selection_rows=stratified_rows(
+            added if added is not None else data.forget,
+            settings.selection.max_rows,
+            settings.seed,
+        ).batches(size, device),
         scorer=spec.scorer(val.to(device), data.forget.to(device)),
         search_scorer=spec.scorer(
             stratified_rows(val, step.max_val_samples, settings.seed).to(device),
@@ -271,6 +278,7 @@ def _build_problem(
         ),
         rounds=rounds,
         selection_method=settings.selection.method or spec.selection,
+        ratio=spec.ratio,
     )
 
 
@@ -325,7 +333,8 @@ def _search_candidates(
     best: _Outcome | None = None
     best_rank: tuple[bool, float] | None = None
     tried: list[CandidateResult] = []
-    grid = [(r, d) for r in settings.selection.ratios for d in settings.solve.dampings]
+    ratios = settings.selection.ratios or [problem.ratio]
+    grid = [(r, d) for r in ratios for d in settings.solve.dampings]
     masks_by_ratio: dict[float, dict[str, Tensor] | None] = {}
     for k, (ratio, damping) in enumerate(grid):
         restore_weights(model, base)  # units are ranked, and every candidate starts, at θ₀

@@ -91,7 +91,7 @@ class HessianArguments:
     )
     budget: int = field(default=128, metadata=_help("Number of samples in the Hessian subset."))
     pool_size: int | None = field(
-        default=16384,
+        default=4096,
         metadata=_help(
             "Largest candidate pool the sampler chooses from: above it, a seeded random share "
             "of the retained training samples (chosen by sample id, so the same on every rank "
@@ -128,20 +128,33 @@ class SelectionArguments:
         metadata=_help(
             "Rank units on the forget data by |mean output| ('highest_outputs') or |mean "
             "d loss / d output| ('highest_gradients'); 'lowest_*' and 'random' are controls; "
-            "'all' moves every parameter. None: the task's own ('highest_outputs' for class "
-            "and sample removal, 'highest_gradients' for label change and backdoor repair, "
-            "ranked on the corrected samples, whose loss is high at the trained weights)."
+            "'all' moves every parameter. None: the task's own ('highest_gradients' for class "
+            "removal, label change and backdoor repair (the last two ranked on the corrected "
+            "samples, whose loss is high at the trained weights), 'highest_outputs' for sample "
+            "removal)."
         ),
     )
-    ratio: float | list[float] = field(
-        default=0.2,
+    ratio: float | list[float] | None = field(
+        default=None,
         metadata=_help(
             "Share of each layer's output units that may move, in (0, 1]. A list makes a grid "
-            "chosen on validation data."
+            "chosen on validation data. None: the task's own (0.05 for class removal, 0.2 for "
+            "the others)."
+        ),
+    )
+
+    max_rows: int | None = field(
+        default=2048,
+        metadata=_help(
+            "Units are ranked on at most this many of the forgotten (or, for label change and "
+            "backdoor repair, corrected) rows: a seeded, class-stratified subsample (None: "
+            "all). The influence gradient g always uses every forgotten row."
         ),
     )
 
     def __post_init__(self) -> None:
+        if self.max_rows is not None:
+            _check_positive_int(self.max_rows, "selection.max_rows")
         if self.method is None:
             return self._check_ratios()
         _check_choice(
@@ -164,8 +177,10 @@ class SelectionArguments:
 
     @property
     def ratios(self) -> list[float]:
-        """The ratio candidates, in order (one for ``method='all'``)."""
-        return [1.0] if self.method == "all" else _as_list(self.ratio, "selection.ratio")
+        """The ratio candidates, in order (one for ``method='all'``; none for the task's own)."""
+        if self.method == "all":
+            return [1.0]
+        return [] if self.ratio is None else _as_list(self.ratio, "selection.ratio")
 
 
 @_documented
@@ -239,7 +254,7 @@ class StepArguments:
     """The step along the normalised direction, chosen on validation data."""
 
     steps: int = field(
-        default=16, metadata=_help("Radii tried on a geometric grid from min to max radius.")
+        default=8, metadata=_help("Radii tried on a geometric grid from min to max radius.")
     )
     min_radius: float = field(
         default=1e-3, metadata=_help("Smallest step, relative to the norm of the selected weights.")
@@ -256,7 +271,7 @@ class StepArguments:
         ),
     )
     refine: int = field(
-        default=3,
+        default=4,
         metadata=_help("Bisection steps after the first radius that completes forgetting."),
     )
     forget_target: float | None = field(

@@ -14,7 +14,9 @@ the grid upwards and stops early when forgetting is complete (``forget_acc <= fo
 or retained accuracy collapses (drops more than ``max_retain_drop`` below its value before).
 Steps whose retained accuracy fell below that floor are never kept. After the first step that
 reaches the target, a few bisection steps between it and the
-previous radius look for a smaller step with the same forgetting and better retained accuracy.
+previous radius look for a smaller step with the same forgetting and better retained accuracy;
+when retained accuracy collapses first, as many bisection steps between the collapsing radius
+and the one before look for the largest step that stays within the budget.
 The best-scoring step is kept; if none beats the unchanged model (or anything raises), the
 original weights are restored bit for bit.
 """
@@ -165,10 +167,12 @@ def step_search(
         before = search.score_unchanged()
         floor = before.retain_acc - max_retain_drop
         grid = radius_grid(steps, min_radius, max_radius)
-        reached, prev = _walk(search, grid, floor, forget_target)
+        reached, prev, collapsed = _walk(search, grid, floor, forget_target)
         if reached is not None:
             _bisect(search, prev, reached, refine, forget_target)
             result.reason = f"forgetting complete (forget score <= {forget_target:g})"
+        elif collapsed is not None:
+            _bisect_floor(search, prev, collapsed, refine, floor)
         elif not result.reason:
             result.reason = (
                 f"forget score stayed above {forget_target:g} up to max_radius={max_radius:g}"
@@ -241,18 +245,19 @@ class _Search:
 
 def _walk(
     search: _Search, grid: list[float], floor: float, forget_target: float
-) -> tuple[float | None, float]:
-    """Walk the grid upwards; returns (first radius reaching the target or None, the one before)."""
+) -> tuple[float | None, float, float | None]:
+    """Walk the grid upwards; returns (first radius reaching the target or None, the one
+    before, the radius where retained accuracy fell below the floor or None)."""
     prev = 0.0
     for radius in grid:
         t = search.trial(radius)
         if t.retain_acc < floor:
             search.result.reason = f"retained accuracy collapsed at radius {radius:.3g}"
-            return None, prev
+            return None, prev, radius
         if t.forget_acc <= forget_target:
-            return radius, prev
+            return radius, prev, None
         prev = radius
-    return None, prev
+    return None, prev, None
 
 
 def _bisect(search: _Search, lo: float, hi: float, refine: int, forget_target: float) -> None:
@@ -263,6 +268,17 @@ def _bisect(search: _Search, lo: float, hi: float, refine: int, forget_target: f
             hi = mid
         else:
             lo = mid
+
+
+def _bisect_floor(search: _Search, lo: float, hi: float, refine: int, floor: float) -> None:
+    """Look for the largest radius whose retained accuracy stays above ``floor`` (``lo``
+    stays above it, ``hi`` falls below): the most forgetting the budget allows."""
+    for _ in range(refine):
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
+        if search.trial(mid).retain_acc >= floor:
+            lo = mid
+        else:
+            hi = mid
 
 
 def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], floor: float) -> None:
