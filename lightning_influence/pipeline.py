@@ -78,6 +78,7 @@ class Problem:
     rounds: int
     selection_method: str
     ratio: float
+    polish: bool
 
 
 @dataclass
@@ -279,6 +280,7 @@ def _build_problem(
         rounds=rounds,
         selection_method=settings.selection.method or spec.selection,
         ratio=spec.ratio,
+        polish=settings.solve.polish,
     )
 
 
@@ -435,7 +437,9 @@ def try_candidate(
             step = _search(model, problem, settings, delta, show, tag, budget)
         steps.append(step)
         solves.append(solve)
-        if not step.applied or step.best is None or step.best.forget_acc <= problem.forget_target:
+        if not step.applied or step.best is None:
+            break
+        if step.best.forget_acc <= problem.forget_target and not problem.polish:
             break
         # what is left of the budget, measured from the retained accuracy before round 1
         budget = problem.max_retain_drop - (steps[0].before.retain_acc - step.best.retain_acc)

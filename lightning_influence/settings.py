@@ -230,6 +230,15 @@ class SolveArguments:
         ),
     )
 
+    polish: bool = field(
+        default=False,
+        metadata=_help(
+            "Rounds left after forgetting completes polish it: g and H at the new weights "
+            "(the corrected objective's gradient, mostly the retained data's), a step kept "
+            "while validation F1 improves. Off: rounds stop once forgetting is complete."
+        ),
+    )
+
     def __post_init__(self) -> None:
         _check_choice(self.estimator, ("gif", "fif", "pif", "if"), "solve.estimator")
         _check_choice(self.solver, ("krylov", "lissa", "dense"), "solve.solver")

@@ -167,7 +167,11 @@ def step_search(
         before = search.score_unchanged()
         floor = before.retain_acc - max_retain_drop
         grid = radius_grid(steps, min_radius, max_radius)
-        reached, prev, collapsed = _walk(search, grid, floor, forget_target)
+        if before.forget_acc <= forget_target:  # forgotten already: improve retained accuracy
+            _polish(search, grid, floor)
+            reached, prev, collapsed = None, 0.0, None
+        else:
+            reached, prev, collapsed = _walk(search, grid, floor, forget_target)
         if reached is not None:
             _bisect(search, prev, reached, refine, forget_target)
             result.reason = f"forgetting complete (forget score <= {forget_target:g})"
@@ -268,6 +272,22 @@ def _bisect(search: _Search, lo: float, hi: float, refine: int, forget_target: f
             hi = mid
         else:
             lo = mid
+
+
+def _polish(search: _Search, grid: list[float], floor: float) -> None:
+    """Forgetting is complete before the step: walk up while the F1 still improves (stop
+    after two trials without improvement or below the retained-accuracy floor)."""
+    assert search.result.before is not None
+    best, worse = search.result.before.f1, 0
+    for radius in grid:
+        t = search.trial(radius)
+        if t.retain_acc < floor:
+            break
+        worse = 0 if t.f1 > best else worse + 1
+        best = max(best, t.f1)
+        if worse >= 2:
+            break
+    search.result.reason = "forgetting was complete; the step improves retained accuracy"
 
 
 def _bisect_floor(search: _Search, lo: float, hi: float, refine: int, floor: float) -> None:
