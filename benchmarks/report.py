@@ -323,6 +323,16 @@ def papers_section(data: dict[str, dict | None]) -> list[str]:
     return out + [""]
 
 
+def _verdict(value: Any, goal: str) -> str:
+    """``met`` / ``missed by X`` for goals written as ``<= x`` or ``>= x``."""
+    if value is None or not isinstance(value, (int, float)):
+        return "not measured"
+    op, bound = goal.split()
+    bound_f = float(bound.replace("+", ""))
+    ok = value <= bound_f if op == "<=" else value >= bound_f
+    return "met" if ok else f"missed by {abs(value - bound_f):.4g}"
+
+
 def fashion_section(d: dict | None) -> list[str]:
     """Full Fashion-MNIST class removal (benchmarks/fashion.py): rows so far, the goals."""
     title = "## Class removal on full Fashion-MNIST (54,000 training images)"
@@ -352,9 +362,10 @@ def fashion_section(d: dict | None) -> list[str]:
         v = s.get(key)
         return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    out += ["", "| summary key | value | goal |", "|---|---|---|"]
-    out += [f"| `{k}` | {fmt(k)} | {g} |" for k, g in s["goals"].items()]
-    out += [f"| best baseline | {s.get('best_baseline')} | |", ""]
+    out += ["", "| summary key | value | goal | verdict |", "|---|---|---|---|"]
+    out += [f"| `{k}` | {fmt(k)} | {g} | {_verdict(s.get(k), g)} |" for k, g in s["goals"].items()]
+    out += [f"| best baseline | {s.get('best_baseline')} | | |", ""]
+    out += [f"Note: {n}" for n in d.get("notes", [])] + ([""] if d.get("notes") else [])
     stages = [
         r["stage_seconds"]
         for r in d["rows"]
