@@ -27,7 +27,8 @@ from benchmarks.fashion import cached_fit, splits, without
 RESULT = "fashion_levers.json"
 HG = {"method": "highest_gradients"}
 LEVERS: dict[str, dict[str, Any]] = {
-    "default": {},
+    # the default before this study (rows measured with {} then)
+    "highest_outputs 20% (old default)": {"selection": {"method": "highest_outputs", "ratio": 0.2}},
     "highest_outputs 5%": {"selection": {"method": "highest_outputs", "ratio": 0.05}},
     "highest_gradients 2%": {"selection": {**HG, "ratio": 0.02}},
     "highest_gradients 5%": {"selection": {**HG, "ratio": 0.05}},
@@ -40,6 +41,10 @@ LEVERS: dict[str, dict[str, Any]] = {
     "hg 5% tol 1e-3": {"selection": {**HG, "ratio": 0.05}, "solve": {"tol": 1e-3}},
     "hg 5% budget 512": {"selection": {**HG, "ratio": 0.05}, "hessian": {"budget": 512}},
     "hg 5% random subset": {"selection": {**HG, "ratio": 0.05}, "hessian": {"sampler": "random"}},
+    "hg 5% gauss_newton": {
+        "selection": {**HG, "ratio": 0.05},
+        "solve": {"curvature": "gauss_newton"},
+    },
     "hg 5% full val search": {
         "selection": {**HG, "ratio": 0.05},
         "step": {"max_val_samples": None},
@@ -96,7 +101,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     path = RESULTS / RESULT
-    rows = json.loads(path.read_text())["rows"] if a.resume and path.exists() else []
+    old = json.loads(path.read_text()) if a.resume and path.exists() else {}
+    rows, notes = old.get("rows", []), old.get("notes", [])
     done = {(r["lever"], r["forget_class"], r["seed"]) for r in rows}
     for seed in a.seeds:
         data = splits(seed)
@@ -123,6 +129,7 @@ def main() -> None:
                         "command": "python -m benchmarks.fashion_levers " + " ".join(sys.argv[1:]),
                         "machine": machine(),
                         "levers": LEVERS,
+                        "notes": notes,
                         "rows": rows,
                     },
                 )
