@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 Trigger = Callable[[Tensor], Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class ForgetSpec(ABC):
@@ -98,8 +99,14 @@ class ForgetSpec(ABC):
         return m / size, k / size, (n - m) / size
 
     @abstractmethod
-    def scorer(self, val: Rows, forget: Rows) -> Scorer:
-        """The validation scorer of the step search (inputs already on the model's device)."""
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
+        """The validation scorer of the step search (inputs already on the model's device).
+
+        Args:
+            val: the validation rows.
+            forget: the forgotten training rows.
+            loss_fn: the run's mean-reduced loss (scorers that use a loss; None: cross-entropy).
+        """
 
 
 def _int(value: object, name: str) -> int:
@@ -188,7 +195,7 @@ class ClassRemoval(ForgetSpec):
             )
         super().check(data)
 
-    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         mask = torch.isin(val.y, torch.tensor(self.classes, device=val.y.device))
         if not bool(mask.any()):
             raise ValueError(
@@ -224,8 +231,8 @@ class SampleRemoval(ForgetSpec):
         _check_known_ids(self.ids, data, "forget_ids")
         super().check(data)
 
-    def scorer(self, val: Rows, forget: Rows) -> Scorer:
-        return MembershipScorer(forget, val)
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
+        return MembershipScorer(forget, val, loss_fn)
 
 
 @dataclass
@@ -261,7 +268,7 @@ class LabelChange(ForgetSpec):
     def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
         return forget, forget.relabelled(self._new_y(forget))
 
-    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         x = inputs_cat([forget.x, val.x])
         y = torch.cat([forget.y, val.y])
         mask = torch.arange(len(y), device=y.device) < len(forget)
@@ -338,7 +345,7 @@ class BackdoorRepair(ForgetSpec):
             raise ValueError("backdoor_trigger must return inputs of the input batch's shape.")
         return out
 
-    def scorer(self, val: Rows, forget: Rows) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         victims = val.y != self.target
         if not bool(victims.any()):
             raise ValueError(

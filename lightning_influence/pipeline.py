@@ -268,10 +268,11 @@ def _build_problem(
             settings.selection.max_rows,
             settings.seed,
         ).batches(size, device),
-        scorer=spec.scorer(val.to(device), data.forget.to(device)),
+        scorer=spec.scorer(val.to(device), data.forget.to(device), loss_fn),
         search_scorer=spec.scorer(
             stratified_rows(val, step.max_val_samples, settings.seed).to(device),
             data.forget.to(device),
+            loss_fn,
         ),
         forget_target=0.0 if step.forget_target is None else step.forget_target,
         max_retain_drop=(

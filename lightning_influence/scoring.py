@@ -21,12 +21,14 @@ Two scorers cover the four forget tasks:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_influence._modules import eval_mode
+from lightning_influence.curvature import default_loss
 from lightning_influence.forward import call_model, inputs_rows, inputs_take, logits_of
 from lightning_influence.metrics import (
     ExclusiveLoss,
@@ -39,6 +41,8 @@ from lightning_influence.metrics import (
 from lightning_influence.pool import Rows
 
 __all__ = ["MembershipScorer", "Scorer", "SplitScorer", "predict_logits"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 _CHUNK = 1024
 
@@ -134,14 +138,23 @@ class MembershipScorer(Scorer):
     Args:
         forget: the forgotten training rows (inputs, labels) on the model's device.
         val: the validation rows on the model's device.
+        loss_fn: the run's mean-reduced ``loss_fn(logits, targets)``, applied per sample
+            (None: cross-entropy).
     """
 
-    def __init__(self, forget: Rows, val: Rows) -> None:
-        self.forget, self.val = forget, val
+    def __init__(self, forget: Rows, val: Rows, loss_fn: LossFn | None = None) -> None:
+        self.forget, self.val, self.loss_fn = forget, val, loss_fn
         classes, counts = torch.unique(forget.y, return_counts=True)
         weights = counts.double() / len(forget)
         self.class_weights = {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
         self.heldout_loss: float | None = None
+
+    def _losses(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Per-sample losses (the run's loss, one sample at a time)."""
+        if self.loss_fn is None or self.loss_fn is default_loss:
+            return F.cross_entropy(logits, y, reduction="none")
+        fn = self.loss_fn
+        return torch.vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(logits, y)
 
     def _heldout(self, v_loss: Tensor) -> float:
         overall = float(v_loss.median())
@@ -155,9 +168,9 @@ class MembershipScorer(Scorer):
         f_logits = predict_logits(model, self.forget.x)
         v_logits = predict_logits(model, self.val.x)
         if self.heldout_loss is None:
-            v_loss = F.cross_entropy(v_logits, self.val.y, reduction="none")
+            v_loss = self._losses(v_logits, self.val.y)
             self.heldout_loss = self._heldout(v_loss)
-        forget_loss = float(F.cross_entropy(f_logits, self.forget.y, reduction="none").median())
+        forget_loss = float(self._losses(f_logits, self.forget.y).median())
         held = self.heldout_loss
         familiarity = max(0.0, 1.0 - forget_loss / held) if held > 0 else 0.0
         return {

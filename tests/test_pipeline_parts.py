@@ -207,3 +207,23 @@ def test_stratified_rows_keeps_every_label_and_its_share():
     assert torch.equal(sub.ids, torch.sort(sub.ids).values)  # order kept
     assert torch.equal(stratified_rows(rows, 200, seed=0).ids, sub.ids)  # seeded
     assert stratified_rows(rows, None, seed=0) is rows and stratified_rows(rows, 5000, 0) is rows
+
+
+def test_membership_scorer_uses_the_run_loss():
+    """Sample removal's held-out comparison uses the callback's loss_fn, per sample."""
+    from lightning_influence.pool import Rows
+    from lightning_influence.scoring import MembershipScorer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    val = Rows(torch.randn(40, 3), torch.randint(0, 4, (40,)), torch.arange(40))
+    forget = Rows(torch.randn(5, 3), torch.randint(0, 4, (5,)), torch.arange(40, 45))
+
+    def doubled(logits, y):  # mean-reduced, twice cross-entropy
+        return 2.0 * torch.nn.functional.cross_entropy(logits, y)
+
+    plain = MembershipScorer(forget, val).metrics(model)
+    scaled = MembershipScorer(forget, val, doubled).metrics(model)
+    assert scaled["forget_loss"] == pytest.approx(2 * plain["forget_loss"], rel=1e-5)
+    assert scaled["heldout_loss"] == pytest.approx(2 * plain["heldout_loss"], rel=1e-5)
+    assert scaled["familiarity"] == pytest.approx(plain["familiarity"], abs=1e-6)
