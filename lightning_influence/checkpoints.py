@@ -10,7 +10,8 @@ silently bring the forgotten data back. :func:`refresh_checkpoints` therefore, f
   callback's report) in the checkpoint folder and points ``best_model_path`` at it, so
   ``ckpt_path="best"`` (the default after ``fit``) loads the unlearned model;
 - rewrites ``last_model_path`` (``last.ckpt``) with the same state, since the unlearned model
-  *is* the last state of the run, so ``ckpt_path="last"`` loads it too.
+  *is* the last state of the run, so ``ckpt_path="last"`` loads it too (with
+  ``save_last="link"`` the link is replaced by a file; the file it pointed to is left as is).
 
 The other files the fit wrote (top-k checkpoints) are left in place, as they were; they
 still hold the model before unlearning, which :func:`refresh_checkpoints` returns so that the
@@ -53,6 +54,9 @@ def refresh_checkpoints(trainer: pl.Trainer) -> tuple[list[str], list[str]]:
         trainer.save_checkpoint(path)
         written.append(path)
         if cb.last_model_path:
+            if os.path.islink(cb.last_model_path) and trainer.is_global_zero:
+                os.remove(cb.last_model_path)  # save_last="link": keep the linked file as it was
+            trainer.strategy.barrier("unlearn-last-link")
             trainer.save_checkpoint(cb.last_model_path)
             written.append(cb.last_model_path)
     return written, sorted(stale - set(written))

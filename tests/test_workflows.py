@@ -201,3 +201,20 @@ def test_without_a_capture_the_callback_captures_by_itself(digits, tmp_path):
     trainer = _trainer(tmp_path, [unlearn], max_epochs=1, enable_checkpointing=False)
     trainer.fit(ImageClassifier(), train_loader, val)
     assert unlearn.report.capture_source == "pass"
+
+
+def test_save_last_link_is_replaced_not_written_through(digits, tmp_path):
+    train, val, _ = digits
+    L.seed_everything(0, verbose=False)
+    model = ImageClassifier()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_last="link")
+    cb = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    trainer = _trainer(tmp_path, [ckpt, cb], max_epochs=3)
+    trainer.fit(model, train, val)
+    assert cb.report.applied
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.exists() and not last.is_symlink()
+    assert torch.load(last, weights_only=False)["callbacks"][cb.state_key]["report"]["applied"]
+    for path in ckpt.best_k_models:  # the fit's own checkpoint still holds the fit's model
+        state = torch.load(path, weights_only=False)
+        assert state["callbacks"][cb.state_key]["report"] is None
