@@ -37,6 +37,21 @@ def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
     return nn.functional.cross_entropy(outputs, targets)
 
 
+def per_sample_loss(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Tensor:
+    """``loss_fn`` on each sample alone (``vmap`` over single-sample calls), shape ``[B]``.
+
+    Any mean-reducing loss works unchanged; the default cross-entropy takes its fast path.
+
+    Args:
+        loss_fn: a mean-reducing loss ``loss_fn(outputs, targets)``.
+        outputs: logits ``[B, ...]``.
+        targets: targets ``[B, ...]``.
+    """
+    if loss_fn is default_loss:
+        return nn.functional.cross_entropy(outputs, targets, reduction="none")
+    return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
+
+
 def trainable_params(model: nn.Module) -> ParamDict:
     """Detached views of the parameters that require grad, keyed by name.
 
@@ -82,7 +97,7 @@ class BatchLoss:
         """The batch's share of the (weighted) mean loss, given its logits ``out``."""
         if self.w is None:
             return self.loss_fn(out, self.y) * (self.n / self.weight_total)
-        per_sample = vmap(lambda o, t: self.loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(out, self.y)
+        per_sample = per_sample_loss(self.loss_fn, out, self.y)
         return (per_sample * self.w.to(per_sample.dtype)).sum() / self.weight_total
 
 

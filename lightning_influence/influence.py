@@ -153,9 +153,11 @@ def influence(
     max_params = solver_options.pop("max_params", 5000)
     start = time.perf_counter()
     with eval_mode(model):
-        g = dict(gradient) if gradient is not None else {}
-        if f_batches is not None:
-            g = influence_gradient(model, loss_fn, f_batches, a_batches, forget_weight)
+        g = (
+            dict(gradient)
+            if f_batches is None
+            else influence_gradient(model, loss_fn, f_batches, a_batches, forget_weight)
+        )
         hessian = _hessian(model, loss_fn, h_batches, solver, max_params, curvature)
         if solver == "dense":
             g = {k: t.to(torch.float64) for k, t in g.items()}

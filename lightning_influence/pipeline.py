@@ -246,7 +246,12 @@ def _build_problem(
     n, m = len(data), len(data.forget)
     k = 0 if added is None else len(added)
     remove_weight, add_weight, retain_share = spec.gradient_weights(n, m, k)
-    retained = _subset_batches(data, subset, size, device)
+    rows, weights = _subset_rows(data, subset)
+    retained = rows.batches(size, device, weights)
+    forget = data.forget.to(device)
+    scorer = spec.scorer(val.to(device), forget, loss_fn)
+    searched = stratified_rows(val, step.max_val_samples, settings.seed)
+    search_scorer = scorer if searched is val else spec.scorer(searched.to(device), forget, loss_fn)
     gradient = RoundGradient(
         model,
         loss_fn,
@@ -259,7 +264,11 @@ def _build_problem(
         rounds=rounds,
     )
     return Problem(
-        hessian=_hessian_batches(data, subset, added, size, device),
+        hessian=(
+            retained
+            if added is None
+            else _corrected_hessian_batches(rows, weights, added, n - m, size, device)
+        ),
         gradient=gradient,
         # Units are ranked where the change is largest: on the rows g adds (their loss is
         # high at the trained weights) when there are any, else on the forgotten rows.
@@ -268,12 +277,8 @@ def _build_problem(
             settings.selection.max_rows,
             settings.seed,
         ).batches(size, device),
-        scorer=spec.scorer(val.to(device), data.forget.to(device), loss_fn),
-        search_scorer=spec.scorer(
-            stratified_rows(val, step.max_val_samples, settings.seed).to(device),
-            data.forget.to(device),
-            loss_fn,
-        ),
+        scorer=scorer,
+        search_scorer=search_scorer,
         forget_target=0.0 if step.forget_target is None else step.forget_target,
         max_retain_drop=(
             spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
@@ -285,30 +290,29 @@ def _build_problem(
     )
 
 
-def _subset_batches(
-    data: TrainingData, subset: SubsetSelection, size: int, device: torch.device
-) -> list[Batch]:
-    """The weighted Hessian subset of retained rows (its weighted mean loss estimates L_R)."""
+def _subset_rows(data: TrainingData, subset: SubsetSelection) -> tuple[Rows, Tensor]:
+    """The Hessian subset's retained rows and weights (their weighted mean loss estimates L_R)."""
     rows = data.candidates.take(data.candidates.positions(subset.ids))
-    return rows.batches(size, device, subset.weights.to(torch.float32))
+    return rows, subset.weights.to(torch.float32)
 
 
-def _hessian_batches(
-    data: TrainingData, subset: SubsetSelection, add: Rows | None, size: int, device: torch.device
+def _corrected_hessian_batches(
+    rows: Rows,
+    weights: Tensor,
+    add: Rows,
+    retained: int,
+    size: int,
+    device: torch.device,
 ) -> list[Batch]:
     """The weighted Hessian subset of the *corrected* training set.
 
-    The subset's weights stand for the retained samples; samples that the correction adds
+    The subset's weights stand for the ``retained`` samples; samples that the correction adds
     (a changed label, a repaired backdoor sample) are part of the corrected set too, each
     weighing as much as one retained sample. Without them H has no curvature where only the
     added samples live (e.g. the trigger's pixels), and the least-squares solve cannot move
     there.
     """
-    if add is None:
-        return _subset_batches(data, subset, size, device)
-    rows = data.candidates.take(data.candidates.positions(subset.ids))
-    weights = subset.weights.to(torch.float32)
-    per_sample = float(weights.sum()) / max(len(data) - len(data.forget), 1)
+    per_sample = float(weights.sum()) / max(retained, 1)
     rows = Rows.cat([rows, add])
     weights = torch.cat([weights, torch.full((len(add),), per_sample)])
     return rows.batches(size, device, weights)

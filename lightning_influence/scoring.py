@@ -24,11 +24,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_influence._modules import eval_mode
-from lightning_influence.curvature import default_loss
+from lightning_influence.curvature import default_loss, per_sample_loss
 from lightning_influence.forward import call_model, inputs_rows, inputs_take, logits_of
 from lightning_influence.metrics import (
     ExclusiveLoss,
@@ -150,11 +149,7 @@ class MembershipScorer(Scorer):
         self.heldout_loss: float | None = None
 
     def _losses(self, logits: Tensor, y: Tensor) -> Tensor:
-        """Per-sample losses (the run's loss, one sample at a time)."""
-        if self.loss_fn is None or self.loss_fn is default_loss:
-            return F.cross_entropy(logits, y, reduction="none")
-        fn = self.loss_fn
-        return torch.vmap(lambda o, t: fn(o.unsqueeze(0), t.unsqueeze(0)))(logits, y)
+        return per_sample_loss(self.loss_fn or default_loss, logits, y)
 
     def _heldout(self, v_loss: Tensor) -> float:
         overall = float(v_loss.median())
