@@ -13,10 +13,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from torch.utils.data import DataLoader
+from trainer_fixtures import digits_loaders, quiet_trainer
 
-from lightning_influence import IndexedDataset, UnlearnCallback, progress
-from lightning_influence.demos.datasets import digits_splits
+from lightning_influence import UnlearnCallback, progress
 from lightning_influence.demos.models import ImageClassifier
 
 torch.set_num_threads(1)
@@ -27,31 +26,12 @@ CURVE += ("unlearn/trial_f1",)
 
 @pytest.fixture(scope="module")
 def digits():
-    train, val, _ = digits_splits(0)
-    return (
-        DataLoader(
-            IndexedDataset(train),
-            batch_size=64,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(0),
-        ),
-        DataLoader(val, batch_size=256),
-    )
+    return digits_loaders()[:2]
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
-    options = dict(
-        max_epochs=EPOCHS,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **options)
+    options = {"max_epochs": EPOCHS, "enable_checkpointing": False, **kwargs}
+    return quiet_trainer(tmp_path, callbacks, **options)
 
 
 class _TableLogger(Logger):

@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 from torch.utils.data import DataLoader
+from trainer_fixtures import digits_loaders, quiet_trainer
 
 from lightning_influence import CaptureCallback, IndexedDataset, UnlearnCallback
 from lightning_influence.checkpoints import UNLEARNED_CHECKPOINT
-from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier
 from lightning_influence.metrics import evaluate
 
@@ -24,31 +24,11 @@ EPOCHS = 6
 
 @pytest.fixture(scope="module")
 def digits():
-    train, val, test = digits_splits(0)
-    return (
-        DataLoader(
-            IndexedDataset(train),
-            batch_size=64,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(0),
-        ),
-        DataLoader(val, batch_size=256),
-        DataLoader(test, batch_size=512),
-    )
+    return digits_loaders()
 
 
 def _trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
-    options = dict(
-        max_epochs=EPOCHS,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
-    options.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **options)
+    return quiet_trainer(tmp_path, callbacks, **{"max_epochs": EPOCHS, **kwargs})
 
 
 @pytest.fixture(scope="module")
