@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -32,3 +32,26 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+@contextmanager
+def only_trainable(model: nn.Module, names: Collection[str] | None) -> Iterator[nn.Module]:
+    """Within the block only the named parameters require grad (None: leave all as they are).
+
+    The others are held fixed, as if frozen; every ``requires_grad`` flag is restored after.
+    """
+    if names is None:
+        yield model
+        return
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    unknown = sorted(set(names) - set(trainable))
+    if unknown:
+        raise ValueError(f"params names {unknown}, which are not trainable parameters.")
+    frozen = [p for n, p in trainable.items() if n not in names]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)

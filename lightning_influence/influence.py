@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_influence import vectors as V
-from lightning_influence._modules import eval_mode
+from lightning_influence._modules import eval_mode, only_trainable
 from lightning_influence.batches import Batch, as_batches
 from lightning_influence.curvature import (
     DenseHessianOperator,
@@ -99,6 +99,7 @@ def influence(
     *,
     gradient: Mapping[str, Tensor] | None = None,
     curvature: str = "hessian",
+    params: Collection[str] | None = None,
     **solver_options: Any,
 ) -> tuple[ParamDict, InfluenceReport]:
     """Estimate Δθ such that θ̂ + Δθ approximates the model trained without ``forget_data``.
@@ -130,6 +131,9 @@ def influence(
         gradient: a right-hand side g formed by the caller (keyed by trainable parameter
             name), instead of ``forget_data``/``add_data`` (e.g. a re-linearised round's g,
             see :mod:`lightning_influence.rounds`).
+        params: names of the parameters whose curvature and gradient enter (the rows of H
+            and of g); the rest of the network is held fixed, as if frozen. ``None``: every
+            trainable parameter. The selection must lie within them.
         **solver_options: passed to the solver (``tol``, ``max_iter``, ``method``,
             ``variant``, ``scale``, ``scale_step``, ``progress`` ...); ``max_params`` (default
             5000) caps the model size of ``solver="dense"``.
@@ -147,15 +151,20 @@ def influence(
     masks = validate_selection(model, selection)
     if estimator == "if":
         masks = None
+    if params is not None and masks is not None and not set(masks) <= set(params):
+        raise ValueError(
+            f"The selection names {sorted(set(masks) - set(params))}, outside params=: the "
+            "parameters that move must be among those whose curvature enters."
+        )
     h_batches = as_batches(hessian_data, "hessian_data")
     f_batches = None if forget_data is None else as_batches(forget_data, "forget_data")
     a_batches = as_batches(add_data, "add_data") if add_data is not None else None
     max_params = solver_options.pop("max_params", 5000)
     start = time.perf_counter()
-    with eval_mode(model):
+    with eval_mode(model), only_trainable(model, params):
         g = (
-            dict(gradient)
-            if f_batches is None
+            {k: t for k, t in gradient.items() if params is None or k in params}
+            if gradient is not None
             else influence_gradient(model, loss_fn, f_batches, a_batches, forget_weight)
         )
         hessian = _hessian(model, loss_fn, h_batches, solver, max_params, curvature)

@@ -16,6 +16,7 @@ The model's weights are untouched unless a step is kept; any failure restores th
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -29,6 +30,7 @@ from lightning_influence.capture import CaptureResult, capture_pool
 from lightning_influence.forget import ForgetSpec
 from lightning_influence.forward import inputs_finite
 from lightning_influence.influence import InfluenceReport, influence
+from lightning_influence.output_layer import moving_module
 from lightning_influence.pool import (
     Rows,
     TrainingData,
@@ -77,6 +79,8 @@ class Problem:
     max_retain_drop: float
     rounds: int
     selection_method: str
+    selection_layers: str | list[str]
+    min_units: int
     ratio: float
     polish: bool
 
@@ -125,6 +129,7 @@ def run_unlearning(
             f"{type(model).__name__} has no selectable layer (trainable nn.Linear/nn.Conv): "
             "use selection.method='all' to move every parameter."
         )
+    _check_named_layers(model, settings.selection.layers)
     timer = StageTimer()
     report = UnlearnReport(task=spec.task)
     if device.type == "cuda":
@@ -285,9 +290,24 @@ def _build_problem(
         ),
         rounds=rounds,
         selection_method=settings.selection.method or spec.selection,
+        selection_layers=settings.selection.layers or spec.layers,
+        min_units=spec.min_units,
         ratio=spec.ratio,
         polish=settings.solve.polish,
     )
+
+
+def _check_named_layers(model: nn.Module, layers: str | list[str] | None) -> None:
+    """Fail before anything runs when ``selection.layers`` names a layer the model lacks."""
+    if not isinstance(layers, list):
+        return
+    available = selectable_layers(model)
+    unknown = [n for n in layers if n not in available]
+    if unknown:
+        raise ValueError(
+            f"selection.layers names {unknown}, which are not trainable Linear/Conv layers of "
+            f"{type(model).__name__}; choose from {sorted(available)}."
+        )
 
 
 def _subset_rows(data: TrainingData, subset: SubsetSelection) -> tuple[Rows, Tensor]:
@@ -397,6 +417,8 @@ def _select(
         ratio=ratio,
         loss_fn=loss_fn,
         seed=settings.seed,
+        layers=problem.selection_layers,
+        min_units=problem.min_units,
     )
 
 
@@ -535,8 +557,30 @@ def _solve(
                 solver=s.solver,
                 curvature=s.curvature,
                 damping=damping,
+                params=_curvature_params(problem, masks),
                 **options,
             )
+
+
+def _cheap_scorer(
+    model: nn.Module, problem: Problem, moving: str | None, stack: contextlib.ExitStack
+) -> Scorer:
+    """The step search's scorer. When one layer alone moves and its output is the logits
+    (class removal's default), trials cost one layer call on its recorded inputs, so all of
+    validation is scored; otherwise the (possibly subsampled) search scorer runs the model."""
+    if moving is not None:
+        for scorer in dict.fromkeys((problem.scorer, problem.search_scorer)):
+            if stack.enter_context(scorer.only_moving(model, moving)):
+                return scorer
+    return problem.search_scorer
+
+
+def _curvature_params(problem: Problem, masks: dict[str, Tensor] | None) -> list[str] | None:
+    """The parameters whose curvature enters: with ``selection.layers`` other than 'all',
+    those of the chosen layers (the rest of the network held fixed); else every one."""
+    if masks is None or problem.selection_layers == "all":
+        return None
+    return list(masks)
 
 
 def _search(
@@ -550,11 +594,16 @@ def _search(
 ) -> StepResult:
     """Step along ``delta``, scored on validation data (see :func:`~lightning_influence.step_search`)."""
     st = settings.step
-    with progress_bar(show, st.steps + st.refine, f"unlearn{label}: step search") as bar:
+    moving = moving_module(model, [k for k, d in delta.items() if bool(torch.any(d != 0))])
+    with contextlib.ExitStack() as stack:
+        scorer = _cheap_scorer(model, problem, moving, stack)
+        bar = stack.enter_context(
+            progress_bar(show, st.steps + st.refine, f"unlearn{label}: step search")
+        )
         return step_search(
             model,
             delta,
-            problem.search_scorer.score,
+            scorer.score,
             steps=st.steps,
             min_radius=st.min_radius,
             max_radius=st.max_radius,

@@ -21,7 +21,8 @@ Two scorers cover the four forget tasks:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,7 @@ from lightning_influence.metrics import (
     SelfLoss,
     forgetting_f1,
 )
+from lightning_influence.output_layer import OutputLayerInputs
 from lightning_influence.pool import Rows
 
 __all__ = ["MembershipScorer", "Scorer", "SplitScorer", "predict_logits"]
@@ -70,6 +72,13 @@ class Scorer(ABC):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """The named values reported before and after unlearning."""
 
+    @contextmanager
+    def only_moving(self, model: nn.Module, layer_name: str) -> Iterator[bool]:
+        """Within the block, only ``layer_name``'s parameters change: a scorer may score
+        from that layer's recorded inputs (:mod:`lightning_influence.output_layer`). Yields
+        whether it does; the base class never does."""
+        yield False
+
 
 class SplitScorer(Scorer):
     """Accuracy on the rows to forget (``forget_mask``) vs on every other row.
@@ -94,9 +103,23 @@ class SplitScorer(Scorer):
     ) -> None:
         self.x, self.y, self.mask = x, y.long(), forget_mask.to(torch.bool)
         self.new_labels, self.forget_name = new_labels, forget_name
+        self._recorded: OutputLayerInputs | None = None
+
+    @contextmanager
+    def only_moving(self, model: nn.Module, layer_name: str) -> Iterator[bool]:
+        self._recorded = OutputLayerInputs.record(model, layer_name, predict_logits, self.x)
+        try:
+            yield self._recorded is not None
+        finally:
+            self._recorded = None
+
+    def _logits(self, model: nn.Module) -> Tensor:
+        if self._recorded is not None:
+            return self._recorded.logits()
+        return predict_logits(model, self.x)
 
     def score(self, model: nn.Module) -> tuple[float, float]:
-        ok = predict_logits(model, self.x).argmax(-1) == self.y
+        ok = self._logits(model).argmax(-1) == self.y
         return float(ok[self.mask].float().mean()), float(ok[~self.mask].float().mean())
 
     def metrics(self, model: nn.Module) -> dict[str, float]:

@@ -143,6 +143,17 @@ class SelectionArguments:
         ),
     )
 
+    layers: str | list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "Which layers' units may be ranked and moved: 'all' (every trainable Linear/Conv), "
+            "'output' (only the layer that produces the logits) or a list of module names. "
+            "None: the task's own ('output' for class removal: the forgotten classes' output "
+            "units move and the shared features stay; 'all' for the others). Ignored by "
+            "method='all'."
+        ),
+    )
+
     max_rows: int | None = field(
         default=2048,
         metadata=_help(
@@ -155,6 +166,7 @@ class SelectionArguments:
     def __post_init__(self) -> None:
         if self.max_rows is not None:
             _check_positive_int(self.max_rows, "selection.max_rows")
+        self._check_layers()
         if self.method is None:
             return self._check_ratios()
         _check_choice(
@@ -170,6 +182,19 @@ class SelectionArguments:
             "selection.method",
         )
         self._check_ratios()
+
+    def _check_layers(self) -> None:
+        layers = self.layers
+        if layers is None or layers in ("all", "output"):
+            return
+        if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(
+                f"selection.layers must be 'all', 'output', a non-empty list of module names "
+                f"or None, got {layers!r}."
+            )
+        if not all(isinstance(n, str) for n in layers):
+            raise ValueError(f"selection.layers must name modules by string, got {layers!r}.")
+        self.layers = list(layers)
 
     def _check_ratios(self) -> None:
         if any(not 0.0 < r <= 1.0 for r in self.ratios):

@@ -30,6 +30,7 @@ from lightning_influence import IndexedDataset, UnlearnCallback
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import train_classifier
 from lightning_influence.metrics import evaluate
+from lightning_influence.selection import output_layer
 
 torch.set_num_threads(1)
 
@@ -160,6 +161,12 @@ def test_class_removal_matches_retrained_f1(digits, clean_model, retrained_witho
     )
     print("\n" + msg)
     assert abs(after["f1"] - ref["f1"]) <= 0.02, msg
+    # the default moves the forgotten class's output unit only: the features stay
+    head = output_layer(model, (test.tensors[0][:8], test.tensors[1][:8]))
+    old = clean_model.state_dict()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, old[k])}
+    assert report.applied and changed <= {f"{head}.weight", f"{head}.bias"}, changed
+    assert report.selected_params == model.state_dict()[f"{head}.weight"].shape[1] + 1
 
 
 @pytest.mark.parametrize("n_forget", [1, 50])
