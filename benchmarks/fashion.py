@@ -55,13 +55,11 @@ RECIPE = {"optimizer": "Adam", "lr": 2e-3, "batch_size": 128, "max_epochs": 30, 
 
 #: the callback's variants: name -> UnlearnCallback keyword arguments (besides the task)
 VARIANTS: dict[str, dict[str, Any]] = {
+    # class removal's default: the forgotten class's output unit (highest gradients) moves,
+    # with the curvature of the output layer's parameters (the features held fixed)
     "gif (default)": {},
-    "gif highest_gradients 5%": {"selection": {"method": "highest_gradients", "ratio": 0.05}},
-    "gif 3 rounds": {"solve": {"rounds": 3}},
-    "gif highest_gradients 5% 3 rounds": {
-        "selection": {"method": "highest_gradients", "ratio": 0.05},
-        "solve": {"rounds": 3},
-    },
+    # the default before this study's output-layer change: 5 % of every layer's units
+    "gif all layers 5%": {"selection": {"layers": "all"}},
 }
 BASELINES = ("fine-tune", "random relabel", "gradient ascent", "salun")
 
@@ -283,6 +281,8 @@ def _retrain_row(data, c, seed) -> dict[str, Any]:
 NOTES: list[str] = []
 #: every command that wrote rows of this result (a study may run in several parts)
 COMMANDS: list[str] = []
+#: rows of settings no longer studied, kept as measured (see the notes)
+SUPERSEDED: list[dict[str, Any]] = []
 
 
 def run(seeds, classes, methods, resume: bool) -> dict[str, Any]:
@@ -292,6 +292,7 @@ def run(seeds, classes, methods, resume: bool) -> dict[str, Any]:
     rows = old.get("rows", [])
     NOTES[:0] = [n for n in old.get("notes", []) if n not in NOTES]
     COMMANDS[:] = old.get("commands", [old["command"]] if "command" in old else [])
+    SUPERSEDED[:] = old.get("superseded_rows", [])
     rows = [r for r in rows if "error" not in r]
     done = {(r["forget_class"], r["seed"], r["method"]) for r in rows}
     command = "python -m benchmarks.fashion " + " ".join(sys.argv[1:])
@@ -359,6 +360,7 @@ def summarise(rows, methods, command, train_samples) -> dict[str, Any]:
         "summary": _summary(ok, train_samples),
         "cells": cells,
         "rows": rows,
+        **({"superseded_rows": SUPERSEDED} if SUPERSEDED else {}),
     }
 
 
