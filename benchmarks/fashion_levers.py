@@ -26,29 +26,43 @@ from benchmarks.fashion import cached_fit, splits, without
 
 RESULT = "fashion_levers.json"
 HG = {"method": "highest_gradients"}
+#: every layer's units (class removal's default before the output-layer change)
+ALL = {"layers": "all"}
 LEVERS: dict[str, dict[str, Any]] = {
-    # the default before this study (rows measured with {} then)
-    "highest_outputs 20% (old default)": {"selection": {"method": "highest_outputs", "ratio": 0.2}},
-    "highest_outputs 5%": {"selection": {"method": "highest_outputs", "ratio": 0.05}},
-    "highest_gradients 2%": {"selection": {**HG, "ratio": 0.02}},
-    "highest_gradients 5%": {"selection": {**HG, "ratio": 0.05}},
-    "highest_gradients 10%": {"selection": {**HG, "ratio": 0.1}},
-    "highest_gradients 20%": {"selection": {**HG, "ratio": 0.2}},
+    # the default before the selection study (rows measured with {} then)
+    "highest_outputs 20% (old default)": {
+        "selection": {"method": "highest_outputs", "ratio": 0.2, **ALL}
+    },
+    "highest_outputs 5%": {"selection": {"method": "highest_outputs", "ratio": 0.05, **ALL}},
+    "highest_gradients 2%": {"selection": {**HG, "ratio": 0.02, **ALL}},
+    "highest_gradients 5%": {"selection": {**HG, "ratio": 0.05, **ALL}},
+    "highest_gradients 10%": {"selection": {**HG, "ratio": 0.1, **ALL}},
+    "highest_gradients 20%": {"selection": {**HG, "ratio": 0.2, **ALL}},
     "all parameters": {"selection": {"method": "all"}},
-    "hg 5% + 3 rounds": {"selection": {**HG, "ratio": 0.05}, "solve": {"rounds": 3}},
-    "hg 5% damping 1e-2": {"selection": {**HG, "ratio": 0.05}, "solve": {"damping": 1e-2}},
-    "hg 5% damping 1e-4": {"selection": {**HG, "ratio": 0.05}, "solve": {"damping": 1e-4}},
-    "hg 5% tol 1e-3": {"selection": {**HG, "ratio": 0.05}, "solve": {"tol": 1e-3}},
-    "hg 5% budget 512": {"selection": {**HG, "ratio": 0.05}, "hessian": {"budget": 512}},
-    "hg 5% random subset": {"selection": {**HG, "ratio": 0.05}, "hessian": {"sampler": "random"}},
+    "hg 5% + 3 rounds": {"selection": {**HG, "ratio": 0.05, **ALL}, "solve": {"rounds": 3}},
+    "hg 5% damping 1e-2": {"selection": {**HG, "ratio": 0.05, **ALL}, "solve": {"damping": 1e-2}},
+    "hg 5% damping 1e-4": {"selection": {**HG, "ratio": 0.05, **ALL}, "solve": {"damping": 1e-4}},
+    "hg 5% tol 1e-3": {"selection": {**HG, "ratio": 0.05, **ALL}, "solve": {"tol": 1e-3}},
+    "hg 5% budget 512": {"selection": {**HG, "ratio": 0.05, **ALL}, "hessian": {"budget": 512}},
+    "hg 5% random subset": {
+        "selection": {**HG, "ratio": 0.05, **ALL},
+        "hessian": {"sampler": "random"},
+    },
     "hg 5% gauss_newton": {
-        "selection": {**HG, "ratio": 0.05},
+        "selection": {**HG, "ratio": 0.05, **ALL},
         "solve": {"curvature": "gauss_newton"},
     },
     "hg 5% full val search": {
-        "selection": {**HG, "ratio": 0.05},
+        "selection": {**HG, "ratio": 0.05, **ALL},
         "step": {"max_val_samples": None},
     },
+    # class removal's default now: the forgotten class's output unit, the output layer's
+    # curvature, the step search on all of validation (trials are one layer call)
+    "output layer (default)": {},
+    "output layer, budget 512": {"hessian": {"budget": 512}},
+    "output layer, random subset": {"hessian": {"sampler": "random"}},
+    "output layer, fif (block solve)": {"solve": {"estimator": "fif"}},
+    "output layer, 2 layers (fc1 + fc2)": {"selection": {"layers": ["net.fc1", "net.fc2"]}},
 }
 
 

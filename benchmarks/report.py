@@ -380,6 +380,7 @@ def fashion_section(d: dict | None) -> list[str]:
     out += [f"Definitions: {k}: {v}." for k, v in s.get("definitions", {}).items()]
     out += [""]
     out += [f"Note: {n}" for n in d.get("notes", [])] + ([""] if d.get("notes") else [])
+    out += _per_class_table(d)
     stages = [
         r["stage_seconds"]
         for r in d["rows"]
@@ -393,6 +394,96 @@ def fashion_section(d: dict | None) -> list[str]:
             + ", ".join(f"{k} {v:.1f}" for k, v in mean.items()),
             "",
         ]
+    return out
+
+
+def _per_class_table(d: dict) -> list[str]:
+    """Per forgotten class (mean over its seeds): the default, retraining, the best baseline."""
+    rows = [r for r in d["rows"] if "error" not in r]
+    out = [
+        "| class | seeds | default F1 | retrain F1 | best baseline (F1) | default − best baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in sorted({r["forget_class"] for r in rows}):
+        seeds = sorted(
+            {r["seed"] for r in rows if r["forget_class"] == c and r["method"] == "gif (default)"}
+        )
+
+        def f1(method: str, c: int = c, seeds: list = seeds) -> float | None:
+            v = [
+                r["test_f1"]
+                for r in rows
+                if r["forget_class"] == c and r["seed"] in seeds and r["method"] == method
+            ]
+            return sum(v) / len(v) if v else None
+
+        base = {m: f1(m) for m in ("fine-tune", "random relabel", "gradient ascent", "salun")}
+        base = {m: v for m, v in base.items() if v is not None}
+        if not seeds or not base:
+            continue
+        best = max(base, key=base.get)
+        dflt, ret = f1("gif (default)"), f1("retrain")
+        out.append(
+            f"| {c} | {len(seeds)} | {dflt:.4f} | {'–' if ret is None else f'{ret:.4f}'} | "
+            f"{best} ({base[best]:.4f}) | {dflt - base[best]:+.4f} |"
+        )
+    return out + [""]
+
+
+def samplers_fashion_section(d: dict | None) -> list[str]:
+    """Samplers on full Fashion-MNIST with measured solve memory (benchmarks/samplers_fashion.py)."""
+    title = "## Samplers on full Fashion-MNIST (measured memory)"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.samplers_fashion --resume`.", ""]
+    s = d["summary"]
+    out = [
+        title,
+        "",
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in d["commands"])
+        + ". "
+        + d["setup"].replace("\n", " "),
+        "",
+        "| class | sampler | budget | cosine to full-pool direction | test F1 | callback seconds | solve peak MiB (measured) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in d["cells"]:
+        mem = c["solve_peak_bytes"]
+        out.append(
+            f"| {c['forget_class']} | {c['sampler']} | {c['budget']} | {ms(c['cosine_to_reference'])} | "
+            f"{ms(c['test_f1'])} | {ms(c['seconds_total'], 1)} | "
+            f"{mem['mean'] / 2**20:.1f} ± {mem['std'] / 2**20:.1f} |"
+        )
+
+    def fmt(v: Any) -> str:
+        return "–" if v is None else f"{v:+.4f}" if isinstance(v, float) else str(v)
+
+    out += ["", "| summary key | value | the paper |", "|---|---|---|"]
+    paper = {
+        "time_ratio_at_equal_f1": "0.699 (−30.1 %)",
+        "memory_ratio_at_equal_f1_measured": "0.578 (−42.2 %)",
+        "f1_gain_at_equal_budget": "+0.025",
+    }
+    for k in (
+        "std_ratio_logit",
+        "std_ratio_feature",
+        "f1_gain_at_equal_budget",
+        "f1_gain_feature_at_equal_budget",
+        "time_ratio_at_equal_f1",
+        "memory_ratio_at_equal_f1_measured",
+    ):
+        out.append(f"| `{k}` | {fmt(s.get(k))} | {paper.get(k, '')} |")
+    out += [
+        "",
+        "Equal-F1 budgets: "
+        + "; ".join(
+            f"class {e['forget_class']} (target {e['target_f1']:.4f}): {e['budget_reaching_target']}"
+            for e in s["equal_f1"]
+        )
+        + ".",
+    ]
+    out += [f"Definitions: {k}: {v}." for k, v in s.get("definitions", {}).items()]
+    out += ["", "![samplers on Fashion-MNIST](../benchmarks/results/samplers_fashion.png)", ""]
     return out
 
 
@@ -461,6 +552,7 @@ def build() -> str:
     lines += unlearning_section(data["unlearning.json"])
     lines += fashion_section(load("unlearning_fashion.json"))
     lines += levers_section(load("fashion_levers.json"))
+    lines += samplers_fashion_section(load("samplers_fashion.json"))
     lines += unlearning_section(load("unlearning_fashion10k.json"), suite="fashion10k")
     lines += selection_section(data["selection.json"])
     return "\n".join(lines)
