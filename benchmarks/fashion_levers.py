@@ -63,6 +63,8 @@ LEVERS: dict[str, dict[str, Any]] = {
     "output layer, random subset": {"hessian": {"sampler": "random"}},
     "output layer, fif (block solve)": {"solve": {"estimator": "fif"}},
     "output layer, 2 layers (fc1 + fc2)": {"selection": {"layers": ["net.fc1", "net.fc2"]}},
+    "output layer, 30% of its units": {"selection": {"ratio": 0.3}},
+    "output layer, all its units": {"selection": {"ratio": 1.0}},
 }
 
 
@@ -112,21 +114,28 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--levers", nargs="+", default=list(LEVERS))
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (rows with more than 1 are named so)"
+    )
     a = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
+    suffix = "" if a.threads == 1 else f" [{a.threads} threads]"
     path = RESULTS / RESULT
     old = json.loads(path.read_text()) if a.resume and path.exists() else {}
     rows, notes = old.get("rows", []), old.get("notes", [])
     done = {(r["lever"], r["forget_class"], r["seed"]) for r in rows}
+    commands = old.get("commands", [old["command"]] if "command" in old else [])
+    commands.append("python -m benchmarks.fashion_levers " + " ".join(sys.argv[1:]))
     for seed in a.seeds:
         data = splits(seed)
         base, _ = cached_fit(f"base_seed{seed}", data[0], data[1], seed)
         for c in a.classes:
             ret, info = _retrained(data, c, seed)
             for name in a.levers:
-                if (name, c, seed) in done:
+                if (name + suffix, c, seed) in done:
                     continue
                 row = run_lever(name, base, data, c, seed)
+                row["lever"], row["threads"] = name + suffix, a.threads
                 row["retrain_f1"], row["retrain_seconds"] = ret.get("f1"), info.get("seconds")
                 rows.append(row)
                 print(
@@ -140,7 +149,8 @@ def main() -> None:
                     RESULT,
                     {
                         "benchmark": "fashion_levers",
-                        "command": "python -m benchmarks.fashion_levers " + " ".join(sys.argv[1:]),
+                        "command": commands[-1],
+                        "commands": commands,
                         "machine": machine(),
                         "levers": LEVERS,
                         "notes": notes,

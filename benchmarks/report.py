@@ -494,7 +494,9 @@ def levers_section(d: dict | None) -> list[str]:
     out = [
         "## Levers of the default on full Fashion-MNIST",
         "",
-        f"Command: `{d['command']}`: `UnlearnCallback` variants on the same trained model, "
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in d.get("commands", [d["command"]]))
+        + ": `UnlearnCallback` variants on the same trained model, "
         "test split, seconds measured while other jobs shared the 2 cores (compare them with "
         "each other, not with the table above). The retrained model is the reference.",
         "",
