@@ -65,6 +65,10 @@ LEVERS: dict[str, dict[str, Any]] = {
     "output layer, 2 layers (fc1 + fc2)": {"selection": {"layers": ["net.fc1", "net.fc2"]}},
     "output layer, 30% of its units": {"selection": {"ratio": 0.3}},
     "output layer, all its units": {"selection": {"ratio": 1.0}},
+    "output layer, all its units, budget 1024": {
+        "selection": {"ratio": 1.0},
+        "hessian": {"budget": 1024},
+    },
 }
 
 
