@@ -483,6 +483,7 @@ def samplers_fashion_section(d: dict | None) -> list[str]:
         + ".",
     ]
     out += [f"Definitions: {k}: {v}." for k, v in s.get("definitions", {}).items()]
+    out += [""] + [f"Note: {n}" for n in d.get("notes", [])]
     out += ["", "![samplers on Fashion-MNIST](../benchmarks/results/samplers_fashion.png)", ""]
     return out
 
