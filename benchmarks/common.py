@@ -33,6 +33,16 @@ def mean_std(values: list[float]) -> dict[str, float]:
     }
 
 
+def mean_or_none(values: list[float]) -> float | None:
+    """The arithmetic mean, or None for no values."""
+    return statistics.fmean(values) if values else None
+
+
+def geometric_mean_or_none(values: list[float]) -> float | None:
+    """The geometric mean (of positive ratios), or None for no values."""
+    return statistics.geometric_mean(values) if values else None
+
+
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

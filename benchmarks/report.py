@@ -417,7 +417,7 @@ def _per_class_table(d: dict) -> list[str]:
             ]
             return sum(v) / len(v) if v else None
 
-        base = {m: f1(m) for m in ("fine-tune", "random relabel", "gradient ascent", "salun")}
+        base = {m: f1(m) for m in d["summary"]["baseline_f1"]}
         base = {m: v for m, v in base.items() if v is not None}
         if not seeds or not base:
             continue

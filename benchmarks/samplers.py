@@ -45,7 +45,9 @@ import lightning_influence as li
 from benchmarks.common import (
     CACHE,
     RESULTS,
+    geometric_mean_or_none,
     machine,
+    mean_or_none,
     mean_std,
     trained_digits_cnn,
     unlearn_callback,
@@ -468,23 +470,19 @@ def aggregate(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
             )
         equal_f1.append(entry)
 
-    def avg(v: list[float]) -> float | None:
-        return statistics.fmean(v) if v else None
-
-    def gmean(v: list[float]) -> float | None:
-        return math.exp(statistics.fmean(math.log(x) for x in v)) if v else None
-
     summary = {
-        "std_ratio_logit": avg(std_ratio["logit"]),
-        "std_ratio_feature": avg(std_ratio["feature"]),
-        "f1_gain_at_equal_budget": avg(gain["logit"]),
-        "f1_gain_feature_at_equal_budget": avg(gain["feature"]),
-        "time_ratio_at_equal_f1": gmean([e["time_ratio"] for e in equal_f1 if "time_ratio" in e]),
-        "memory_ratio_at_equal_f1": gmean(
+        "std_ratio_logit": mean_or_none(std_ratio["logit"]),
+        "std_ratio_feature": mean_or_none(std_ratio["feature"]),
+        "f1_gain_at_equal_budget": mean_or_none(gain["logit"]),
+        "f1_gain_feature_at_equal_budget": mean_or_none(gain["feature"]),
+        "time_ratio_at_equal_f1": geometric_mean_or_none(
+            [e["time_ratio"] for e in equal_f1 if "time_ratio" in e]
+        ),
+        "memory_ratio_at_equal_f1": geometric_mean_or_none(
             [e["memory_ratio"] for e in equal_f1 if "memory_ratio" in e]
         ),
-        "std_ratio_f1_logit": avg(std_ratio_f1["logit"]),
-        "std_ratio_f1_feature": avg(std_ratio_f1["feature"]),
+        "std_ratio_f1_logit": mean_or_none(std_ratio_f1["logit"]),
+        "std_ratio_f1_feature": mean_or_none(std_ratio_f1["feature"]),
         "equal_f1": equal_f1,
         "goals": {
             "std_ratio_logit": "<= 0.5",

@@ -38,7 +38,6 @@ import copy
 import ctypes
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -49,7 +48,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 import lightning_influence as li
-from benchmarks.common import RESULTS, machine, mean_std, write_json
+from benchmarks.common import (
+    RESULTS,
+    geometric_mean_or_none,
+    machine,
+    mean_or_none,
+    mean_std,
+    write_json,
+)
 from benchmarks.fashion import cached_fit, splits, without
 from benchmarks.unlearning import PeakRSS
 from lightning_influence._modules import eval_mode
@@ -249,20 +255,16 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[st
             )
         equal.append(entry)
 
-    def avg(v: list[float]) -> float | None:
-        return statistics.fmean(v) if v else None
-
-    def gmean(v: list[float]) -> float | None:
-        return statistics.geometric_mean(v) if v else None
-
     summary = {
         "train_samples": 54000,
-        "std_ratio_logit": avg(std_ratio["logit"]),
-        "std_ratio_feature": avg(std_ratio["feature"]),
-        "f1_gain_at_equal_budget": avg(gain["logit"]),
-        "f1_gain_feature_at_equal_budget": avg(gain["feature"]),
-        "time_ratio_at_equal_f1": gmean([e["time_ratio"] for e in equal if "time_ratio" in e]),
-        "memory_ratio_at_equal_f1_measured": gmean(
+        "std_ratio_logit": mean_or_none(std_ratio["logit"]),
+        "std_ratio_feature": mean_or_none(std_ratio["feature"]),
+        "f1_gain_at_equal_budget": mean_or_none(gain["logit"]),
+        "f1_gain_feature_at_equal_budget": mean_or_none(gain["feature"]),
+        "time_ratio_at_equal_f1": geometric_mean_or_none(
+            [e["time_ratio"] for e in equal if "time_ratio" in e]
+        ),
+        "memory_ratio_at_equal_f1_measured": geometric_mean_or_none(
             [e["memory_ratio_measured"] for e in equal if "memory_ratio_measured" in e]
         ),
         "equal_f1": equal,

@@ -78,9 +78,9 @@ class OutputLayerInputs:
             handle.remove()
         if not inputs or any(i is None for i in inputs):
             return None
-        recorded = cls(layer, torch.cat(inputs))
-        if recorded.inputs.numel() > MAX_ELEMENTS:
+        if sum(i.numel() for i in inputs) > MAX_ELEMENTS:
             return None
+        recorded = cls(layer, torch.cat(inputs))
         out = torch.cat(outputs)
         if out.shape != logits.shape or not torch.equal(out, logits):
             return None

@@ -50,7 +50,7 @@ from lightning_influence.report import (
 from lightning_influence.rounds import RoundGradient
 from lightning_influence.sampling import SubsetSelection, get_sampler
 from lightning_influence.scoring import Scorer
-from lightning_influence.selection import select_parameters, selectable_layers
+from lightning_influence.selection import named_layers, select_parameters, selectable_layers
 from lightning_influence.settings import UnlearnSettings
 from lightning_influence.solvers import ConvergenceWarning
 from lightning_influence.step import StepResult, restore_weights, step_search, weights_snapshot
@@ -129,7 +129,8 @@ def run_unlearning(
             f"{type(model).__name__} has no selectable layer (trainable nn.Linear/nn.Conv): "
             "use selection.method='all' to move every parameter."
         )
-    _check_named_layers(model, settings.selection.layers)
+    if isinstance(settings.selection.layers, list):  # fail before anything runs
+        named_layers(model, settings.selection.layers)
     timer = StageTimer()
     report = UnlearnReport(task=spec.task)
     if device.type == "cuda":
@@ -295,19 +296,6 @@ def _build_problem(
         ratio=spec.ratio,
         polish=settings.solve.polish,
     )
-
-
-def _check_named_layers(model: nn.Module, layers: str | list[str] | None) -> None:
-    """Fail before anything runs when ``selection.layers`` names a layer the model lacks."""
-    if not isinstance(layers, list):
-        return
-    available = selectable_layers(model)
-    unknown = [n for n in layers if n not in available]
-    if unknown:
-        raise ValueError(
-            f"selection.layers names {unknown}, which are not trainable Linear/Conv layers of "
-            f"{type(model).__name__}; choose from {sorted(available)}."
-        )
 
 
 def _subset_rows(data: TrainingData, subset: SubsetSelection) -> tuple[Rows, Tensor]:

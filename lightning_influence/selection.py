@@ -85,26 +85,36 @@ def output_layer(model: nn.Module, data: Any) -> str:
     return order[-1]
 
 
+def named_layers(model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
+    """The selectable layers called ``names``; raises, listing the valid names, on any other.
+
+    Args:
+        model: the model.
+        names: module names of trainable Linear/Conv layers.
+    """
+    available = selectable_layers(model)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(
+            f"selection.layers names {unknown}, which are not trainable Linear/Conv layers of "
+            f"{type(model).__name__}; choose from {sorted(available)}."
+        )
+    return {n: available[n] for n in names}
+
+
 def _layers_to_rank(model: nn.Module, layers: str | list[str], data: Any) -> dict[str, nn.Module]:
     """The selectable layers that ``layers`` names (see the module doc)."""
-    available = selectable_layers(model)
     if layers == "all":
-        return available
+        return selectable_layers(model)
     if layers == "output":
         name = output_layer(model, data)
-        return {name: available[name]}
+        return {name: selectable_layers(model)[name]}
     if isinstance(layers, str) or not layers:
         raise ValueError(
             f"selection.layers must be 'all', 'output' or a non-empty list of module names, "
             f"got {layers!r}."
         )
-    unknown = [n for n in layers if n not in available]
-    if unknown:
-        raise ValueError(
-            f"selection.layers names {unknown}, which are not trainable Linear/Conv layers of "
-            f"the model; choose from {sorted(available)}."
-        )
-    return {n: available[n] for n in layers}
+    return named_layers(model, layers)
 
 
 def unit_dim(layer: nn.Module) -> int:
