@@ -2,8 +2,9 @@
 
 The callback is Lightning glue only: it builds the forget specification and the settings
 from its arguments, finds the data (and a fresh :class:`~lightning_influence.CaptureCallback`
-capture), runs :func:`~lightning_influence.pipeline.run_unlearning` (on rank 0 under a
-distributed strategy, then broadcasts the new weights), logs the report to every logger and
+capture), runs :func:`~lightning_influence.pipeline.run_unlearning` (under a distributed
+strategy on every rank, each pass split over the ranks: :mod:`lightning_influence.distributed`;
+rank 0's result is then broadcast so every rank ends identical), logs the report to every logger and
 keeps it in its checkpoint state.
 """
 
@@ -23,6 +24,7 @@ from lightning_influence.batches import Batch, parse_batch
 from lightning_influence.capture import CaptureCallback, CaptureResult
 from lightning_influence.checkpoints import refresh_checkpoints
 from lightning_influence.curvature import default_loss
+from lightning_influence.distributed import Shards, sharded
 from lightning_influence.forget import ForgetSpec, forget_spec_from_arguments
 from lightning_influence.forward import LogitsModel
 from lightning_influence.loaders import data_pass, first_loader
@@ -213,7 +215,7 @@ class UnlearnCallback(pl.Callback):
         device = trainer.strategy.root_device
         with trainer_progress(trainer.progress_bar_callback):  # Rich under a RichProgressBar
             if trainer.world_size > 1:
-                self._unlearn_on_rank_zero(trainer, model, train, val, show, device, capture)
+                self._unlearn_sharded(trainer, model, train, val, show, device, capture)
             else:
                 self.unlearn_model(
                     model, train, val, progress_bar=show, device=device, capture=capture
@@ -269,7 +271,7 @@ class UnlearnCallback(pl.Callback):
             rank_zero_warn(f"UnlearnCallback: the model is unchanged: {self.report.reason}.")
         return self.report
 
-    def _unlearn_on_rank_zero(
+    def _unlearn_sharded(
         self,
         trainer: pl.Trainer,
         model: nn.Module,
@@ -279,34 +281,38 @@ class UnlearnCallback(pl.Callback):
         device: torch.device,
         capture: CaptureResult | None,
     ) -> None:
-        """Rank 0 computes; the changed parameters (or the error) are broadcast to all ranks."""
-        payload: Any = None
+        """Every rank runs the pipeline on its share of each pass (module ``distributed``).
+
+        The ranks take the same decisions on the same summed numbers; rank 0's changed
+        parameters and report are then broadcast so that every rank ends bit-identical. A
+        failure on any rank restores the weights on every rank and raises on every rank.
+        """
+        shards = Shards.from_strategy(trainer.strategy)
+        before = weights_snapshot(model)
         failure: BaseException | None = None
+        try:
+            with sharded(shards):
+                self.unlearn_model(
+                    model, train, val, show and trainer.is_global_zero, device, capture
+                )
+        except BaseException as err:  # every rank must learn about it (interrupts too)
+            failure = err
+        if shards.any(failure is not None, device):
+            restore_weights(model, before)
+            if failure is not None:
+                raise failure
+            raise RuntimeError("UnlearnCallback failed on another rank; the weights are restored.")
+        payload: Any = None
         if trainer.is_global_zero:
-            try:
-                before = weights_snapshot(model)
-                self.unlearn_model(model, train, val, show, device, capture)
-                changed = {
-                    k: p.detach().cpu().clone()
-                    for k, p in model.named_parameters()
-                    if not torch.equal(p.detach(), before[k])
-                }
-                payload = ("ok", changed, self.report.as_dict() if self.report else None)
-            except BaseException as err:  # every rank must learn about it (interrupts too)
-                failure, payload = err, ("error", type(err).__name__, str(err))
-        payload = trainer.strategy.broadcast(payload, src=0)
-        if failure is not None:
-            raise failure  # rank 0 keeps its own exception and traceback
-        if payload[0] == "error":
-            known = {
-                "ValueError": ValueError,
-                "FloatingPointError": FloatingPointError,
-                "TypeError": TypeError,
-                "KeyboardInterrupt": KeyboardInterrupt,
+            changed = {
+                k: p.detach().cpu().clone()
+                for k, p in model.named_parameters()
+                if not torch.equal(p.detach(), before[k])
             }
-            raise known.get(payload[1], RuntimeError)(f"{payload[2]} (raised on rank 0)")
-        _, changed, report = payload
+            payload = (changed, self.report.as_dict() if self.report else None)
+        changed, report = trainer.strategy.broadcast(payload, src=0)
         if not trainer.is_global_zero:
+            restore_weights(model, before)
             named = dict(model.named_parameters())
             with torch.no_grad():
                 for k, v in changed.items():

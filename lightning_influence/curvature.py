@@ -20,6 +20,7 @@ from torch.func import grad, jacrev, jvp, vjp, vmap
 
 from lightning_influence._modules import model_device
 from lightning_influence.batches import Batch, as_batches
+from lightning_influence.distributed import Shards, active_shards
 from lightning_influence.forward import call_functional, inputs_float64, inputs_to, logits_of
 from lightning_influence.operators import DenseMatrixOperator, ParamOperator
 from lightning_influence.vectors import ParamDict, flatten, unflatten
@@ -110,13 +111,17 @@ def total_weight(batches: list[Batch]) -> float:
     return float(sum(len(b) if b.weights is None else b.weights.sum() for b in batches))
 
 
-def batch_losses(model: nn.Module, loss_fn: LossFn, batches: list[Batch]) -> list[BatchLoss]:
+def batch_losses(
+    model: nn.Module, loss_fn: LossFn, batches: list[Batch], shards: Shards | None = None
+) -> list[BatchLoss]:
     """One :class:`BatchLoss` per batch, normalised to the (weighted) mean over all of them.
 
     Args:
         model: the model.
         loss_fn: a mean-reducing loss.
         batches: the batches.
+        shards: keep only this process's block of every batch (normalised by the weight of
+            all of them, so the sum over the processes is the whole mean loss).
 
     Raises:
         ValueError: when the weights sum to zero.
@@ -126,7 +131,8 @@ def batch_losses(model: nn.Module, loss_fn: LossFn, batches: list[Batch]) -> lis
         raise ValueError(
             "The per-sample weights sum to zero: give at least one sample a positive weight."
         )
-    return [BatchLoss(model, loss_fn, b, total) for b in batches]
+    local = batches if shards is None else shards.chunks(batches)
+    return [BatchLoss(model, loss_fn, b, total) for b in local]
 
 
 def check_finite_loss(losses: list[BatchLoss], params: ParamDict, name: str) -> None:
@@ -137,14 +143,19 @@ def check_finite_loss(losses: list[BatchLoss], params: ParamDict, name: str) -> 
         params: the parameters to evaluate them at.
         name: what the data is called in the error message.
     """
+    bad = None
     with torch.no_grad():
         for i, f in enumerate(losses):
             value = f(params)
             if not torch.isfinite(value):
-                raise FloatingPointError(
-                    f"The loss on {name} batch {i} is {value.item()}: check the inputs for NaN/inf, "
-                    "the labels' range and the model's weights before computing influence."
-                )
+                bad = f"batch {i} is {value.item()}"
+                break
+    device = next(iter(params.values())).device if params else "cpu"
+    if active_shards().any(bad is not None, device):  # every process raises, none waits
+        raise FloatingPointError(
+            f"The loss on {name} {bad or 'of another process'}: check the inputs for NaN/inf, "
+            "the labels' range and the model's weights before computing influence."
+        )
 
 
 def mean_gradient(model: nn.Module, loss_fn: LossFn, batches: Any, name: str = "data") -> ParamDict:
@@ -161,12 +172,14 @@ def mean_gradient(model: nn.Module, loss_fn: LossFn, batches: Any, name: str = "
         The gradient keyed by parameter name.
     """
     params = trainable_params(model)
-    losses = batch_losses(model, loss_fn, as_batches(batches, name))
+    shards = active_shards()
+    losses = batch_losses(model, loss_fn, as_batches(batches, name), shards)
     check_finite_loss(losses, params, name)
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
-    for f in losses:
+    total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
+    for f in losses:  # chunks summed in float64: the same sum however many processes share it
         for k, gk in grad(f)(params).items():
             total[k] += gk
+    total = shards.reduce_dict(total, dtype=next(iter(params.values())).dtype)
     if not all(torch.isfinite(t).all() for t in total.values()):
         raise FloatingPointError(
             f"The gradient on {name} has NaN/inf entries: check the model and inputs."
@@ -197,7 +210,9 @@ class HessianOperator(ParamOperator):
         self.params = trainable_params(model)
         if not self.params:
             raise ValueError("The model has no trainable parameters (requires_grad=True).")
-        self.losses = batch_losses(model, self.loss_fn, as_batches(batches, "hessian_data"))
+        self.shards = active_shards()  # under DDP each process applies its block of rows
+        batches = as_batches(batches, "hessian_data")
+        self.losses = batch_losses(model, self.loss_fn, batches, self.shards)
         check_finite_loss(self.losses, self.params, "hessian_data")
         self.hvp_count = 0
 
@@ -217,9 +232,20 @@ class HessianOperator(ParamOperator):
         with torch.enable_grad():  # callers may sit under no_grad (e.g. Lightning hooks)
             for f in self.losses:
                 _, hv = jvp(grad(f), (self.params,), (dict(v),))
-                out = hv if out is None else {k: out[k] + hv[k] for k in out}
-        assert out is not None
-        return out
+                out = self._add(out, hv)
+        return self._summed(out, v)
+
+    @staticmethod
+    def _add(out: ParamDict | None, part: ParamDict) -> ParamDict:
+        """Chunks are summed in float64, so the order of the sum (processes) hardly matters."""
+        part = {k: t.to(torch.float64) for k, t in part.items()}
+        return part if out is None else {k: out[k] + part[k] for k in out}
+
+    def _summed(self, out: ParamDict | None, v: Mapping[str, Tensor]) -> ParamDict:
+        """This process's part of ``H v`` summed over the processes (zeros if it has none)."""
+        if out is None:
+            out = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in v.items()}
+        return self.shards.reduce_dict(out, dtype=next(iter(v.values())).dtype)
 
 
 class GaussNewtonOperator(HessianOperator):
@@ -247,9 +273,8 @@ class GaussNewtonOperator(HessianOperator):
                 _, hjv = jvp(grad(f.loss_on), (z,), (jv,))
                 _, pullback = vjp(f.outputs, self.params)
                 (gv,) = pullback(hjv)
-                out = gv if out is None else {k: out[k] + gv[k] for k in out}
-        assert out is not None
-        return out
+                out = self._add(out, gv)
+        return self._summed(out, v)
 
 
 def dense_gauss_newton(

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lightning_influence.batches import Batch, BatchParser
 from lightning_influence.capture import CaptureResult, capture_pool
+from lightning_influence.distributed import Shards, active_shards
 from lightning_influence.forget import ForgetSpec
 from lightning_influence.forward import inputs_finite
 from lightning_influence.influence import InfluenceReport, influence
@@ -207,19 +208,37 @@ def capture_candidates(
             known = None  # the capture does not cover the training pool
         if known is not None and torch.equal(known.labels, candidates.y.long()):
             return known, "capture_callback"
+    shards = active_shards()  # under DDP each process captures its block of candidates
+    mine = candidates
+    if shards.split:
+        mine = candidates.take(torch.arange(len(candidates))[shards.block(len(candidates))])
     pool = capture_pool(
         model,
-        candidates.batches(settings.batch_size, device),
+        mine.batches(settings.batch_size, device),
         settings.hessian.feature_module,
         device=device,
         store_features=need_features,
     )
+    if shards.split:
+        pool = _gathered(pool, shards, len(candidates))
     if not bool(torch.isfinite(pool.logits).all()):
         raise FloatingPointError(
             "The model produces NaN/inf logits on the training data: check the inputs and the "
             "weights before unlearning."
         )
     return pool, "pass"
+
+
+def _gathered(part: CaptureResult, shards: Shards, n: int) -> CaptureResult:
+    """Every process's block of the candidates' capture, on every process, sorted by id."""
+    ids = shards.gather(part.ids, n)
+    order = torch.argsort(ids.cpu())
+    fields = (part.labels, part.logits, part.features)
+    labels, logits, features = (
+        None if t is None else shards.gather(t, n)[order.to(t.device)] for t in fields
+    )
+    assert labels is not None and logits is not None
+    return CaptureResult(ids[order.to(ids.device)], labels, logits, features)
 
 
 def sample_hessian_subset(pool: CaptureResult, settings: UnlearnSettings) -> SubsetSelection:

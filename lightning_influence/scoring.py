@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_influence._modules import eval_mode
 from lightning_influence.curvature import default_loss, per_sample_loss
+from lightning_influence.distributed import Shards, active_shards
 from lightning_influence.forward import call_model, inputs_rows, inputs_take, logits_of
 from lightning_influence.metrics import (
     ExclusiveLoss,
@@ -59,6 +60,20 @@ def predict_logits(model: nn.Module, x: Tensor, batch_size: int = _CHUNK) -> Ten
                 for i in range(0, inputs_rows(x), step)
             ]
         )
+
+
+class _ShardedInputs:
+    """Scoring inputs split over the processes: each predicts its block, all get every logit."""
+
+    def __init__(self, x: Tensor, shards: Shards) -> None:
+        self.n, self.shards = inputs_rows(x), shards
+        self.local = inputs_take(x, shards.block(self.n)) if shards.split else x
+
+    def gather(self, local_logits: Tensor) -> Tensor:
+        return self.shards.gather(local_logits, self.n)
+
+    def logits(self, model: nn.Module) -> Tensor:
+        return self.gather(predict_logits(model, self.local))
 
 
 class Scorer(ABC):
@@ -102,12 +117,14 @@ class SplitScorer(Scorer):
         forget_name: str | None = None,
     ) -> None:
         self.x, self.y, self.mask = x, y.long(), forget_mask.to(torch.bool)
+        self._inputs = _ShardedInputs(x, active_shards())
         self.new_labels, self.forget_name = new_labels, forget_name
         self._recorded: OutputLayerInputs | None = None
 
     @contextmanager
     def only_moving(self, model: nn.Module, layer_name: str) -> Iterator[bool]:
-        self._recorded = OutputLayerInputs.record(model, layer_name, predict_logits, self.x)
+        local = self._inputs.local
+        self._recorded = OutputLayerInputs.record(model, layer_name, predict_logits, local)
         try:
             yield self._recorded is not None
         finally:
@@ -115,15 +132,15 @@ class SplitScorer(Scorer):
 
     def _logits(self, model: nn.Module) -> Tensor:
         if self._recorded is not None:
-            return self._recorded.logits()
-        return predict_logits(model, self.x)
+            return self._inputs.gather(self._recorded.logits())
+        return self._inputs.logits(model)
 
     def score(self, model: nn.Module) -> tuple[float, float]:
         ok = self._logits(model).argmax(-1) == self.y
         return float(ok[self.mask].float().mean()), float(ok[~self.mask].float().mean())
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
-        logits = predict_logits(model, self.x)
+        logits = self._inputs.logits(model)
         out = {}
         for key, cls in (
             ("forget_acc", ForgetAccuracy),
@@ -170,6 +187,9 @@ class MembershipScorer(Scorer):
         weights = counts.double() / len(forget)
         self.class_weights = {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
         self.heldout_loss: float | None = None
+        shards = active_shards()
+        self._forget_inputs = _ShardedInputs(forget.x, shards)
+        self._val_inputs = _ShardedInputs(val.x, shards)
 
     def _losses(self, logits: Tensor, y: Tensor) -> Tensor:
         return per_sample_loss(self.loss_fn or default_loss, logits, y)
@@ -183,8 +203,8 @@ class MembershipScorer(Scorer):
         return total
 
     def _values(self, model: nn.Module) -> dict[str, float]:
-        f_logits = predict_logits(model, self.forget.x)
-        v_logits = predict_logits(model, self.val.x)
+        f_logits = self._forget_inputs.logits(model)
+        v_logits = self._val_inputs.logits(model)
         if self.heldout_loss is None:
             v_loss = self._losses(v_logits, self.val.y)
             self.heldout_loss = self._heldout(v_loss)
