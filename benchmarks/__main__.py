@@ -1,7 +1,8 @@
-"""``python -m benchmarks run --suite small|full [--only a,b]`` then regenerate docs/benchmarks.md.
+"""``python -m benchmarks run --suite small|full|gpu [--only a,b]`` then regenerate docs/benchmarks.md.
 
 Studies: solvers (Krylov vs LiSSA), samplers (random/feature/logit), unlearning (GIF vs
-baselines), selection (ratio × selector). ``python -m benchmarks report`` only rebuilds the
+baselines), selection (ratio × selector). ``--suite gpu`` runs the GPU study alone
+(:mod:`benchmarks.gpu`: VGG11 and ResNet-18 class removal vs retraining, on CUDA when present). ``python -m benchmarks report`` only rebuilds the
 page from the JSON files under benchmarks/results.
 """
 
@@ -42,11 +43,15 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run studies, then rebuild docs/benchmarks.md")
-    r.add_argument("--suite", choices=["small", "full"], default="small")
+    r.add_argument("--suite", choices=["small", "full", "gpu"], default="small")
     r.add_argument("--only", default=",".join(STUDIES), help=f"comma-separated subset of {STUDIES}")
     sub.add_parser("report", help="rebuild docs/benchmarks.md from benchmarks/results/*.json")
     a = p.parse_args()
-    if a.cmd == "run":
+    if a.cmd == "run" and a.suite == "gpu":
+        from benchmarks import gpu
+
+        gpu.main([])
+    elif a.cmd == "run":
         for name in [s.strip() for s in a.only.split(",") if s.strip()]:
             start = time.perf_counter()
             print(f"== {name} ({a.suite}) ==", flush=True)

@@ -516,6 +516,77 @@ def levers_section(d: dict | None) -> list[str]:
     return out + [""]
 
 
+def scaling_section(d: dict | None) -> list[str]:
+    """Sharded unlearning under DDP (benchmarks/scaling.py): 2 processes vs 1, same weights."""
+    title = "## Scale-out: 2 DDP processes vs 1 (full Fashion-MNIST)"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.scaling --seed 2`.", ""]
+    s = d["summary"]
+    out = [
+        title,
+        "",
+        f"`{d['command']}`. Class removal with the callback default on the 54,000 training "
+        "images; the unlearning call's wall seconds with 2 gloo processes (1 thread each) "
+        "over 1 process with 1 thread, and the largest weight difference between the two.",
+        "",
+        "| key | measured | goal | verdict |",
+        "|---|---|---|---|",
+    ]
+    for key, goal in s["goals"].items():
+        out.append(f"| `{key}` | {s[key]:.4g} | {goal} | {_verdict(s[key], goal)} |")
+    stages = sorted({k for r in d["rows"] for k in r["single_stage_seconds"]})
+    out += [
+        "",
+        "| class | 1 process (s) | 2 processes (s) | ratio | max \\|Δw\\| | same step | "
+        + " | ".join(f"{k} 1 → 2" for k in stages)
+        + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(stages),
+    ]
+    for r in d["rows"]:
+        cells = [
+            f"{r['single_stage_seconds'].get(k, 0):.1f} → {r['ddp2_stage_seconds'].get(k, 0):.1f}"
+            for k in stages
+        ]
+        out.append(
+            f"| {r['forget_class']} | {r['single_seconds']:.1f} | {r['ddp2_seconds']:.1f} | "
+            f"{r['ddp2_over_single_seconds']:.2f} | {r['max_abs_weight_diff']:.1e} | "
+            f"{'yes' if r['same_radius'] else 'no'} | " + " | ".join(cells) + " |"
+        )
+    return out + [""]
+
+
+def gpu_section(d: dict | None) -> list[str]:
+    """VGG11 / ResNet-18 class removal vs retraining (benchmarks/gpu.py)."""
+    title = "## GPU suite: VGG11 and ResNet-18 (Fashion-MNIST 32×32×3)"
+    if not d or "cuda" not in d.get("device", ""):
+        return [
+            title,
+            "",
+            "**GPU numbers pending**: no GPU has been lent to this project yet. The suite "
+            "(`python -m benchmarks run --suite gpu`) trains VGG11 and ResNet-18 by one recipe, "
+            "retrains without each class and runs the callback default on the device, with the "
+            "time per stage and the peak CUDA memory from the report. Its code path runs on "
+            "the CPU in `tests/test_benchmark_gpu_smoke.py` with a tiny ResNet.",
+            "",
+        ]
+    out = [
+        title,
+        "",
+        f"`{d['command']}` on {d['machine'].get('device', d['device'])}.",
+        "",
+        "| arch | runs | F1 default | F1 retrain | gap | unlearn s | retrain s | × retrain | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arch, s in d["summary"].items():
+        out.append(
+            f"| {arch} | {s['runs']} | {ms(s['f1_default'])} | {ms(s['f1_retrain'])} | "
+            f"{ms(s['f1_gap_to_retrain'])} | {ms(s['unlearn_seconds'], 1)} | "
+            f"{ms(s['retrain_seconds'], 1)} | {ms(s['unlearn_over_retrain_seconds'])} | "
+            f"{s['peak_memory_bytes'] / 2**20:.0f} MiB ({s['memory_kind']}) |"
+        )
+    return out + [""]
+
+
 def build() -> str:
     names = ["solvers.json", "samplers.json", "unlearning.json", "selection.json"]
     data = {n: load(n) for n in names}
@@ -528,8 +599,7 @@ def build() -> str:
         "Every number below is read from those files.",
         "",
         f"Machine: {machine.get('cpu', '?')} CPU, torch {machine.get('torch', '?')}, {machine.get('threads', '?')} thread(s), "
-        f"device {machine.get('device', '?')}. **No GPU was lent to this task**, so the GPU variant (VGG11 / ResNet-18 on "
-        "Fashion-MNIST padded to 32×32×3) has not been run.",
+        f"device {machine.get('device', '?')}.",
         "",
         "Small-suite wall times (s): "
         + ", ".join(
@@ -558,6 +628,8 @@ def build() -> str:
     lines += samplers_fashion_section(load("samplers_fashion.json"))
     lines += unlearning_section(load("unlearning_fashion10k.json"), suite="fashion10k")
     lines += selection_section(data["selection.json"])
+    lines += scaling_section(load("scaling.json"))
+    lines += gpu_section(load("gpu.json"))
     return "\n".join(lines)
 
 
