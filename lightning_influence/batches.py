@@ -11,7 +11,7 @@ take with the same rules, plus per-sample weights from :attr:`Batch.weights`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +21,15 @@ from torch.utils.data import Dataset
 
 from lightning_influence.forward import inputs_rows, is_inputs
 
-__all__ = ["Batch", "BatchParser", "IndexedDataset", "ParsedBatch", "as_batches", "parse_batch"]
+__all__ = [
+    "Batch",
+    "BatchParser",
+    "IndexedDataset",
+    "ParsedBatch",
+    "as_batches",
+    "iter_batches",
+    "parse_batch",
+]
 
 _X_KEYS = ("x", "input", "inputs", "image", "images")
 _Y_KEYS = ("y", "target", "targets", "label", "labels")
@@ -181,6 +189,39 @@ def as_batches(data: Any, name: str = "data") -> list[Batch]:
     if not batches:
         raise ValueError(f"{name} is empty: it must hold at least one sample.")
     return batches
+
+
+def iter_batches(data: Any, name: str = "data") -> Iterator[Batch]:
+    """:func:`as_batches` one batch at a time: the same rules, without holding them all.
+
+    A DataLoader over a large dataset is read lazily, so the inputs of only one batch are held
+    at a time (the influence scores stream the training data this way).
+
+    Args:
+        data: a batch or an iterable of batches.
+        name: what the data is called in error messages.
+
+    Raises:
+        ValueError: as :func:`as_batches`; "empty" only once the iterable is used up.
+    """
+    if data is None:
+        raise ValueError(f"{name} is None: pass a batch (x, y) or an iterable of batches.")
+    items = [data] if _is_single_batch(data) else data
+    try:
+        iterator = iter(items)
+    except TypeError as err:
+        raise ValueError(
+            f"{name} must be a batch (x, y), (x, y, ids), a dict or a Batch, or an iterable of "
+            f"them; got {type(data).__name__}."
+        ) from err
+    found = False
+    for i, item in enumerate(iterator):
+        batch = _checked_batch(item, f"{name}[{i}]")
+        if len(batch) > 0:
+            found = True
+            yield batch
+    if not found:
+        raise ValueError(f"{name} is empty: it must hold at least one sample.")
 
 
 def _is_single_batch(data: Any) -> bool:

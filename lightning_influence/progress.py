@@ -41,6 +41,10 @@ class ProgressBar:
             f"retain {trial.retain_acc:.3f}",
         )
 
+    def advance(self, completed: int, info: str = "") -> None:
+        """Show ``completed`` units done, with ``info`` (e.g. the influence scores' samples)."""
+        self._draw(completed, info)
+
     def _draw(self, completed: int, info: str) -> None:
         self.completed = completed
 

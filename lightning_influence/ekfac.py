@@ -1,0 +1,442 @@
+"""K-FAC and EK-FAC: a Kronecker-factored curvature of Linear and Conv2d layers, and its inverse.
+
+For one layer with weight W ``[out, in]`` (a bias is an extra input column of ones; a
+Conv2d's weight is flattened to ``[out, in·kh·kw]`` and its input unfolded into patches),
+the per-sample gradient is G = Σₜ gₜ aₜᵀ: a sum over positions t (one for a Linear on flat
+inputs, every output pixel of a Conv2d) of the output gradient g times the input a. The
+Fisher F = E[vec(G) vec(G)ᵀ] of the layer is approximated by
+
+    F ≈ A ⊗ S,   A = E[(1/T) Σₜ aₜ aₜᵀ],   S = E[Σₜ gₜ gₜᵀ]   (K-FAC),
+
+whose eigenbasis is Q_A ⊗ Q_S (eigenvectors of A and S). EK-FAC keeps that basis and
+replaces the Kronecker eigenvalues s_i a_j by the true second moments in it,
+
+    Λ_ij = E[(Q_Sᵀ G Q_A)_ij²],
+
+the best diagonal fit of F in that basis (George et al., 2018). The inverse applies
+(F + λI)⁻¹ v = Q_S [(Q_Sᵀ V Q_A) / (Λ + λ)] Q_Aᵀ, layer by layer (blocks are independent).
+
+The expectations run over the weighted rows of the curvature data. Which labels the rows
+carry decides which matrix F is (:func:`fisher_rows`): the *expected* Fisher (every class c
+with weight p_c, for cross-entropy exactly the Gauss–Newton matrix), one *sampled* label per
+row, or the *empirical* Fisher (the data's labels).
+
+Layers that are not Linear/Conv2d (BatchNorm, LayerNorm, embeddings), Conv2d layers with
+groups, non-zero padding modes or asymmetric ``"same"`` padding, and layers whose weight is
+frozen are **not covered**: the operators are zero on their parameters, so influence scores
+computed with them leave those parameters out (the choice kronfluence makes too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_influence._modules import model_device
+from lightning_influence.batches import Batch
+from lightning_influence.curvature import LossFn, default_loss, per_sample_loss
+from lightning_influence.forward import call_model, inputs_take, inputs_to, logits_of
+from lightning_influence.gradients import per_sample_gradients
+from lightning_influence.operators import ParamOperator
+from lightning_influence.vectors import ParamDict
+
+__all__ = [
+    "FISHERS",
+    "EKFACOperator",
+    "KroneckerLayer",
+    "fisher_rows",
+    "fit_ekfac",
+    "kronecker_layers",
+]
+
+FISHERS = ("expected", "sampled", "empirical")
+
+
+@dataclass
+class KroneckerLayer:
+    """A Linear or Conv2d layer whose curvature is Kronecker-factored.
+
+    Args:
+        module: the layer.
+        weight: the name of its weight parameter.
+        bias: the name of its bias parameter (``None``: no trainable bias).
+    """
+
+    module: nn.Module
+    weight: str
+    bias: str | None
+
+    @property
+    def params(self) -> list[str]:
+        """The parameter names the layer's block covers."""
+        return [self.weight] + ([self.bias] if self.bias else [])
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
+    """The conv's symmetric integer padding, or None when unfold cannot express it."""
+    if conv.groups != 1 or conv.padding_mode != "zeros":
+        return None
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
+    return tuple(conv.padding)  # type: ignore[return-value]
+
+
+def kronecker_layers(model: nn.Module) -> dict[str, KroneckerLayer]:
+    """The covered layers by module name: Linear and Conv2d with a trainable weight.
+
+    Args:
+        model: the model.
+    """
+    out = {}
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Linear, nn.Conv2d)) or not m.weight.requires_grad:
+            continue
+        if isinstance(m, nn.Conv2d) and _conv_padding(m) is None:
+            continue
+        prefix = f"{name}." if name else ""
+        has_bias = m.bias is not None and m.bias.requires_grad
+        out[name] = KroneckerLayer(m, prefix + "weight", prefix + "bias" if has_bias else None)
+    return out
+
+
+def layer_inputs(layer: KroneckerLayer, x: Tensor) -> Tensor:
+    """The layer's inputs a as ``[B, T, in(+1)]`` (Conv2d: unfolded patches; +1: the bias)."""
+    m = layer.module
+    if isinstance(m, nn.Conv2d):
+        a = F.unfold(x, m.kernel_size, m.dilation, _conv_padding(m), m.stride).transpose(1, 2)
+    else:
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+    if layer.bias:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    return a
+
+
+def layer_output_grads(layer: KroneckerLayer, g: Tensor) -> Tensor:
+    """The gradients of the layer's outputs as ``[B, T, out]``."""
+    if isinstance(layer.module, nn.Conv2d):
+        return g.flatten(2).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+@contextmanager
+def _recording(layers: Mapping[str, KroneckerLayer]) -> Iterator[dict[str, list]]:
+    """Within the block, every forward of a covered layer records (input, output)."""
+    seen: dict[str, list] = {name: [] for name in layers}
+    handles = [
+        layer.module.register_forward_hook(
+            lambda m, inp, out, name=name: seen[name].append((inp[0].detach(), out))
+        )
+        for name, layer in layers.items()
+    ]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _weights(batch: Batch, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if batch.weights is None:
+        return torch.ones(len(batch), dtype=dtype, device=device)
+    return batch.weights.to(device=device, dtype=dtype)
+
+
+def _covariance_pass(
+    model: nn.Module, loss_fn: LossFn, batch: Batch, layers: Mapping[str, KroneckerLayer]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """One batch's weighted sums Σ w (1/T) Σₜ a aᵀ and Σ w Σₜ g gᵀ per layer (float64)."""
+    device = model_device(model)
+    with torch.enable_grad(), _recording(layers) as seen:
+        out = logits_of(call_model(model, inputs_to(batch.x, device)))
+        loss = per_sample_loss(loss_fn, out, batch.y.to(device)).sum()
+        calls = {}
+        for name, records in seen.items():
+            if len(records) != 1:
+                raise ValueError(
+                    f"Layer {name!r} ran {len(records)} times in one forward: K-FAC/EK-FAC "
+                    "need each covered layer to run once (no weight sharing). Use "
+                    "curvature='gauss_newton' for this model."
+                )
+            calls[name] = records[0]
+        outputs = [calls[n][1] for n in layers]
+        grads = torch.autograd.grad(loss, outputs, allow_unused=True)
+    w = _weights(batch, torch.float64, device)
+    sums = {}
+    for (name, layer), g in zip(layers.items(), grads, strict=True):
+        x, y = calls[name]
+        a = layer_inputs(layer, x).double()
+        g = torch.zeros_like(y) if g is None else g
+        go = layer_output_grads(layer, g.detach()).double()
+        A = torch.einsum("n,nti,ntj->ij", w, a, a) / a.shape[1]
+        S = torch.einsum("n,nti,ntj->ij", w, go, go)
+        sums[name] = (A, S)
+    return sums
+
+
+def _chunks(batches: list[Batch], size: int) -> Iterator[Batch]:
+    for b in batches:
+        for i in range(0, len(b), size):
+            part = slice(i, i + size)
+            yield Batch(
+                inputs_take(b.x, part),
+                b.y[part],
+                None if b.ids is None else b.ids[part],
+                None if b.weights is None else b.weights[part],
+            )
+
+
+def _total_weight(batches: list[Batch]) -> float:
+    return float(sum(len(b) if b.weights is None else b.weights.sum() for b in batches))
+
+
+def kronecker_factors(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: list[Batch],
+    layers: Mapping[str, KroneckerLayer],
+    chunk: int = 256,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """The weighted means A and S of every covered layer (float64).
+
+    Args:
+        model: the model, in ``eval()``.
+        loss_fn: a mean-reducing loss.
+        batches: the curvature rows (their weights enter).
+        layers: the covered layers.
+        chunk: rows per forward/backward pass.
+    """
+    total: dict[str, tuple[Tensor, Tensor]] = {}
+    for part in _chunks(batches, chunk):
+        for name, (A, S) in _covariance_pass(model, loss_fn, part, layers).items():
+            total[name] = (A, S) if name not in total else (total[name][0] + A, total[name][1] + S)
+    n = _total_weight(batches)
+    return {name: (A / n, S / n) for name, (A, S) in total.items()}
+
+
+def layer_matrix(layer: KroneckerLayer, vs: Mapping[str, Tensor]) -> Tensor:
+    """A batched parameter dict's block of this layer as ``[k, out, in(+1)]`` matrices."""
+    w = vs[layer.weight]
+    m = w.reshape(w.shape[0], w.shape[1], -1)
+    if layer.bias:
+        m = torch.cat([m, vs[layer.bias].reshape(w.shape[0], w.shape[1], 1)], dim=-1)
+    return m
+
+
+def _split(layer: KroneckerLayer, m: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
+    """The inverse of :func:`layer_matrix`, shaped and typed like ``like``."""
+    k = m.shape[0]
+    w = like[layer.weight]
+    out = {layer.weight: m[..., : w[0].numel() // m.shape[1]].reshape(w.shape).to(w.dtype)}
+    if layer.bias:
+        b = like[layer.bias]
+        out[layer.bias] = m[..., -1].reshape(k, *b.shape[1:]).to(b.dtype)
+    return out
+
+
+@dataclass
+class EigenBlock:
+    """One layer's eigenbases and (corrected) eigenvalues ``[out, in(+1)]``."""
+
+    layer: KroneckerLayer
+    q_a: Tensor
+    q_s: Tensor
+    eigenvalues: Tensor
+
+    def rotate(self, vs: Mapping[str, Tensor]) -> Tensor:
+        """Q_Sᵀ V Q_A for every vector V of a batched parameter dict."""
+        m = layer_matrix(self.layer, vs).to(self.q_a.dtype)
+        return self.q_s.T @ m @ self.q_a
+
+    def unrotate(self, r: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
+        """Q_S R Qᵀ_A back as the layer's parameters (shaped like ``like``)."""
+        return _split(self.layer, self.q_s @ r @ self.q_a.T, like)
+
+
+class EKFACOperator(ParamOperator):
+    """The (E)K-FAC curvature as a symmetric parameter-dict operator (block-diagonal).
+
+    ``F @ v`` applies Q (Λ ⊙ Qᵀ v) per covered layer and is zero on every other parameter.
+    :meth:`inverse` gives the damped inverse (F + λI)⁻¹ on the covered layers.
+
+    Args:
+        blocks: the eigen-blocks by layer name.
+    """
+
+    symmetric = True
+
+    def __init__(self, blocks: Mapping[str, EigenBlock]) -> None:
+        self.blocks = dict(blocks)
+
+    @property
+    def params(self) -> list[str]:
+        """The names of the covered parameters."""
+        return [p for b in self.blocks.values() for p in b.layer.params]
+
+    def matvec(self, v: Mapping[str, Tensor]) -> ParamDict:
+        return {k: t[0] for k, t in self.matmat({k: t.unsqueeze(0) for k, t in v.items()}).items()}
+
+    def matmat(self, vs: Mapping[str, Tensor]) -> ParamDict:
+        return self._apply(vs, lambda name, r: r * self.blocks[name].eigenvalues)
+
+    def inverse(self, damping: float | None = None) -> EKFACInverse:
+        """(F + λI)⁻¹ on the covered layers.
+
+        Args:
+            damping: λ ≥ 0 for every layer; ``None``: 0.1 × the mean eigenvalue of each
+                layer (kronfluence's default heuristic).
+        """
+        return EKFACInverse(self, damping)
+
+    def _apply(self, vs: Mapping[str, Tensor], scale) -> ParamDict:
+        out = {k: torch.zeros_like(t) for k, t in vs.items()}
+        for name, block in self.blocks.items():
+            out.update(block.unrotate(scale(name, block.rotate(vs)), vs))
+        return out
+
+
+class EKFACInverse(ParamOperator):
+    """(F + λ_l I)⁻¹ of an :class:`EKFACOperator`, layer l by layer; zero elsewhere.
+
+    Args:
+        base: the curvature.
+        damping: λ for every layer, or ``None`` for 0.1 × each layer's mean eigenvalue.
+    """
+
+    symmetric = True
+
+    def __init__(self, base: EKFACOperator, damping: float | None) -> None:
+        if damping is not None and damping < 0:
+            raise ValueError(f"damping must be >= 0, got {damping}.")
+        self.base = base
+        self.damping = {
+            name: float(0.1 * b.eigenvalues.mean()) if damping is None else float(damping)
+            for name, b in base.blocks.items()
+        }
+        for name, lam in self.damping.items():
+            if lam <= 0 and bool((base.blocks[name].eigenvalues <= 0).any()):
+                raise ValueError(
+                    f"Layer {name!r} has a zero eigenvalue and damping 0: (F + λI) is singular. "
+                    "Pass damping > 0."
+                )
+
+    def matvec(self, v: Mapping[str, Tensor]) -> ParamDict:
+        return {k: t[0] for k, t in self.matmat({k: t.unsqueeze(0) for k, t in v.items()}).items()}
+
+    def matmat(self, vs: Mapping[str, Tensor]) -> ParamDict:
+        blocks = self.base.blocks
+        return self.base._apply(
+            vs, lambda name, r: r / (blocks[name].eigenvalues + self.damping[name])
+        )
+
+    def quadratic(self, vs: Mapping[str, Tensor]) -> Tensor:
+        """vᵀ (F + λI)⁻¹ v for every vector of a batched dict, ``[k]`` float64 (one rotation)."""
+        total = None
+        for name, block in self.base.blocks.items():
+            r = block.rotate(vs)
+            part = (r**2 / (block.eigenvalues + self.damping[name])).sum(dim=(1, 2))
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+
+def fisher_rows(
+    model: nn.Module, batches: list[Batch], fisher: str, seed: int = 0, chunk: int = 256
+) -> list[Batch]:
+    """The curvature rows whose weighted second moment is the chosen Fisher (cross-entropy).
+
+    Args:
+        model: the classifier, in ``eval()``.
+        batches: the curvature data (weights kept).
+        fisher: ``expected``: each row repeated once per class c, weight w·p_c (the exact
+            expectation over the model's predictions: the Gauss–Newton matrix of
+            cross-entropy); ``sampled``: one label drawn from p per row; ``empirical``: the
+            rows as given.
+        seed: the seed of the ``sampled`` draw.
+        chunk: rows per no-grad forward.
+    """
+    if fisher not in FISHERS:
+        raise ValueError(f"Unknown fisher {fisher!r}: choose one of {FISHERS}.")
+    if fisher == "empirical":
+        return batches
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for b in _chunks(batches, chunk):
+            logits = logits_of(call_model(model, inputs_to(b.x, model_device(model))))
+            p = torch.softmax(logits.double(), dim=-1).cpu()
+            w = _weights(b, torch.float64, torch.device("cpu"))
+            if fisher == "sampled":
+                out.append(replace(b, y=torch.multinomial(p, 1, generator=gen).reshape(-1)))
+                continue
+            n, c = p.shape
+            rows = torch.arange(n).repeat_interleave(c)
+            y = torch.arange(c).repeat(n)
+            out.append(Batch(inputs_take(b.x, rows), y, None, (w[:, None] * p).reshape(-1)))
+    return out
+
+
+def fit_ekfac(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    batches: list[Batch],
+    *,
+    correct: bool = True,
+    chunk: int = 256,
+) -> EKFACOperator:
+    """Fit K-FAC factors on ``batches`` and (``correct=True``) EK-FAC's eigenvalues.
+
+    Args:
+        model: the model, in ``eval()``.
+        loss_fn: a mean-reducing loss (``None``: cross-entropy).
+        batches: the curvature rows, weighted (e.g. from :func:`fisher_rows`).
+        correct: refit the eigenvalues in the Kronecker eigenbasis (EK-FAC); ``False``:
+            K-FAC's s_i a_j.
+        chunk: rows per pass.
+
+    Raises:
+        ValueError: when the model has no covered layer.
+    """
+    loss_fn = loss_fn or default_loss
+    layers = kronecker_layers(model)
+    if not layers:
+        raise ValueError(
+            "EK-FAC covers nn.Linear and nn.Conv2d layers with trainable weights; the model has "
+            "none. Use curvature='gauss_newton' (exact)."
+        )
+    blocks = {}
+    for name, (A, S) in kronecker_factors(model, loss_fn, batches, layers, chunk).items():
+        a_vals, q_a = torch.linalg.eigh(A)
+        s_vals, q_s = torch.linalg.eigh(S)
+        kfac = torch.outer(s_vals.clamp_min(0), a_vals.clamp_min(0))
+        blocks[name] = EigenBlock(layers[name], q_a, q_s, kfac)
+    if correct:
+        _correct_eigenvalues(model, loss_fn, batches, blocks, chunk)
+    return EKFACOperator(blocks)
+
+
+def _correct_eigenvalues(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: list[Batch],
+    blocks: dict[str, EigenBlock],
+    chunk: int,
+) -> None:
+    """Λ = weighted mean of (Q_Sᵀ Gₙ Q_A)² over the rows' per-sample gradients, in place."""
+    names = [p for b in blocks.values() for p in b.layer.params]
+    sums = {name: torch.zeros_like(b.eigenvalues) for name, b in blocks.items()}
+    for part in _chunks(batches, chunk):
+        grads = per_sample_gradients(model, loss_fn, part, names)
+        w = _weights(part, torch.float64, sums[next(iter(sums))].device)
+        for name, block in blocks.items():
+            sums[name] += torch.einsum("n,nij->ij", w, block.rotate(grads) ** 2)
+    total = _total_weight(batches)
+    for name, block in blocks.items():
+        block.eigenvalues = sums[name] / total

@@ -1,0 +1,413 @@
+"""Influence scores: which training samples drive a prediction, and which are self-influential.
+
+The influence of a training sample z on a query q is
+
+    I(q, z) = g_qᵀ (H + λI)⁻¹ g_z,   g = ∇θ ℓ(·; θ̂) of one sample,
+
+with H the curvature of the mean training loss (EK-FAC by default, or the exact Gauss–Newton
+matrix / Hessian). Upweighting z by ε moves θ̂ by −ε (H + λI)⁻¹ g_z, so the query's loss
+changes by −ε I(q, z): a **positive** score is a *proponent* (more of z lowers the query's
+loss), a negative one an *opponent*. The self-influence g_zᵀ (H + λI)⁻¹ g_z is how much z
+supports its own label; mislabelled and atypical samples score highest.
+
+:func:`influence_scores` preconditions the query gradients once, then streams the training
+data in chunks of per-sample gradients (``torch.func``), so memory is bounded by the queries
+and one chunk, never ``[n_train, n_params]``. The curvature is fitted on a weighted
+representative subset of the training data that a Hessian-subset sampler picks
+(:mod:`lightning_influence.sampling`), or on ``hessian_data``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from lightning_influence._modules import eval_mode, model_device
+from lightning_influence.batches import Batch, as_batches, iter_batches
+from lightning_influence.capture import CaptureResult
+from lightning_influence.curvature import (
+    DenseHessianOperator,
+    GaussNewtonOperator,
+    HessianOperator,
+    LossFn,
+    default_loss,
+    trainable_params,
+)
+from lightning_influence.ekfac import FISHERS, fisher_rows, fit_ekfac
+from lightning_influence.forward import call_model, inputs_take, inputs_to, logits_of
+from lightning_influence.gradients import flat_rows, per_sample_gradients
+from lightning_influence.loaders import data_pass
+from lightning_influence.operators import DenseMatrixOperator, IdentityOperator, ParamOperator
+from lightning_influence.pool import Rows, _BoundedPool, batch_ids
+from lightning_influence.progress import progress_bar as _bar
+from lightning_influence.sampling import get_sampler
+from lightning_influence.solvers import solve_krylov
+from lightning_influence.vectors import ParamDict
+
+__all__ = ["CURVATURES", "ScoreArguments", "influence_scores", "self_influence"]
+
+#: ``exact`` is an alias of ``gauss_newton``.
+CURVATURES = ("ekfac", "kfac", "gauss_newton", "hessian", "exact")
+_SOLVERS = ("auto", "dense", "krylov")
+
+
+@dataclass
+class ScoreArguments:
+    """How influence scores are computed (the keyword arguments of :func:`influence_scores`)."""
+
+    curvature: str = field(
+        default="ekfac",
+        metadata={
+            "help": "ekfac | kfac (Linear/Conv2d layers, Kronecker-factored) | gauss_newton "
+            "(alias exact) | hessian: the exact matrix, solved densely or by MINRES"
+        },
+    )
+    damping: float | None = field(
+        default=None,
+        metadata={
+            "help": "λ of (H + λI); None: 0.1 × the mean eigenvalue (per layer for (E)K-FAC, "
+            "of the whole Fisher for the exact curvatures)"
+        },
+    )
+    fisher: str | None = field(
+        default=None,
+        metadata={
+            "help": "expected | sampled | empirical: the labels (E)K-FAC is fitted with; None: "
+            "expected for cross-entropy, empirical for a custom loss_fn"
+        },
+    )
+    sampler: str = field(
+        default="logit",
+        metadata={"help": "random | feature | logit: picks the curvature's subset"},
+    )
+    budget: int = field(
+        default=1024, metadata={"help": "training samples the curvature is fitted on"}
+    )
+    pool_size: int = field(
+        default=8192, metadata={"help": "the sampler's candidates (a seeded random subset)"}
+    )
+    batch_size: int = field(default=128, metadata={"help": "samples per per-sample-gradient chunk"})
+    solver: str = field(
+        default="auto",
+        metadata={"help": "exact curvatures: auto (dense up to max_params) | dense | krylov"},
+    )
+    max_params: int = field(default=5000, metadata={"help": "the largest dense exact solve"})
+    tol: float = field(default=1e-8, metadata={"help": "MINRES relative residual"})
+    max_iter: int = field(default=500, metadata={"help": "MINRES iterations per solve"})
+    seed: int = field(default=0, metadata={"help": "seed of the sampler and the label draws"})
+
+    def __post_init__(self) -> None:
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"Unknown curvature {self.curvature!r}: choose one of {CURVATURES}.")
+        if self.damping is not None and not self.damping >= 0:
+            raise ValueError(f"damping must be >= 0 or None, got {self.damping}.")
+        if self.fisher is not None and self.fisher not in FISHERS:
+            raise ValueError(f"Unknown fisher {self.fisher!r}: choose one of {FISHERS}.")
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"Unknown solver {self.solver!r}: choose one of {_SOLVERS}.")
+        for name in ("budget", "pool_size", "batch_size", "max_params", "max_iter"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        get_sampler(self.sampler)  # raises for an unknown name
+
+    @property
+    def exact(self) -> bool:
+        """Whether the curvature is an exact matrix (not Kronecker-factored)."""
+        return self.curvature in ("gauss_newton", "hessian", "exact")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def chunks(data: Any, name: str, size: int) -> Iterator[tuple[Batch, Tensor]]:
+    """``(batch of at most size rows, their ids)`` over the data, read lazily.
+
+    A DataLoader is read in dataset order (its sampler's indices, shuffling undone, see
+    :func:`~lightning_influence.loaders.data_pass`); ids are the batches' own, else the
+    dataset index, else the running position.
+    """
+    dp = data_pass(data) if isinstance(data, DataLoader) else None
+    start = 0
+    for batch in iter_batches(dp if dp is not None else data, name):
+        ids = batch_ids(batch, start)
+        if batch.ids is None and dp is not None and dp.position_ids is not None:
+            ids = dp.position_ids[start : start + len(batch)]
+        start += len(batch)
+        for i in range(0, len(batch), size):
+            part = slice(i, i + size)
+            yield Batch(inputs_take(batch.x, part), batch.y[part], ids[part]), ids[part]
+
+
+def hessian_subset(
+    model: nn.Module, train_data: Any, args: ScoreArguments, name: str = "train_data"
+) -> list[Batch]:
+    """The sampler's weighted subset of (a bounded random pool of) the training data.
+
+    Args:
+        model: the model, in ``eval()``.
+        train_data: the training data (any form :func:`influence_scores` takes).
+        args: ``sampler``, ``budget``, ``pool_size``, ``seed`` and ``batch_size``.
+        name: what the data is called in error messages.
+    """
+    pool = _BoundedPool(args.pool_size, args.seed)
+    like = None
+    for batch, ids in chunks(train_data, name, args.batch_size):
+        rows = Rows(batch.x, batch.y, ids)
+        like = like or rows
+        pool.add(rows)
+    assert like is not None
+    rows = pool.result(like)
+    if len(rows) <= args.budget:
+        return rows.batches(args.batch_size, model_device(model))
+    logits = _logits(model, rows, args.batch_size)
+    picked = get_sampler(args.sampler).select(
+        CaptureResult(rows.ids, rows.y, logits), args.budget, seed=args.seed
+    )
+    chosen = rows.take(rows.positions(picked.ids))
+    return chosen.batches(args.batch_size, model_device(model), picked.weights)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, rows: Rows, size: int) -> Tensor:
+    device = model_device(model)
+    return torch.cat(
+        [
+            logits_of(call_model(model, inputs_to(inputs_take(rows.x, slice(i, i + size)), device)))
+            .float()
+            .cpu()
+            for i in range(0, len(rows), size)
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------- curvature
+
+
+class KrylovInverse(ParamOperator):
+    """(H + λI)⁻¹ v by one MINRES solve per vector: a solver as an operator.
+
+    Args:
+        operator: the symmetric curvature H.
+        damping: λ ≥ 0.
+        tol: the relative residual of each solve.
+        max_iter: the most iterations per solve.
+    """
+
+    symmetric = True
+
+    def __init__(self, operator: ParamOperator, damping: float, tol: float, max_iter: int):
+        self.system = operator + damping * IdentityOperator() if damping else operator
+        self.tol, self.max_iter = tol, max_iter
+
+    def matvec(self, v: dict[str, Tensor]) -> ParamDict:
+        x, _ = solve_krylov(self.system, v, "symmetric", tol=self.tol, max_iter=self.max_iter)
+        return x
+
+
+def preconditioner(
+    model: nn.Module, loss_fn: LossFn, hessian: list[Batch], args: ScoreArguments
+) -> tuple[ParamOperator, list[str]]:
+    """(H + λI)⁻¹ as an operator, and the parameters it acts on (the scores' gradients).
+
+    Args:
+        model: the model, in ``eval()``.
+        loss_fn: a mean-reducing loss.
+        hessian: the curvature's (weighted) batches.
+        args: the settings.
+    """
+    fisher = args.fisher or ("expected" if loss_fn is default_loss else "empirical")
+    if fisher != "empirical" and loss_fn is not default_loss:
+        raise ValueError(
+            f"fisher={fisher!r} draws labels from the softmax, which assumes cross-entropy; "
+            "with a custom loss_fn pass fisher='empirical'."
+        )
+    if not args.exact:
+        rows = fisher_rows(model, hessian, fisher, args.seed, args.batch_size)
+        ekfac = fit_ekfac(model, loss_fn, rows, correct=args.curvature == "ekfac")
+        return ekfac.inverse(args.damping), ekfac.params
+    names = list(trainable_params(model))
+    damping = args.damping
+    if damping is None:
+        damping = 0.1 * _fisher_trace(model, loss_fn, hessian, fisher, args) / _size(model)
+    kind = "gauss_newton" if args.curvature in ("gauss_newton", "exact") else "hessian"
+    dense = args.solver == "dense" or (args.solver == "auto" and _size(model) <= args.max_params)
+    if dense:
+        H = DenseHessianOperator(model, loss_fn, hessian, args.max_params, kind)
+        eye = torch.eye(H.matrix.shape[0], dtype=H.matrix.dtype)
+        inverse = torch.linalg.solve(H.matrix + damping * eye, eye)
+        return DenseMatrixOperator(inverse, H.params, symmetric=True), names
+    op_class = GaussNewtonOperator if kind == "gauss_newton" else HessianOperator
+    return KrylovInverse(op_class(model, loss_fn, hessian), damping, args.tol, args.max_iter), names
+
+
+def _size(model: nn.Module) -> int:
+    return sum(p.numel() for p in trainable_params(model).values())
+
+
+def _fisher_trace(
+    model: nn.Module, loss_fn: LossFn, hessian: list[Batch], fisher: str, args: ScoreArguments
+) -> float:
+    """tr(F): the weighted mean of ‖gₙ‖² over the Fisher rows (for cross-entropy with the
+    expected Fisher, the trace of the Gauss–Newton matrix)."""
+    rows = fisher_rows(model, hessian, fisher, args.seed, args.batch_size)
+    total = weight = 0.0
+    for b in rows:
+        g = flat_rows(per_sample_gradients(model, loss_fn, b)).double()
+        w = torch.ones(len(b), dtype=torch.float64) if b.weights is None else b.weights.double()
+        total += float((w.to(g.device) * (g**2).sum(1)).sum())
+        weight += float(w.sum())
+    return total / weight
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _settings(kwargs: dict[str, Any]) -> ScoreArguments:
+    unknown = sorted(set(kwargs) - set(ScoreArguments.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"Unknown influence-score options {unknown}: choose from "
+            f"{sorted(ScoreArguments.__dataclass_fields__)}."
+        )
+    return ScoreArguments(**kwargs)
+
+
+def _setup(model, train_data, loss_fn, hessian_data, args):
+    loss_fn = loss_fn or default_loss
+    if hessian_data is None:
+        hessian = hessian_subset(model, train_data, args)
+    else:
+        hessian = as_batches(hessian_data, "hessian_data")
+    inverse, names = preconditioner(model, loss_fn, hessian, args)
+    return loss_fn, inverse, names
+
+
+def _total(data: Any) -> int | None:
+    try:
+        return len(data.dataset) if isinstance(data, DataLoader) else None
+    except TypeError:
+        return None
+
+
+def _stream(
+    model, loss_fn, train_data, names, args, show, desc
+) -> Iterator[tuple[ParamDict, Tensor]]:
+    """Per-sample gradients of the training data, chunk by chunk, with a progress bar."""
+    done = 0
+    with _bar(show, _total(train_data), desc) as bar:
+        for batch, ids in chunks(train_data, "train_data", args.batch_size):
+            yield per_sample_gradients(model, loss_fn, batch, names), ids
+            done += len(batch)
+            bar.advance(done, f"{done} samples")
+
+
+def _finish(parts: list[Tensor], ids: list[Tensor], return_ids: bool):
+    scores = torch.cat(parts, dim=-1)
+    all_ids = torch.cat(ids)
+    if torch.unique(all_ids).numel() != all_ids.numel():
+        raise ValueError(
+            "train_data yields some sample id more than once: give each training sample once "
+            "(e.g. no DistributedSampler padding, no repeated batches)."
+        )
+    return (scores, all_ids) if return_ids else scores
+
+
+def influence_scores(
+    model: nn.Module,
+    train_data: Any,
+    query_data: Any,
+    *,
+    loss_fn: LossFn | None = None,
+    hessian_data: Any = None,
+    progress_bar: bool = False,
+    return_ids: bool = False,
+    **settings: Any,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """I(q, z) = g_qᵀ (H + λI)⁻¹ g_z for every query q and training sample z.
+
+    Positive: z is a proponent of q (upweighting z lowers q's loss); negative: an opponent.
+
+    Args:
+        model: the trained model (run in ``eval()``, each submodule's mode restored; its
+            weights are never written). Only parameters with ``requires_grad`` enter.
+        train_data: ``(x, y)`` tensors, a batch, an iterable of batches or a DataLoader (read
+            in dataset order, shuffling undone). Read twice (curvature subset, then scores).
+        query_data: the queries, in the same forms (all held at once: keep it small).
+        loss_fn: a mean-reducing loss ``loss_fn(outputs, targets)`` (``None``: cross-entropy).
+        hessian_data: the curvature's data (weighted batches); ``None``: the sampler's
+            subset of ``train_data`` (``sampler``, ``budget``, ``pool_size``).
+        progress_bar: show a bar over the training samples.
+        return_ids: also return the training ids of the columns.
+        **settings: the fields of :class:`ScoreArguments` (``curvature``, ``damping``,
+            ``fisher``, ``sampler``, ``budget``, ``batch_size``, ``solver`` ...).
+
+    Returns:
+        ``[n_query, n_train]`` scores in the model's dtype, columns in the order of
+        ``train_data``; with ``return_ids`` also the ``[n_train]`` ids (the batches' ids,
+        else the dataset index of a DataLoader, else the position).
+    """
+    args = _settings(settings)
+    dtype = next(iter(trainable_params(model).values())).dtype
+    with eval_mode(model):
+        loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
+        queries = [b for b, _ in chunks(query_data, "query_data", args.batch_size)]
+        grads = [per_sample_gradients(model, loss_fn, b, names) for b in queries]
+        q = {k: torch.cat([g[k] for g in grads]) for k in names}
+        pq = flat_rows(inverse.matmat(q), names).double()
+        parts, ids = [], []
+        for g, chunk_ids in _stream(
+            model, loss_fn, train_data, names, args, progress_bar, "influence scores"
+        ):
+            parts.append((pq @ flat_rows(g, names).double().T).to(dtype))
+            ids.append(chunk_ids)
+    return _finish(parts, ids, return_ids)
+
+
+def self_influence(
+    model: nn.Module,
+    train_data: Any,
+    *,
+    loss_fn: LossFn | None = None,
+    hessian_data: Any = None,
+    progress_bar: bool = False,
+    return_ids: bool = False,
+    **settings: Any,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """g_zᵀ (H + λI)⁻¹ g_z for every training sample z; higher = more self-influential.
+
+    Arguments as :func:`influence_scores`. With an exact curvature above ``max_params``
+    every sample costs one MINRES solve; EK-FAC costs one rotation per sample.
+
+    Returns:
+        ``[n_train]`` scores in the model's dtype (with ``return_ids``: and their ids).
+    """
+    args = _settings(settings)
+    dtype = next(iter(trainable_params(model).values())).dtype
+    with eval_mode(model):
+        loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
+        parts, ids = [], []
+        for g, chunk_ids in _stream(
+            model, loss_fn, train_data, names, args, progress_bar, "self-influence"
+        ):
+            parts.append(_quadratic(inverse, g, names).to(dtype))
+            ids.append(chunk_ids)
+    return _finish(parts, ids, return_ids)
+
+
+def _quadratic(inverse: ParamOperator, g: ParamDict, names: list[str]) -> Tensor:
+    """gᵀ (H + λI)⁻¹ g per row (EK-FAC: one rotation; others: mat-mat then dot)."""
+    quadratic = getattr(inverse, "quadratic", None)
+    if quadratic is not None:
+        return quadratic(g)
+    pg = flat_rows(inverse.matmat(g), names).double()
+    return (pg * flat_rows(g, names).double()).sum(dim=1)
+
+
+def settings_dict(args: ScoreArguments) -> dict[str, Any]:
+    """The settings as keyword arguments of :func:`influence_scores`."""
+    return asdict(args)

@@ -1,0 +1,284 @@
+"""Influence scores and EK-FAC against dense float64 references built in the test.
+
+The references use ``torch.func`` on the flat parameters (``torch.func.hessian`` for H, a
+per-sample ``torch.func.grad`` loop for the gradients), independent of the package's code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_fixtures import data_for, tiny_cnn, tiny_mlp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import lightning_influence as li
+from lightning_influence import vectors as V
+from lightning_influence.curvature import trainable_params
+from lightning_influence.ekfac import (
+    fisher_rows,
+    fit_ekfac,
+    kronecker_layers,
+    layer_inputs,
+    layer_output_grads,
+)
+from lightning_influence.gradients import per_sample_gradients
+
+CE = nn.functional.cross_entropy
+
+
+def flat_loss(model, theta, x, y, names=None):
+    params = trainable_params(model)
+    p = V.unflatten(theta, {k: params[k].double() for k in (names or params)})
+    buffers = dict(model.named_buffers())
+    fixed = {k: v for k, v in model.named_parameters() if k not in p}
+    return CE(torch.func.functional_call(model, ({**fixed, **p, **buffers},), (x,)), y)
+
+
+def ref_grads(model, x, y, names=None):
+    """[n, P] per-sample gradients, one torch.func.grad call per sample."""
+    params = trainable_params(model)
+    theta = V.flatten({k: params[k] for k in (names or params)})
+    rows = [
+        torch.func.grad(lambda t, i=i: flat_loss(model, t, x[i : i + 1], y[i : i + 1], names))(
+            theta
+        )
+        for i in range(len(y))
+    ]
+    return torch.stack(rows)
+
+
+def ref_hessian(model, x, y):
+    theta = V.flatten(trainable_params(model))
+    return torch.func.hessian(lambda t: flat_loss(model, t, x, y))(theta)
+
+
+def ref_gauss_newton(model, x, y):
+    params = trainable_params(model)
+    theta = V.flatten(params)
+
+    def logits(t):
+        return torch.func.functional_call(model, (V.unflatten(t, params),), (x,))
+
+    J = torch.func.jacrev(logits)(theta)  # [n, C, P]
+    p = torch.softmax(logits(theta), dim=1)
+    h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    return torch.einsum("ncp,ncd,ndq->pq", J, h, J) / len(y)
+
+
+@pytest.fixture(scope="module")
+def mlp_problem():
+    model = tiny_mlp().eval()
+    x, y = data_for(model, 30, seed=1)
+    return model, (x[:20], y[:20]), (x[20:], y[20:])
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
+@pytest.mark.parametrize("solver", ["dense", "krylov"])
+def test_exact_scores_equal_dense_reference(mlp_problem, curvature, solver):
+    model, (xt, yt), (xq, yq) = mlp_problem
+    H = ref_hessian(model, xt, yt) if curvature == "hessian" else ref_gauss_newton(model, xt, yt)
+    lam_min = torch.linalg.eigvalsh(H)[0].item()
+    if curvature == "hessian":
+        assert lam_min < -1e-3, "the Hessian case must be indefinite"
+    damping = max(0.0, -lam_min) + 0.05  # H + λI positive definite
+    ref = ref_grads(model, xq, yq) @ torch.linalg.solve(
+        H + damping * torch.eye(len(H), dtype=H.dtype), ref_grads(model, xt, yt).T
+    )
+    got = li.influence_scores(
+        model,
+        (xt, yt),
+        (xq, yq),
+        hessian_data=(xt, yt),
+        curvature=curvature,
+        damping=damping,
+        solver=solver,
+        tol=1e-13,
+    )
+    assert got.shape == (10, 20) and got.dtype == torch.float64
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-6
+
+
+def test_self_influence_is_the_diagonal_of_the_scores(mlp_problem):
+    model, train, _ = mlp_problem
+    for curvature in ("ekfac", "exact"):
+        si = li.self_influence(model, train, curvature=curvature, damping=0.1)
+        full = li.influence_scores(model, train, train, curvature=curvature, damping=0.1)
+        assert torch.allclose(si, full.diagonal(), rtol=1e-10, atol=1e-12)
+        assert (si > 0).all()  # a damped PSD curvature
+
+
+def test_ekfac_is_exact_for_one_sample_of_one_linear_layer():
+    """One sample, one Linear layer, the empirical Fisher: F = vec(G)vec(G)ᵀ = A ⊗ S."""
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double().eval()
+    x, y = torch.randn(1, 5, dtype=torch.float64), torch.tensor([2])
+    xq, yq = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    g = ref_grads(model, x, y)
+    F = g.T @ g
+    lam = 0.3
+    ref = ref_grads(model, xq, yq) @ torch.linalg.solve(
+        F + lam * torch.eye(len(F), dtype=F.dtype), g.T
+    )
+    for curvature in ("ekfac", "kfac"):
+        got = li.influence_scores(
+            model, (x, y), (xq, yq), curvature=curvature, fisher="empirical", damping=lam
+        )
+        assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12), curvature
+
+
+def _layer_fisher(model, layer, batches):
+    """The dense weighted Fisher of one layer's block in the [out, in(+1)] row-major layout."""
+    rows, weights = [], []
+    for b in batches:
+        for i in range(len(b)):
+            names = layer.params
+            gi = ref_grads(model, b.x[i : i + 1], b.y[i : i + 1], names)[0]
+            gd = V.unflatten(gi, {k: trainable_params(model)[k] for k in names})
+            w = gd[layer.weight].reshape(gd[layer.weight].shape[0], -1)
+            if layer.bias:
+                w = torch.cat([w, gd[layer.bias][:, None]], dim=1)
+            rows.append(w.reshape(-1))
+            weights.append(1.0 if b.weights is None else float(b.weights[i]))
+    G, w = torch.stack(rows), torch.tensor(weights, dtype=torch.float64)
+    return (G.T * w) @ G / w.sum()
+
+
+def test_corrected_eigenvalues_are_the_fisher_diagonal_in_the_kronecker_basis():
+    """Λ = diag(Uᵀ F U), U = Q_S ⊗ Q_A: on a conv (stride, padding) and a Linear layer."""
+    model = tiny_cnn()
+    model.conv.stride, model.conv.padding = (2, 2), (1, 1)  # 6x6 -> 3x3 -> pool -> 1x1
+    model.fc = nn.Linear(3, 3).double()
+    x, y = data_for(model, 12, seed=4)
+    batches = li.as_batches([(x[:7], y[:7]), (x[7:], y[7:])])
+    rows = fisher_rows(model, batches, "sampled", seed=1)
+    op = fit_ekfac(model, None, rows)
+    kfac = fit_ekfac(model, None, rows, correct=False)
+    for name, block in op.blocks.items():
+        F = _layer_fisher(model, block.layer, rows)
+        U = torch.kron(block.q_s, block.q_a)
+        assert torch.allclose(
+            block.eigenvalues.reshape(-1), torch.diagonal(U.T @ F @ U), atol=1e-12
+        )
+        # EK-FAC is the best diagonal in that basis: never further from F than K-FAC
+        ek = U @ torch.diag(block.eigenvalues.reshape(-1)) @ U.T
+        k = U @ torch.diag(kfac.blocks[name].eigenvalues.reshape(-1)) @ U.T
+        assert (F - ek).norm() <= (F - k).norm() + 1e-12
+    assert set(op.params) == {"conv.weight", "conv.bias", "fc.weight", "fc.bias"}  # BN skipped
+
+
+def test_expected_fisher_of_softmax_regression_is_the_hessian():
+    """For a linear model with cross-entropy the expected Fisher (GGN) equals H."""
+    torch.manual_seed(3)
+    model = nn.Linear(4, 3).double().eval()
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.randint(0, 3, (9,))
+    op = fit_ekfac(model, None, fisher_rows(model, li.as_batches((x, y)), "expected"))
+    (block,) = op.blocks.values()
+    H = ref_hessian(model, x, y)  # layout: weight (row-major) then bias
+    perm = torch.tensor(
+        [o * 5 + i for o in range(3) for i in range(4)] + [o * 5 + 4 for o in range(3)]
+    )
+    H_rowmajor = torch.empty_like(H)
+    H_rowmajor[perm[:, None], perm[None, :]] = H
+    U = torch.kron(block.q_s, block.q_a)
+    assert torch.allclose(
+        block.eigenvalues.reshape(-1), torch.diagonal(U.T @ H_rowmajor @ U), atol=1e-12
+    )
+
+
+def test_conv_factors_rebuild_the_per_sample_gradient():
+    """Σₜ gₜ aₜᵀ from the unfolded inputs and output gradients is the conv's weight gradient."""
+    torch.manual_seed(1)
+    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 2)).double().eval()
+    x, y = torch.randn(4, 2, 5, 5, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    layer = kronecker_layers(model)["0"]
+    out = conv(x)
+    loss = CE(model[3](model[2](model[1](out))), y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, out)
+    a, go = layer_inputs(layer, x), layer_output_grads(layer, g)
+    G = torch.einsum("nto,nti->noi", go, a)
+    ref = per_sample_gradients(model, CE, li.Batch(x, y))
+    assert torch.allclose(G[..., :-1], ref["0.weight"].reshape(4, 3, -1), atol=1e-12)
+    assert torch.allclose(G[..., -1], ref["0.bias"], atol=1e-12)
+
+
+def test_ekfac_correlates_with_exact_gauss_newton():
+    """Measured on this trained tiny MLP (damping 1e-2): Pearson 0.84 over the 20 x 100
+    query-train scores, Spearman 0.99 over the 100 self-influences."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)).double()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 6, dtype=torch.float64, generator=gen)
+    y = (x[:, :4].argmax(1) + (torch.rand(120, generator=gen) < 0.1).long()) % 4
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(150):
+        opt.zero_grad()
+        CE(model(x), y).backward()
+        opt.step()
+    model.eval()
+    train, query = (x[:100], y[:100]), (x[100:], y[100:])
+    opts = dict(hessian_data=train, damping=1e-2, fisher="expected")
+    exact = li.influence_scores(model, train, query, curvature="gauss_newton", **opts)
+    ekfac = li.influence_scores(model, train, query, curvature="ekfac", **opts)
+    pearson = torch.corrcoef(torch.stack([exact.flatten(), ekfac.flatten()]))[0, 1]
+    se = li.self_influence(model, train, curvature="gauss_newton", **opts)
+    sk = li.self_influence(model, train, curvature="ekfac", **opts)
+    ranks = torch.stack([se.argsort().argsort(), sk.argsort().argsort()]).double()
+    spearman = torch.corrcoef(ranks)[0, 1]
+    assert pearson > 0.8 and spearman > 0.95, (pearson, spearman)
+
+
+class DictData(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": self.y[i]}
+
+
+def test_input_forms_give_the_same_scores(mlp_problem):
+    model, (xt, yt), query = mlp_problem
+    opts = dict(hessian_data=(xt, yt), damping=0.1)
+    ref = li.influence_scores(model, (xt, yt), query, **opts)
+    batches = [(xt[:7], yt[:7]), li.Batch(xt[7:], yt[7:])]
+    assert torch.allclose(li.influence_scores(model, batches, query, **opts), ref)
+    loader = DataLoader(DictData(xt, yt), batch_size=6, shuffle=True)
+    got, ids = li.influence_scores(model, loader, [query], return_ids=True, **opts)
+    assert torch.equal(ids, torch.arange(20)) and torch.allclose(got, ref)
+    indexed = DataLoader(li.IndexedDataset(DictData(xt, yt)), batch_size=8, shuffle=True)
+    si, ids = li.self_influence(model, indexed, return_ids=True, **opts)
+    assert torch.allclose(si[ids.argsort()], li.self_influence(model, (xt, yt), **opts))
+    many = li.influence_scores(model, (xt, yt), query, batch_size=3, **opts)  # chunks of 3
+    assert torch.allclose(many, ref)
+
+
+def test_default_subset_and_progress_bar_run(mlp_problem):
+    model, train, query = mlp_problem
+    s = li.influence_scores(model, train, query, budget=8, pool_size=16, progress_bar=True)
+    assert s.shape == (10, 20) and torch.isfinite(s).all()
+
+
+def test_bad_input_raises_naming_the_fix(mlp_problem):
+    model, train, query = mlp_problem
+    with pytest.raises(ValueError, match="curvature"):
+        li.influence_scores(model, train, query, curvature="fisher")
+    with pytest.raises(ValueError, match="damping"):
+        li.self_influence(model, train, damping=-1.0)
+    with pytest.raises(TypeError, match="Unknown influence-score options"):
+        li.self_influence(model, train, dampening=1.0)
+    with pytest.raises(ValueError, match="query_data is None"):
+        li.influence_scores(model, train, None)
+    with pytest.raises(ValueError, match="empty"):
+        li.influence_scores(model, train, [])
+    with pytest.raises(ValueError, match="fisher='empirical'"):
+        li.self_influence(model, train, loss_fn=lambda o, t: CE(o, t), fisher="sampled")
+    with pytest.raises(ValueError, match="once"):
+        twice = li.Batch(*train, ids=torch.arange(20))
+        li.self_influence(model, [twice, twice], hessian_data=train)
+    bn_only = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4)).double().eval()
+    with pytest.raises(ValueError, match="gauss_newton"):
+        li.self_influence(bn_only, (train[0], train[1] % 4))
