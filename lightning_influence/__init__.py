@@ -8,6 +8,8 @@ The pipeline, one module each: read → capture → sample → select → solve 
 - solve:    :func:`influence` (GIF/FIF/PIF/IF with krylov | lissa | dense solvers)
 - step:     :func:`step_search` steps along Δθ, scored on validation data
 - measure:  :func:`unlearning_metrics`, :func:`evaluate_forgetting` (torchmetrics)
+- explain:  :func:`influence_scores`, :func:`self_influence` (EK-FAC or exact curvature),
+  :class:`InfluenceCallback` (the training samples behind the worst validation errors)
 
 :class:`UnlearnCallback` runs the whole pipeline after ``Trainer.fit``.
 """
@@ -33,7 +35,9 @@ from lightning_influence.curvature import (
     default_loss,
     mean_gradient,
 )
+from lightning_influence.ekfac import EKFACOperator, fit_ekfac
 from lightning_influence.estimators import ESTIMATORS
+from lightning_influence.explain import Explanation, InfluenceCallback
 from lightning_influence.forget import (
     BackdoorRepair,
     ClassRemoval,
@@ -63,6 +67,7 @@ from lightning_influence.sampling import (
     SubsetSelection,
     get_sampler,
 )
+from lightning_influence.scores import ScoreArguments, influence_scores, self_influence
 from lightning_influence.selection import select_parameters, selectable_layers
 from lightning_influence.settings import *  # noqa: F403  (the settings groups, settings.__all__)
 from lightning_influence.solvers import ConvergenceWarning, SolveReport
@@ -81,6 +86,13 @@ __all__ = [
     "SampleRemoval",
     "run_unlearning",
     "ESTIMATORS",
+    "EKFACOperator",
+    "Explanation",
+    "InfluenceCallback",
+    "ScoreArguments",
+    "fit_ekfac",
+    "influence_scores",
+    "self_influence",
     "CaptureCallback",
     "CaptureResult",
     "ConvergenceWarning",

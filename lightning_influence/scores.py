@@ -78,7 +78,7 @@ class ScoreArguments:
         default=None,
         metadata={
             "help": "expected | sampled | empirical: the labels (E)K-FAC is fitted with; None: "
-            "expected for cross-entropy, empirical for a custom loss_fn"
+            "sampled for cross-entropy, empirical for a custom loss_fn"
         },
     )
     sampler: str = field(
@@ -220,7 +220,7 @@ def preconditioner(
         hessian: the curvature's (weighted) batches.
         args: the settings.
     """
-    fisher = args.fisher or ("expected" if loss_fn is default_loss else "empirical")
+    fisher = args.fisher or ("sampled" if loss_fn is default_loss else "empirical")
     if fisher != "empirical" and loss_fn is not default_loss:
         raise ValueError(
             f"fisher={fisher!r} draws labels from the softmax, which assumes cross-entropy; "
