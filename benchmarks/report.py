@@ -555,6 +555,60 @@ def scaling_section(d: dict | None) -> list[str]:
     return out + [""]
 
 
+_INFLUENCE_METHODS = {
+    "li_ekfac": "`li.self_influence` (EK-FAC, defaults)",
+    "li_kfac": '`li.self_influence(curvature="kfac")`',
+    "loss": "training loss",
+    "random": "random",
+    "kronfluence_ekfac": "kronfluence EK-FAC self-influence",
+}
+
+
+def influence_section(d: dict | None) -> list[str]:
+    """Mislabel detection by self-influence (benchmarks/influence.py)."""
+    title = "## Mislabel detection (influence scores)"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.influence`.", ""]
+    c = d["config"]
+    out = [
+        title,
+        "",
+        f"`{d['command']}` ({d['wall_seconds']:.0f} s, {c['threads']} thread). "
+        f"{c['flip_share']:.0%} of the training labels flipped to another class, seeds "
+        f"{c['seeds']}; a SmallCNN trained on the noisy labels by the demo recipe (epochs "
+        f"{c['epochs']}); Fashion-MNIST uses a stratified {c['fashion_train_subset']:,}-image "
+        "training subset. Precision of the top k, k = the number flipped (mean ± std over "
+        "seeds). Seconds: the ranking alone. Memory: "
+        f"{c['memory']}. The exact curvature is {c['exact']}.",
+        "",
+        "| dataset | method | top-k precision | seconds | peak extra RSS (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset, cells in d["summary"].items():
+        if not isinstance(cells, dict):
+            continue
+        for method, cell in cells.items():
+            mem = cell["peak_extra_rss_mb"]
+            out.append(
+                f"| {dataset} | {_INFLUENCE_METHODS.get(method, method)} | "
+                f"{ms(cell['precision'])} | {ms(cell['seconds'], 1)} | "
+                f"{ms(mem, 0) if mem else '–'} |"
+            )
+    s = d["summary"]
+    if "digits_li_ekfac_minus_loss_precision" in s:
+        gap, secs = s["digits_li_ekfac_minus_loss_precision"], s["digits_li_ekfac_seconds_max"]
+        out += [
+            "",
+            f"Goals on digits: `li.self_influence` under a minute: slowest run {secs:.1f} s "
+            f"({'met' if secs < 60 else '**missed**'}); precision at least the loss "
+            f"ranking's: EK-FAC − loss = {gap:+.3f} "
+            f"({'met' if gap >= 0 else '**missed**'}).",
+        ]
+    for what, why in d.get("skipped", {}).items():
+        out.append(f"Skipped {what}: {why}.")
+    return out + ["", "![influence](../benchmarks/results/influence.png)", ""]
+
+
 def gpu_section(d: dict | None) -> list[str]:
     """VGG11 / ResNet-18 class removal vs retraining (benchmarks/gpu.py)."""
     title = "## GPU suite: VGG11 and ResNet-18 (Fashion-MNIST 32×32×3)"
@@ -630,6 +684,7 @@ def build() -> str:
     lines += selection_section(data["selection.json"])
     lines += scaling_section(load("scaling.json"))
     lines += gpu_section(load("gpu.json"))
+    lines += influence_section(load("influence.json"))
     return "\n".join(lines)
 
 
