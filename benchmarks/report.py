@@ -575,8 +575,9 @@ def influence_section(d: dict | None) -> list[str]:
         "",
         f"`{d['command']}` ({d['wall_seconds']:.0f} s, {c['threads']} thread). "
         f"{c['flip_share']:.0%} of the training labels flipped to another class, seeds "
-        f"{c['seeds']}; a SmallCNN trained on the noisy labels by the demo recipe (epochs "
-        f"{c['epochs']}); Fashion-MNIST uses a stratified {c['fashion_train_subset']:,}-image "
+        f"{c['seeds']}; a SmallCNN trained on the noisy labels by the demo recipe (epochs: "
+        + ", ".join(f"{k} {v}" for k, v in c["epochs"].items())
+        + "); Fashion-MNIST uses a stratified {c['fashion_train_subset']:,}-image "
         "training subset. Precision of the top k, k = the number flipped (mean ± std over "
         "seeds). Seconds: the ranking alone. Memory: "
         f"{c['memory']}. The exact curvature is {c['exact']}.",
