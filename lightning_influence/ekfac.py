@@ -29,7 +29,7 @@ computed with them leave those parameters out (the choice kronfluence makes too)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -52,6 +52,7 @@ __all__ = [
     "fisher_rows",
     "fit_ekfac",
     "kronecker_layers",
+    "select_layers",
 ]
 
 FISHERS = ("expected", "sampled", "empirical")
@@ -383,6 +384,36 @@ def fisher_rows(
     return out
 
 
+def select_layers(
+    layers: Mapping[str, KroneckerLayer], which: str | Sequence[str] | None
+) -> dict[str, KroneckerLayer]:
+    """The covered layers that ``which`` names, in model order.
+
+    Args:
+        layers: the covered layers (:func:`kronecker_layers`).
+        which: ``None``: all of them; ``"last"``: the last one registered in the model (the
+            output layer of a classifier); else module names, each of which must be covered.
+
+    Raises:
+        ValueError: for a name that is not a covered layer, or an empty selection.
+    """
+    if which is None:
+        return dict(layers)
+    if which == "last":
+        if not layers:
+            return {}
+        name = list(layers)[-1]
+        return {name: layers[name]}
+    names = [which] if isinstance(which, str) else list(which)
+    unknown = [n for n in names if n not in layers]
+    if unknown or not names:
+        raise ValueError(
+            f"layers={which!r}: {unknown or 'nothing'} is not a covered layer; covered "
+            f"(Linear/Conv2d with a trainable weight): {list(layers)}."
+        )
+    return {n: layer for n, layer in layers.items() if n in names}
+
+
 def fit_ekfac(
     model: nn.Module,
     loss_fn: LossFn | None,
@@ -390,6 +421,7 @@ def fit_ekfac(
     *,
     correct: bool = True,
     chunk: int = 256,
+    layers: str | Sequence[str] | None = None,
 ) -> EKFACOperator:
     """Fit K-FAC factors on ``batches`` and (``correct=True``) EK-FAC's eigenvalues.
 
@@ -400,17 +432,20 @@ def fit_ekfac(
         correct: refit the eigenvalues in the Kronecker eigenbasis (EK-FAC); ``False``:
             K-FAC's s_i a_j.
         chunk: rows per pass.
+        layers: which covered layers enter (:func:`select_layers`): ``None`` all, ``"last"``
+            the last one, or module names; the operator is zero on the others.
 
     Raises:
         ValueError: when the model has no covered layer.
     """
     loss_fn = loss_fn or default_loss
-    layers = kronecker_layers(model)
-    if not layers:
+    covered = kronecker_layers(model)
+    if not covered:
         raise ValueError(
             "EK-FAC covers nn.Linear and nn.Conv2d layers with trainable weights; the model has "
             "none. Use curvature='gauss_newton' (exact)."
         )
+    layers = select_layers(covered, layers)
     blocks = {}
     for name, (A, S) in kronecker_factors(model, loss_fn, batches, layers, chunk).items():
         a_vals, q_a = torch.linalg.eigh(A)

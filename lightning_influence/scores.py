@@ -81,6 +81,13 @@ class ScoreArguments:
             "sampled for cross-entropy, empirical for a custom loss_fn"
         },
     )
+    layers: str | list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "(E)K-FAC: the covered layers that enter (None: all Linear/Conv2d; 'last': "
+            "the last one; or module names); the exact curvatures take all parameters"
+        },
+    )
     sampler: str = field(
         default="logit",
         metadata={"help": "random | feature | logit: picks the curvature's subset"},
@@ -114,6 +121,11 @@ class ScoreArguments:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         get_sampler(self.sampler)  # raises for an unknown name
+        if self.layers is not None and self.exact:
+            raise ValueError(
+                f"layers={self.layers!r} selects (E)K-FAC blocks; curvature={self.curvature!r} "
+                "takes every trainable parameter (freeze the others with requires_grad=False)."
+            )
 
     @property
     def exact(self) -> bool:
@@ -228,7 +240,9 @@ def preconditioner(
         )
     if not args.exact:
         rows = fisher_rows(model, hessian, fisher, args.seed, args.batch_size)
-        ekfac = fit_ekfac(model, loss_fn, rows, correct=args.curvature == "ekfac")
+        ekfac = fit_ekfac(
+            model, loss_fn, rows, correct=args.curvature == "ekfac", layers=args.layers
+        )
         return ekfac.inverse(args.damping), ekfac.params
     names = list(trainable_params(model))
     damping = args.damping

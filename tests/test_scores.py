@@ -108,6 +108,32 @@ def test_self_influence_is_the_diagonal_of_the_scores(mlp_problem):
         assert (si > 0).all()  # a damped PSD curvature
 
 
+def test_layers_select_the_blocks_as_freezing_the_others_does(mlp_problem):
+    """layers='last' (or its name) scores as if every other layer were frozen; naming all
+    covered layers is the default; a layer that is not covered raises."""
+    import copy
+
+    model, train, query = mlp_problem
+    opts = dict(hessian_data=train, damping=0.1)
+    frozen = copy.deepcopy(model)
+    frozen[0].requires_grad_(False)
+    for curvature in ("ekfac", "kfac"):
+        ref = li.self_influence(frozen, train, curvature=curvature, **opts)
+        last = li.self_influence(model, train, curvature=curvature, layers="last", **opts)
+        assert torch.allclose(last, ref, rtol=1e-10, atol=1e-12)
+        named = li.influence_scores(model, train, query, curvature=curvature, layers=["2"], **opts)
+        ref_q = li.influence_scores(frozen, train, query, curvature=curvature, **opts)
+        assert torch.allclose(named, ref_q, rtol=1e-10, atol=1e-12)
+        both = li.self_influence(model, train, curvature=curvature, layers=["0", "2"], **opts)
+        full = li.self_influence(model, train, curvature=curvature, **opts)
+        assert torch.allclose(both, full, rtol=1e-10, atol=1e-12)
+        assert (full > last).all()  # the first layer's block adds a positive term
+    with pytest.raises(ValueError, match="not a covered layer"):
+        li.self_influence(model, train, layers=["1"], **opts)
+    with pytest.raises(ValueError, match="layers"):
+        li.self_influence(model, train, curvature="exact", layers="last", **opts)
+
+
 def test_ekfac_is_exact_for_one_sample_of_one_linear_layer():
     """One sample, one Linear layer, the empirical Fisher: F = vec(G)vec(G)ᵀ = A ⊗ S."""
     torch.manual_seed(0)
