@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gif (default)": {},
     # the default before this study's output-layer change: 5 % of every layer's units
     "gif all layers 5%": {"selection": {"layers": "all"}},
+    # one linearisation only (class removal's default before re-linearised rounds)
+    "gif 1 round": {"solve": {"rounds": 1}},
 }
 BASELINES = ("fine-tune", "random relabel", "gradient ascent", "salun")
 #: not unlearning methods: references that explain the others (never the best baseline)
@@ -304,7 +306,7 @@ COMMANDS: list[str] = []
 SUPERSEDED: list[dict[str, Any]] = []
 
 
-def run(seeds, classes, methods, resume: bool) -> dict[str, Any]:
+def run(seeds, classes, methods, resume: bool, supersede=()) -> dict[str, Any]:
     torch.set_num_threads(1)
     path = RESULTS / RESULT
     old = json.loads(path.read_text()) if resume and path.exists() else {}
@@ -312,9 +314,11 @@ def run(seeds, classes, methods, resume: bool) -> dict[str, Any]:
     NOTES[:0] = [n for n in old.get("notes", []) if n not in NOTES]
     COMMANDS[:] = old.get("commands", [old["command"]] if "command" in old else [])
     SUPERSEDED[:] = old.get("superseded_rows", [])
-    rows = [r for r in rows if "error" not in r]
-    done = {(r["forget_class"], r["seed"], r["method"]) for r in rows}
     command = "python -m benchmarks.fashion " + " ".join(sys.argv[1:])
+    rerun = [r for r in rows if r["method"] in supersede]
+    SUPERSEDED.extend(r | {"superseded_by": command} for r in rerun)
+    rows = [r for r in rows if "error" not in r and r["method"] not in supersede]
+    done = {(r["forget_class"], r["seed"], r["method"]) for r in rows}
     COMMANDS.append(command)
     for seed in seeds:
         data = splits(seed)
@@ -462,6 +466,12 @@ def main() -> None:
     p.add_argument("--classes", type=int, nargs="+", default=[0, 2, 4, 6])
     p.add_argument("--methods", nargs="+", default=[*VARIANTS, *BASELINES, *REFERENCES])
     p.add_argument("--resume", action="store_true", help="keep finished rows, run the rest")
+    p.add_argument(
+        "--supersede",
+        nargs="+",
+        default=[],
+        help="with --resume: move these methods' rows to superseded_rows and run them again",
+    )
     p.add_argument("--smoke", action="store_true", help="3,000 images, 1 epoch, separate files")
     p.add_argument("--note", action="append", default=[], help="a note stored in the JSON")
     p.add_argument("--result", default=None, help=f"result file name (default {RESULT})")
@@ -481,7 +491,9 @@ def main() -> None:
     NOTES.extend(a.note)
     if a.result:
         RESULT = a.result
-    result = run(a.seeds, a.classes, [] if a.train_only else a.methods, a.resume)
+    result = run(
+        a.seeds, a.classes, [] if a.train_only else a.methods, a.resume, tuple(a.supersede)
+    )
     print(json.dumps(result["summary"], indent=2))
 
 

@@ -250,8 +250,8 @@ class SolveArguments:
         metadata=_help(
             "Re-linearised rounds: after a kept step that has not completed forgetting, form "
             "g and H again at the new weights and step again, up to this many solves in all "
-            "(None: the task's own: 1 for class and sample removal, 5 for label change and "
-            "backdoor repair, whose fix lies far from the trained weights)."
+            "(None: the task's own: 3 for class removal, 1 for sample removal, 5 for label "
+            "change and backdoor repair, whose fix lies far from the trained weights)."
         ),
     )
 

@@ -166,7 +166,24 @@ def test_class_removal_matches_retrained_f1(digits, clean_model, retrained_witho
     old = clean_model.state_dict()
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, old[k])}
     assert report.applied and changed <= {f"{head}.weight", f"{head}.bias"}, changed
+    assert "rounds" not in report.reason, report.reason  # forgot in round 1: stopped there
     assert report.selected_params == model.state_dict()[f"{head}.weight"].shape[1] + 1
+
+
+def test_class_removal_relinearises_when_one_step_falls_short(digits, clean_model):
+    """Class removal's default rounds (3): a capped step that cannot forget in one
+    linearisation is completed by the next rounds; one round alone leaves the class known."""
+    train, val, test = digits
+    capped = {"max_radius": 0.2}
+    one, one_report = unlearn(
+        clean_model, train, val, forget_classes=[FORGET_CLASS], step=capped, solve={"rounds": 1}
+    )
+    default, report = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS], step=capped)
+    one_f1, f1 = class_f1(one, test, FORGET_CLASS), class_f1(default, test, FORGET_CLASS)
+    assert one_report.applied and one_f1["forget_acc"] > 0.5, one_f1
+    assert "rounds kept a step" in report.reason, report.reason
+    assert f1["forget_acc"] <= 0.05 and f1["f1"] > one_f1["f1"] + 0.5, (one_f1, f1)
+    assert f1["retain_acc"] >= one_f1["retain_acc"] - 0.01, (one_f1, f1)
 
 
 @pytest.mark.parametrize("n_forget", [1, 50])
