@@ -198,8 +198,8 @@ def read_rows(loader: Iterable[Any], parser: BatchParser, what: str = "validatio
 
 def id_hash(ids: Tensor, seed: int) -> Tensor:
     """A seeded uniform hash of integer ids in [0, 1) (splitmix64): the pool's random key."""
-    z = ids.numpy().astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # the arithmetic is modulo 2**64 on purpose
+        z = ids.numpy().astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)

@@ -203,9 +203,10 @@ def _check_bars(opened, kind: str, grid: int) -> None:
         assert "residual" in shown[-1] and "/ tol 1.0e-02" in shown[-1]
     for bar, shown in searches:
         assert bar.completed >= 1 and "radius" in shown[-1]
-    if grid > 1:  # "unlearn candidate 1/2: solve (damping 0)"
-        assert all(re.match(rf"unlearn candidate \d/{grid}: ", s[0]) for _, _, s in opened)
-        assert opened[0][2][0].startswith(f"unlearn candidate 1/{grid}: solve")
+    if grid > 1:  # "unlearn candidate 1/2 round 1/3: solve (damping 0)" (class removal: 3 rounds)
+        label = rf"unlearn candidate \d/{grid}( round \d/\d)?: "
+        assert all(re.match(label, s[0]) for _, _, s in opened)
+        assert re.match(rf"unlearn candidate 1/{grid}( round 1/\d)?: solve", opened[0][2][0])
     else:
         assert all("candidate" not in shown[0] for _, _, shown in opened)
 
@@ -250,7 +251,7 @@ def test_tqdm_otherwise(digits, tmp_path, bars, capsys):
     trainer = _trainer(tmp_path, [TQDMProgressBar()], enable_progress_bar=True)
     UnlearnCallback(forget_classes=[3], step={"steps": 6}).unlearn(trainer, model, train, val)
     _check_bars(bars, "tqdm", grid=1)
-    assert "unlearn: solve" in capsys.readouterr().err  # tqdm draws on stderr
+    assert "unlearn round 1/3: solve" in capsys.readouterr().err  # tqdm draws on stderr
 
 
 @pytest.mark.parametrize("bar", ["rich", "tqdm"])

@@ -150,3 +150,19 @@ def test_recording_refused_when_the_head_output_is_not_the_logits():
     assert OutputLayerInputs.record(model, "head", predict_logits, x) is None
     assert moving_module(model, ["head.weight", "head.bias"]) == "head"
     assert moving_module(model, ["head.weight", "body.bias"]) is None
+
+
+def test_predict_logits_chunks_equal_one_pass():
+    """Scoring forwards run in chunks (128 rows on CPU by default); the logits are the
+    one-pass logits whatever the chunk."""
+    from lightning_influence.scoring import CPU_CHUNK
+
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), torch.randn(300, 3)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    full = model(x).detach()
+    for size, passes in ((None, -(-300 // CPU_CHUNK)), (7, 43), (1000, 1)):
+        calls.clear()
+        assert torch.allclose(predict_logits(model, x, size), full, atol=1e-6)
+        assert len(calls) == passes, (size, len(calls))
