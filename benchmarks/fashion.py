@@ -141,14 +141,23 @@ def fit(train: TensorDataset, val: TensorDataset, seed: int) -> tuple[nn.Module,
     return model.eval(), info
 
 
+def load_cached(name: str):
+    """The cached model ``name`` and its training record, or None when not trained yet."""
+    path, meta = CACHE_DIR / f"{name}.pt", CACHE_DIR / f"{name}.json"
+    if not (path.exists() and meta.exists()):
+        return None
+    model = ImageClassifier(num_classes=10, image_size=28)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval(), json.loads(meta.read_text())
+
+
 def cached_fit(name: str, train: TensorDataset, val: TensorDataset, seed: int):
     """``fit`` once per name; the model and its measured training seconds are cached."""
+    cached = load_cached(name)
+    if cached is not None:
+        return cached
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     path, meta = CACHE_DIR / f"{name}.pt", CACHE_DIR / f"{name}.json"
-    if path.exists() and meta.exists():
-        model = ImageClassifier(num_classes=10, image_size=28)
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval(), json.loads(meta.read_text())
     model, info = fit(train, val, seed)
     torch.save(model.state_dict(), path)
     meta.write_text(json.dumps(info))

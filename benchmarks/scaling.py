@@ -26,26 +26,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 import lightning_influence as li
-from benchmarks.common import CACHE, machine, mean_std, write_json
-from lightning_influence.demos.models import ImageClassifier
+from benchmarks.common import machine, mean_std, write_json
 
 RESULT = "scaling.json"
-BASE = CACHE / "fashion_full"
 
 
-def _model(seed: int) -> ImageClassifier:
-    path = BASE / f"base_seed{seed}.pt"
-    if not path.exists():
+def _model(seed: int) -> nn.Module:
+    from benchmarks.fashion import load_cached
+
+    cached = load_cached(f"base_seed{seed}")
+    if cached is None:
         raise SystemExit(
-            f"No cached base model {path}: run python -m benchmarks.fashion --train-only "
-            f"--seeds {seed} first."
+            f"No cached base model base_seed{seed}: run python -m benchmarks.fashion "
+            f"--train-only --seeds {seed} first."
         )
-    model = ImageClassifier(num_classes=10, image_size=28)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.eval()
+    return cached[0]
 
 
 def _loaders(seed: int) -> tuple[DataLoader, DataLoader]:
@@ -90,11 +89,11 @@ def worker(seed: int, c: int, out: str) -> None:
     start = time.perf_counter()
     cb.unlearn(trainer, model, train, val)
     seconds = time.perf_counter() - start
-    rank = trainer.global_rank
-    state = model.state_dict() if rank == 0 else None
-    torch.save(
-        {"state": state, "report": cb.report.as_dict(), "seconds": seconds}, f"{out}/rank{rank}.pt"
-    )
+    if trainer.is_global_zero:  # every rank ends with rank 0's weights and report
+        torch.save(
+            {"state": model.state_dict(), "report": cb.report.as_dict(), "seconds": seconds},
+            f"{out}/rank0.pt",
+        )
 
 
 def ddp(seed: int, c: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], float]:
@@ -105,8 +104,6 @@ def ddp(seed: int, c: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], flo
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         r = torch.load(Path(tmp) / "rank0.pt", weights_only=False)
-        r1 = torch.load(Path(tmp) / "rank1.pt", weights_only=False)
-    r["report"]["rank1_seconds"] = r1["report"]["seconds"]
     return r["state"], r["report"], r["seconds"]
 
 
@@ -128,7 +125,6 @@ def run(seed: int, classes: list[int]) -> dict[str, Any]:
             "ddp2_val_f1": d_rep["after"]["f1"],
             "single_stage_seconds": s_rep["seconds"],
             "ddp2_stage_seconds": d_rep["seconds"],
-            "ddp2_rank1_stage_seconds": d_rep["rank1_seconds"],
         }
         rows.append(row)
         print(
