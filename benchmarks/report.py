@@ -599,6 +599,51 @@ def levers_section(d: dict | None) -> list[str]:
     return out + [""]
 
 
+CORRECTION_MEASURES = {
+    "relabel": [("recovered", "class-3 gap recovered"), ("other_drop", "other classes' acc lost")],
+    "find_fix": [
+        ("gain", "relabelled rows' true-label acc gained"),
+        ("test_drop", "test acc lost"),
+    ],
+    "backdoor_true_labels": [("asr", "ASR after"), ("acc_drop", "clean acc lost")],
+    "backdoor_no_labels": [("asr", "ASR after"), ("acc_drop", "clean acc lost")],
+}
+
+
+def corrections_section(d: dict | None) -> list[str]:
+    """Label change, find-then-fix and backdoor repair on digits (benchmarks/corrections.py)."""
+    if not d:
+        return []
+    seeds = sorted({r["seed"] for r in d["rows"]})
+    out = [
+        "## Label change and backdoor repair on digits",
+        "",
+        f"Command: `{d['command']}`. One model per corruption seed ({len(seeds)} seeds), every "
+        "variant on the same model, test split; `meets`: seeds passing the acceptance of the "
+        "task's test (relabel: ≥ half the gap recovered and ≤ 0.02 lost on the other "
+        "classes; find-then-fix: ≥ 0.2 gained, ≤ 0.01 test accuracy lost; backdoor with true "
+        "labels: ASR ≤ 0.10; backdoor: ≤ 0.03 clean accuracy lost). `previous` is the task's "
+        "earlier default, run with the current step search (whose floor follows the best "
+        "retained accuracy seen).",
+        "",
+        "![corrections](../benchmarks/results/corrections.png)",
+        "",
+    ]
+    for task, variants in d["summary"].items():
+        measures = CORRECTION_MEASURES.get(task, [])
+        out += [
+            f"**{task}**",
+            "",
+            "| variant | " + " | ".join(label for _, label in measures) + " | seconds | meets |",
+            "|---|" + "---|" * (len(measures) + 2),
+        ]
+        for name, cell in variants.items():
+            vals = " | ".join(ms(cell[k]) for k, _ in measures)
+            out.append(f"| {name} | {vals} | {ms(cell['seconds'], 1)} | {cell['meets']} |")
+        out.append("")
+    return out
+
+
 def scaling_section(d: dict | None) -> list[str]:
     """Sharded unlearning under DDP (benchmarks/scaling.py): 2 processes vs 1, same weights."""
     title = "## Scale-out: 2 DDP processes vs 1 (full Fashion-MNIST)"
@@ -858,6 +903,7 @@ def build() -> str:
     lines += samplers_fashion_section(load("samplers_fashion.json"))
     lines += unlearning_section(load("unlearning_fashion10k.json"), suite="fashion10k")
     lines += selection_section(data["selection.json"])
+    lines += corrections_section(load("corrections.json"))
     lines += scaling_section(load("scaling.json"))
     lines += gpu_section(load("gpu.json"))
     lines += influence_section(load("influence.json"))

@@ -53,6 +53,8 @@ class ForgetSpec(ABC):
     task: ClassVar[str]
     #: default largest retained-accuracy drop a kept step may cost (validation data)
     max_retain_drop: ClassVar[float]
+    #: default F1 tolerance of the step choice: the smallest step within it of the best wins
+    f1_tolerance: ClassVar[float] = 0.0
     #: default number of re-linearised solve-and-step rounds
     rounds: ClassVar[int] = 1
     #: default parameter-selection method and share of each layer's units
@@ -60,6 +62,9 @@ class ForgetSpec(ABC):
     ratio: ClassVar[float] = 0.2
     #: default layers whose units may move (see ``selection.layers``)
     layers: ClassVar[str] = "all"
+    #: default damping and curvature of the solve
+    damping: ClassVar[float] = 1e-3
+    curvature: ClassVar[str] = "hessian"
 
     #: the training sample ids this task forgets (None: chosen by label, see ClassRemoval)
     forgotten_ids: list[int] | None = None
@@ -265,7 +270,15 @@ class LabelChange(ForgetSpec):
 
     new_labels: dict[int, int]
     task: ClassVar[str] = "relabel"
-    max_retain_drop: ClassVar[float] = 0.03
+    # Measured on digits (docs/benchmarks.md, benchmarks/corrections.py, 4 flip seeds): fitting
+    # the last relabelled rows costs a step several times larger and accuracy on the old
+    # labels' classes that validation barely sees. So the step is the smallest within 0.02 F1
+    # of the best, the floor is 0.005 below the best retained accuracy seen, and the
+    # curvature is the (positive semi-definite) Gauss-Newton matrix: other classes' test
+    # accuracy lost 0.012 +- 0.007 (was 0.031 +- 0.010 with hessian, 0.03, no tolerance).
+    max_retain_drop: ClassVar[float] = 0.005
+    f1_tolerance: ClassVar[float] = 0.02
+    curvature: ClassVar[str] = "gauss_newton"
     rounds: ClassVar[int] = 5
     selection: ClassVar[str] = "highest_gradients"
 
@@ -319,6 +332,11 @@ class BackdoorRepair(ForgetSpec):
     true_labels: dict[int, int] | None = field(default=None)
     task: ClassVar[str] = "backdoor"
     max_retain_drop: ClassVar[float] = 0.01
+    # Measured on digits (docs/benchmarks.md, benchmarks/corrections.py, 4 poison seeds, true
+    # labels known): with damping 1e-3 the direction spends the clean-accuracy budget before
+    # the attack fails (test ASR 0.24 +- 0.33, 0.71 on seed 0); damping 0.1 tilts it towards
+    # H g: ASR 0.016 +- 0.023, clean accuracy lost 0.015 +- 0.015 (was 0.011 +- 0.012).
+    damping: ClassVar[float] = 0.1
     rounds: ClassVar[int] = 5
     selection: ClassVar[str] = "highest_gradients"
 

@@ -35,9 +35,13 @@ class InfluenceReport(SolveReport):
         estimator: ``gif``, ``fif``, ``pif`` or ``if``.
         selected_params: how many parameters were allowed to move.
         total_params: how many trainable parameters the model has.
+        curvature: ``hessian`` or ``gauss_newton``.
+        damping: the damping of the solve.
     """
 
     estimator: str = "gif"
+    curvature: str = "hessian"
+    damping: float = 0.0
     selected_params: int = 0
     total_params: int = 0
 
@@ -173,7 +177,9 @@ def influence(
         system = build_system(estimator, hessian, g, masks, damping)
         delta, report = system.solve(solver, **solver_options)
         report.hvps = hessian.hvp_count
-    return _finish(model, delta, report, estimator, masks, time.perf_counter() - start)
+    delta, out = _finish(model, delta, report, estimator, masks, time.perf_counter() - start)
+    out.curvature, out.damping = curvature, float(damping)
+    return delta, out
 
 
 def _check_choices(estimator: str, solver: str, damping: float) -> None:

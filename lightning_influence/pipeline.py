@@ -78,6 +78,9 @@ class Problem:
     search_scorer: Scorer
     forget_target: float
     max_retain_drop: float
+    f1_tolerance: float
+    dampings: list[float]
+    curvature: str
     rounds: int
     selection_method: str
     selection_layers: str | list[str]
@@ -308,6 +311,9 @@ def _build_problem(
         max_retain_drop=(
             spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
         ),
+        f1_tolerance=spec.f1_tolerance if step.f1_tolerance is None else step.f1_tolerance,
+        dampings=settings.solve.dampings or [spec.damping],
+        curvature=settings.solve.curvature or spec.curvature,
         rounds=rounds,
         selection_method=settings.selection.method or spec.selection,
         selection_layers=settings.selection.layers or spec.layers,
@@ -368,7 +374,7 @@ def _search_candidates(
     best_rank: tuple[bool, float] | None = None
     tried: list[CandidateResult] = []
     ratios = settings.selection.ratios or [problem.ratio]
-    grid = [(r, d) for r in ratios for d in settings.solve.dampings]
+    grid = [(r, d) for r in ratios for d in problem.dampings]
     masks_by_ratio: dict[float, dict[str, Tensor] | None] = {}
     for k, (ratio, damping) in enumerate(grid):
         restore_weights(model, base)  # units are ranked, and every candidate starts, at θ₀
@@ -445,7 +451,8 @@ def try_candidate(
 
     With ``problem.rounds > 1`` the solve is re-linearised: after a kept step that has not
     completed forgetting, g and H are formed again at the new weights and another step is
-    searched, all rounds together within the task's retained-accuracy budget.
+    searched; every round's floor is the task's retained-accuracy budget below the best
+    retained accuracy seen so far (before round 1 or at any trial).
 
     Args:
         model: the model, changed in place when a step is kept.
@@ -461,24 +468,23 @@ def try_candidate(
     """
     steps: list[StepResult] = []
     solves: list[InfluenceReport] = []
-    budget = problem.max_retain_drop
+    peak: float | None = None  # the best retained accuracy seen in earlier rounds
     for k in range(problem.rounds):
         tag = f"{label} round {k + 1}/{problem.rounds}" if problem.rounds > 1 else label
         with timer("solve"):
             g = problem.gradient.at(model, k)
             delta, solve = _solve(model, problem, settings, g, masks, damping, loss_fn, show, tag)
         with timer("search"):
-            step = _search(model, problem, settings, delta, show, tag, budget)
+            step = _search(model, problem, settings, delta, show, tag, peak)
         steps.append(step)
         solves.append(solve)
         if not step.applied or step.best is None:
             break
         if step.best.forget_acc <= problem.forget_target and not problem.polish:
             break
-        # what is left of the budget, measured from the retained accuracy before round 1
-        budget = problem.max_retain_drop - (steps[0].before.retain_acc - step.best.retain_acc)
-        if budget <= 0:
-            break
+        peak = _peak_retained(steps)
+        if step.best.retain_acc <= peak - problem.max_retain_drop:
+            break  # the budget below the best retained accuracy seen is spent
     return _outcome(model, problem, _merge_steps(steps), _merge_solves(solves), ratio, damping)
 
 
@@ -506,6 +512,14 @@ def _outcome(
     )
     weights = weights_snapshot(model) if step.applied else None
     return _Outcome(result, step, solve, after, weights)
+
+
+def _peak_retained(steps: list[StepResult]) -> float:
+    """The best finite retained accuracy of the searches so far (before a step or at a trial):
+    every round's retained-accuracy floor is measured from it."""
+    seen = [s.before.retain_acc for s in steps if s.before is not None]
+    seen += [t.retain_acc for s in steps for t in s.trials if t.f1 >= 0]
+    return max(seen)
 
 
 def _merge_steps(steps: list[StepResult]) -> StepResult:
@@ -562,7 +576,7 @@ def _solve(
                 selection=masks,
                 estimator=s.estimator,
                 solver=s.solver,
-                curvature=s.curvature,
+                curvature=problem.curvature,
                 damping=damping,
                 params=_curvature_params(problem, masks),
                 **options,
@@ -597,7 +611,7 @@ def _search(
     delta: dict[str, Tensor],
     show: bool,
     label: str,
-    max_retain_drop: float,
+    retain_reference: float | None,
 ) -> StepResult:
     """Step along ``delta``, scored on validation data (see :func:`~lightning_influence.step_search`)."""
     st = settings.step
@@ -615,9 +629,11 @@ def _search(
             min_radius=st.min_radius,
             max_radius=st.max_radius,
             forget_target=problem.forget_target,
-            max_retain_drop=max_retain_drop,
+            max_retain_drop=problem.max_retain_drop,
             refine=st.refine,
             progress=bar.step_callback,
+            retain_reference=retain_reference,
+            f1_tolerance=problem.f1_tolerance,
         )
 
 

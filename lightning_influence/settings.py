@@ -228,19 +228,21 @@ class SolveArguments:
             "or dense (explicit float64 Hessian; tiny models only)."
         ),
     )
-    damping: float | list[float] = field(
-        default=1e-3,
+    damping: float | list[float] | None = field(
+        default=None,
         metadata=_help(
             "lambda >= 0: Tikhonov term for gif, H + lambda I for the others. A list makes a "
-            "grid chosen on validation data."
+            "grid chosen on validation data. None: the task's own: 1e-3, and 0.1 for backdoor "
+            "repair (its small-lambda direction costs clean accuracy before the attack fails)."
         ),
     )
-    curvature: CurvatureName = field(
-        default="hessian",
+    curvature: CurvatureName | None = field(
+        default=None,
         metadata=_help(
             "hessian (the exact Hessian of the loss, may be indefinite) or gauss_newton (the "
             "generalised Gauss-Newton matrix J^T (d2 loss / d logits2) J, positive "
-            "semi-definite)."
+            "semi-definite). None: the task's own: gauss_newton for label change, hessian "
+            "otherwise."
         ),
     )
     tol: float = field(default=1e-2, metadata=_help("Relative residual at which to stop."))
@@ -267,7 +269,8 @@ class SolveArguments:
     def __post_init__(self) -> None:
         _check_choice(self.estimator, ("gif", "fif", "pif", "if"), "solve.estimator")
         _check_choice(self.solver, ("krylov", "lissa", "dense"), "solve.solver")
-        _check_choice(self.curvature, ("hessian", "gauss_newton"), "solve.curvature")
+        if self.curvature is not None:
+            _check_choice(self.curvature, ("hessian", "gauss_newton"), "solve.curvature")
         if any(d < 0 for d in self.dampings):
             raise ValueError(f"solve.damping must be >= 0, got {self.damping!r}.")
         if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
@@ -278,8 +281,8 @@ class SolveArguments:
 
     @property
     def dampings(self) -> list[float]:
-        """The damping candidates, in order."""
-        return _as_list(self.damping, "solve.damping")
+        """The damping candidates, in order (empty: the task's own)."""
+        return [] if self.damping is None else _as_list(self.damping, "solve.damping")
 
 
 @_documented
@@ -318,9 +321,18 @@ class StepArguments:
     max_retain_drop: float | None = field(
         default=None,
         metadata=_help(
-            "A step whose retained validation accuracy falls more than this below its value "
-            "before is never kept (None: the task's own: 0.25 for classes, 0.005 for samples, "
-            "0.03 for labels, 0.01 for backdoors; several re-linearised rounds share it)."
+            "A step whose retained validation accuracy falls more than this below the best "
+            "retained accuracy seen (before the step, at any trial or in an earlier round) is "
+            "never kept (None: the task's own: 0.25 for classes, 0.005 for samples and labels, "
+            "0.01 for backdoors)."
+        ),
+    )
+    f1_tolerance: float | None = field(
+        default=None,
+        metadata=_help(
+            "Keep the smallest step whose validation F1 lies within this of the best one "
+            "(the unchanged model counts, so a step must beat it by more). None: the task's "
+            "own: 0.02 for label change, 0 for the other tasks."
         ),
     )
 
@@ -335,7 +347,7 @@ class StepArguments:
                 "step radii need 0 < min_radius <= max_radius < inf, got "
                 f"min_radius={self.min_radius!r}, max_radius={self.max_radius!r}."
             )
-        for name in ("forget_target", "max_retain_drop"):
+        for name in ("forget_target", "max_retain_drop", "f1_tolerance"):
             value = getattr(self, name)
             if value is not None and not (0.0 <= value <= 1.0):
                 raise ValueError(f"step.{name} must be in [0, 1] or None, got {value!r}.")

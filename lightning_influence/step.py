@@ -138,6 +138,8 @@ def step_search(
     max_retain_drop: float = 0.25,
     refine: int = 3,
     progress: Callable[[int, StepTrial], None] | None = None,
+    retain_reference: float | None = None,
+    f1_tolerance: float = 0.0,
 ) -> StepResult:
     """Search a step along ``delta / ‖delta‖`` and keep the best by validation F1.
 
@@ -154,34 +156,39 @@ def step_search(
         min_radius: smallest step, relative to the norm of the selected weights.
         max_radius: largest step, relative to the norm of the selected weights.
         forget_target: forgetting is complete once the forget score is at most this.
-        max_retain_drop: steps losing more retained accuracy than this are never kept.
+        max_retain_drop: steps whose retained accuracy lies more than this below the best
+            retained accuracy seen (before the step, at any trial, or ``retain_reference``)
+            are never kept, and the walk stops at the first one.
         refine: bisection steps after the first radius that completes forgetting.
         progress: called with (trial number, trial) after every trial.
+        retain_reference: a retained accuracy reached earlier (e.g. by an earlier round) that
+            the floor is measured from too.
+        f1_tolerance: keep the smallest step whose validation F1 lies within this of the
+            best (the unchanged model, radius 0, counts: no step is kept when it is within).
     """
     start = time.perf_counter()
     direction, scale_ref = _unit_direction(model, delta)
     snapshot = weights_snapshot(model)
-    search = _Search(model, direction, scale_ref, score_fn, progress)
+    search = _Search(model, direction, scale_ref, score_fn, progress, max_retain_drop)
     result = search.result
     try:
-        before = search.score_unchanged()
-        floor = before.retain_acc - max_retain_drop
+        before = search.score_unchanged(retain_reference)
         grid = radius_grid(steps, min_radius, max_radius)
         if before.forget_acc <= forget_target:  # forgotten already: improve retained accuracy
-            _polish(search, grid, floor)
+            _polish(search, grid)
             reached, prev, collapsed = None, 0.0, None
         else:
-            reached, prev, collapsed = _walk(search, grid, floor, forget_target)
+            reached, prev, collapsed = _walk(search, grid, forget_target)
         if reached is not None:
             _bisect(search, prev, reached, refine, forget_target)
             result.reason = f"forgetting complete (forget score <= {forget_target:g})"
         elif collapsed is not None:
-            _bisect_floor(search, prev, collapsed, refine, floor)
+            _bisect_floor(search, prev, collapsed, refine)
         elif not result.reason:
             result.reason = (
                 f"forget score stayed above {forget_target:g} up to max_radius={max_radius:g}"
             )
-        _keep_best(search, snapshot, floor)
+        _keep_best(search, snapshot, f1_tolerance)
         return result
     except BaseException:
         restore_weights(model, snapshot)
@@ -222,16 +229,27 @@ class _Search:
         scale_ref: float,
         score_fn: ScoreFn,
         progress: Callable[[int, StepTrial], None] | None,
+        max_retain_drop: float,
     ) -> None:
         named = dict(model.named_parameters())
         self.model, self.direction, self.scale_ref = model, direction, scale_ref
         self.base = {k: named[k].detach().clone() for k in direction}
         self.score_fn, self.progress = score_fn, progress
+        self.max_retain_drop = max_retain_drop
+        self.peak = -math.inf  # the best retained accuracy seen
         self.result = StepResult(applied=False)
 
-    def score_unchanged(self) -> StepTrial:
+    @property
+    def floor(self) -> float:
+        """Retained accuracy below which a step is never kept: the budget below the best
+        retained accuracy seen. A correction (label change, backdoor repair) may raise it on
+        the way; giving that back is collateral damage, as much as a loss from the start."""
+        return self.peak - self.max_retain_drop
+
+    def score_unchanged(self, reference: float | None = None) -> StepTrial:
         fa, ra = self.score_fn(self.model)
         self.result.before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
+        self.peak = max(ra, reference if reference is not None else -math.inf)
         return self.result.before
 
     def trial(self, radius: float) -> StepTrial:
@@ -241,6 +259,8 @@ class _Search:
         t = StepTrial(radius, scale, f, r, float(forgetting_f1(f, r)))
         if not (math.isfinite(f) and math.isfinite(r)):
             t.f1 = -1.0
+        else:
+            self.peak = max(self.peak, r)
         self.result.trials.append(t)
         if self.progress is not None:
             self.progress(len(self.result.trials), t)
@@ -248,14 +268,14 @@ class _Search:
 
 
 def _walk(
-    search: _Search, grid: list[float], floor: float, forget_target: float
+    search: _Search, grid: list[float], forget_target: float
 ) -> tuple[float | None, float, float | None]:
     """Walk the grid upwards; returns (first radius reaching the target or None, the one
     before, the radius where retained accuracy fell below the floor or None)."""
     prev = 0.0
     for radius in grid:
         t = search.trial(radius)
-        if t.retain_acc < floor:
+        if t.retain_acc < search.floor:
             search.result.reason = f"retained accuracy collapsed at radius {radius:.3g}"
             return None, prev, radius
         if t.forget_acc <= forget_target:
@@ -274,14 +294,14 @@ def _bisect(search: _Search, lo: float, hi: float, refine: int, forget_target: f
             lo = mid
 
 
-def _polish(search: _Search, grid: list[float], floor: float) -> None:
+def _polish(search: _Search, grid: list[float]) -> None:
     """Forgetting is complete before the step: walk up while the F1 still improves (stop
     after two trials without improvement or below the retained-accuracy floor)."""
     assert search.result.before is not None
     best, worse = search.result.before.f1, 0
     for radius in grid:
         t = search.trial(radius)
-        if t.retain_acc < floor:
+        if t.retain_acc < search.floor:
             break
         worse = 0 if t.f1 > best else worse + 1
         best = max(best, t.f1)
@@ -290,30 +310,34 @@ def _polish(search: _Search, grid: list[float], floor: float) -> None:
     search.result.reason = "forgetting was complete; the step improves retained accuracy"
 
 
-def _bisect_floor(search: _Search, lo: float, hi: float, refine: int, floor: float) -> None:
+def _bisect_floor(search: _Search, lo: float, hi: float, refine: int) -> None:
     """Look for the largest radius whose retained accuracy stays above ``floor`` (``lo``
     stays above it, ``hi`` falls below): the most forgetting the budget allows."""
     for _ in range(refine):
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
-        if search.trial(mid).retain_acc >= floor:
+        if search.trial(mid).retain_acc >= search.floor:
             lo = mid
         else:
             hi = mid
 
 
-def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], floor: float) -> None:
-    """Apply the best valid trial if it beats the unchanged model, else restore the weights."""
+def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], f1_tolerance: float) -> None:
+    """Apply the smallest valid trial whose F1 is within ``f1_tolerance`` of the best, if it
+    beats the unchanged model; else restore the weights."""
     result = search.result
     assert result.before is not None
     # A step whose retained accuracy collapsed is never kept, whatever its F1.
-    valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= floor]
+    valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= search.floor]
     best = max(valid, key=lambda t: (t.f1, -t.radius), default=None)
-    if best is None or best.f1 <= result.before.f1:
+    if best is not None and best.f1 > result.before.f1 + f1_tolerance:
+        best = min((t for t in valid if t.f1 >= best.f1 - f1_tolerance), key=lambda t: t.radius)
+    if best is None or best.f1 <= result.before.f1 + f1_tolerance:
         restore_weights(search.model, snapshot)
+        within = f" + tolerance {f1_tolerance:g}" if f1_tolerance else ""
         result.reason = (
             f"no step improved the validation F1 over the unchanged model "
-            f"({result.before.f1:.4f}; best tried {best.f1 if best else float('nan'):.4f}); "
-            f"{result.reason}"
+            f"({result.before.f1:.4f}{within}; best tried "
+            f"{best.f1 if best else float('nan'):.4f}); {result.reason}"
         )
         return
     apply_step(search.model, search.base, search.direction, best.step_norm)

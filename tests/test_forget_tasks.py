@@ -13,7 +13,10 @@ import copy
 
 import pytest
 import torch
-from forget_task_data import (
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_influence import IndexedDataset, UnlearnCallback
+from lightning_influence.demos.corruptions import (
     accuracy,
     attack_success_rate,
     class_accuracies,
@@ -24,9 +27,6 @@ from forget_task_data import (
     without_classes,
     without_ids,
 )
-from torch.utils.data import DataLoader, TensorDataset
-
-from lightning_influence import IndexedDataset, UnlearnCallback
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import train_classifier
 from lightning_influence.metrics import evaluate
@@ -168,6 +168,7 @@ def test_class_removal_matches_retrained_f1(digits, clean_model, retrained_witho
     assert report.applied and changed <= {f"{head}.weight", f"{head}.bias"}, changed
     assert "rounds" not in report.reason, report.reason  # forgot in round 1: stopped there
     assert report.selected_params == model.state_dict()[f"{head}.weight"].shape[1] + 1
+    assert (report.solver["curvature"], report.damping) == ("hessian", 1e-3)
 
 
 def test_class_removal_relinearises_when_one_step_falls_short(digits, clean_model):
@@ -263,6 +264,7 @@ def test_backdoor_repair(digits, clean_model, poisoned, with_true_labels):
     )
     print("\n" + msg)
     assert asr_before >= 0.8, msg  # the backdoor works before the repair
+    assert report.damping == 0.1  # the task's own
     assert acc_before - acc_after <= 0.03, msg
     if with_true_labels:
         assert asr_after <= 0.10, msg

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -54,3 +55,61 @@ def test_polish_when_forgetting_is_already_complete():
     assert res.applied and "improves retained accuracy" in res.reason
     assert 0.02 < res.radius < 0.5
     assert len(res.trials) < 8  # stopped after two trials without improvement
+
+
+def _rise_then_fall(r: float) -> tuple[float, float]:
+    """A correction: forgetting improves with the radius; retained accuracy rises from 0.80
+    to 0.95 at radius 0.1, then falls back to 0.80 at radius 1 (collateral damage)."""
+    forget = max(0.0, 1.0 - r)
+    retain = 0.8 + 0.15 * min(r / 0.1, 1.0) - (0.15 * min((r - 0.1) / 0.9, 1.0) if r > 0.1 else 0)
+    return forget, retain
+
+
+def test_floor_is_measured_from_the_best_retained_accuracy_seen():
+    # From the value before (0.80) a 0.1 budget allows every radius; from the peak seen
+    # (0.95) it allows retained accuracy down to 0.85 only, i.e. radii up to ~0.7.
+    model, delta, score = _toy(_rise_then_fall)
+    kw = {"steps": 12, "min_radius": 1e-2, "max_radius": 1.0, "refine": 4}
+    res = step_search(model, delta, score, max_retain_drop=0.1, **kw)
+    peak = max(t.retain_acc for t in res.trials)
+    assert peak > 0.9 and res.applied and res.best.retain_acc >= peak - 0.1, res.best
+    # radius 1 forgets completely at retained 0.80 (within 0.1 of the value before) and has
+    # the best F1 of all trials, but lies below the floor measured from the peak
+    full = max(res.trials, key=lambda t: t.f1)
+    assert full.radius == pytest.approx(1.0) and full.f1 > res.best.f1 and res.radius < 0.75
+
+
+def test_floor_is_measured_from_an_earlier_rounds_reference():
+    # starts at 0.90, peaks at 0.95 (radius 0.1), falls to 0.80 at radius 1
+    def score(r):
+        fall = 0.15 * min((r - 0.1) / 0.9, 1.0) if r > 0.1 else 0.0
+        return max(0.0, 1.0 - r), 0.9 + 0.05 * min(r / 0.1, 1.0) - fall
+
+    kw = {"steps": 12, "min_radius": 1e-2, "max_radius": 1.0, "refine": 4, "max_retain_drop": 0.1}
+    alone = step_search(*_toy(score), **kw)
+    # an earlier round reached 0.99: nothing below 0.89 is kept, so the step is smaller
+    after_round = step_search(*_toy(score), retain_reference=0.99, **kw)
+    assert alone.applied and after_round.applied
+    assert after_round.best.retain_acc >= 0.89 - 1e-9 > alone.best.retain_acc
+    assert after_round.radius < alone.radius
+
+
+def test_f1_tolerance_keeps_the_smallest_step_within_it_of_the_best():
+    # F1 improves slowly past radius 0.3 (retained accuracy flat): the last 0.01 of F1 takes
+    # a step 3x larger; with a 0.02 tolerance the smaller step is kept.
+    model, delta, score = _toy(lambda r: (max(0.0, 0.02 * (1.0 - r)) if r >= 0.3 else 1.0, 0.9))
+    kw = {"steps": 8, "min_radius": 1e-2, "max_radius": 1.0, "refine": 0}
+    exact = step_search(model, delta, score, **kw)
+    model, delta, score = _toy(lambda r: (max(0.0, 0.02 * (1.0 - r)) if r >= 0.3 else 1.0, 0.9))
+    tolerant = step_search(model, delta, score, f1_tolerance=0.02, **kw)
+    assert exact.applied and tolerant.applied
+    assert tolerant.radius < exact.radius and tolerant.best.f1 >= exact.best.f1 - 0.02
+    assert tolerant.radius == min(t.radius for t in tolerant.trials if t.forget_acc < 1.0)
+
+
+def test_f1_tolerance_keeps_nothing_when_no_step_beats_the_unchanged_model_by_more():
+    model, delta, score = _toy(lambda r: (0.5 - min(r, 0.01), 0.9))
+    before = model.weight.detach().clone()
+    res = step_search(model, delta, score, steps=6, max_radius=1.0, f1_tolerance=0.05)
+    assert not res.applied and "tolerance 0.05" in res.reason
+    assert torch.equal(model.weight, before)

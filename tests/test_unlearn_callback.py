@@ -144,6 +144,17 @@ def test_label_change(digits):
     assert rep.task == "relabel" and rep.forget_size == 20
     assert rep.after["relabel_acc"] >= rep.before["relabel_acc"]
     assert rep.after["retain_acc"] >= rep.before["retain_acc"] - 0.05
+    # the task's own solve settings, and the user's when given
+    assert (rep.solver["curvature"], rep.damping) == ("gauss_newton", 1e-3)
+    cb = UnlearnCallback(
+        relabel={int(i): 1 for i in ones},
+        solve={"curvature": "hessian", "damping": 0.01, "rounds": 1},
+        progress_bar=False,
+    )
+    rep = cb.unlearn_model(
+        model, DataLoader(IndexedDataset(noisy), batch_size=64), DataLoader(val, batch_size=256)
+    )
+    assert (rep.solver["curvature"], rep.solver["damping"], rep.damping) == ("hessian", 0.01, 0.01)
 
 
 def test_backdoor_needs_the_poisoned_ids():

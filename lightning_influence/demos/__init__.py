@@ -2,6 +2,7 @@
 
 Not part of the library core (as ``lightning.pytorch.demos``): small CNN/MLP classifiers, a
 digits ``LightningDataModule``, offline loaders for scikit-learn digits and Fashion-MNIST,
+corrupted data for the forget tasks (:mod:`~lightning_influence.demos.corruptions`),
 and the demo that unlearns one digit class and compares with retraining.
 """
 

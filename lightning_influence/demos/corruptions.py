@@ -1,4 +1,5 @@
-"""Data builders and measures for the four forget tasks (shared by tests and benchmarks).
+"""Corrupted training data for the forget tasks, and the measures of their repair (used by the
+tests and benchmarks).
 
 Plain functions on :class:`~torch.utils.data.TensorDataset` s of ``(x, y)`` (e.g. from
 :func:`lightning_influence.demos.datasets.digits_splits`); sample ids are positions in the
