@@ -84,8 +84,9 @@ class ScoreArguments:
     layers: str | list[str] | None = field(
         default=None,
         metadata={
-            "help": "(E)K-FAC: the covered layers that enter (None: all Linear/Conv2d; 'last': "
-            "the last one; or module names); the exact curvatures take all parameters"
+            "help": "(E)K-FAC: the covered layers that enter (None or 'last': the last "
+            "Linear/Conv2d layer, measured best for finding flipped labels; 'all': every "
+            "covered layer; or module names); the exact curvatures take all parameters"
         },
     )
     sampler: str = field(
@@ -121,11 +122,19 @@ class ScoreArguments:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         get_sampler(self.sampler)  # raises for an unknown name
-        if self.layers is not None and self.exact:
+        if self.layers not in (None, "all") and self.exact:
             raise ValueError(
                 f"layers={self.layers!r} selects (E)K-FAC blocks; curvature={self.curvature!r} "
                 "takes every trainable parameter (freeze the others with requires_grad=False)."
             )
+
+    @property
+    def kronecker_layers(self) -> str | list[str] | None:
+        """What :func:`~lightning_influence.ekfac.select_layers` takes: ``"last"`` by default,
+        ``None`` (every covered layer) for ``"all"``, else the given names."""
+        if self.layers is None:
+            return "last"
+        return None if self.layers == "all" else self.layers
 
     @property
     def exact(self) -> bool:
@@ -241,7 +250,7 @@ def preconditioner(
     if not args.exact:
         rows = fisher_rows(model, hessian, fisher, args.seed, args.batch_size)
         ekfac = fit_ekfac(
-            model, loss_fn, rows, correct=args.curvature == "ekfac", layers=args.layers
+            model, loss_fn, rows, correct=args.curvature == "ekfac", layers=args.kronecker_layers
         )
         return ekfac.inverse(args.damping), ekfac.params
     names = list(trainable_params(model))

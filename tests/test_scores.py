@@ -109,8 +109,8 @@ def test_self_influence_is_the_diagonal_of_the_scores(mlp_problem):
 
 
 def test_layers_select_the_blocks_as_freezing_the_others_does(mlp_problem):
-    """layers='last' (or its name) scores as if every other layer were frozen; naming all
-    covered layers is the default; a layer that is not covered raises."""
+    """layers='last' (the default, or its name) scores as if every other layer were frozen;
+    naming all covered layers is layers='all'; a layer that is not covered raises."""
     import copy
 
     model, train, query = mlp_problem
@@ -121,17 +121,21 @@ def test_layers_select_the_blocks_as_freezing_the_others_does(mlp_problem):
         ref = li.self_influence(frozen, train, curvature=curvature, **opts)
         last = li.self_influence(model, train, curvature=curvature, layers="last", **opts)
         assert torch.allclose(last, ref, rtol=1e-10, atol=1e-12)
+        default = li.self_influence(model, train, curvature=curvature, **opts)
+        assert torch.equal(default, last)
         named = li.influence_scores(model, train, query, curvature=curvature, layers=["2"], **opts)
         ref_q = li.influence_scores(frozen, train, query, curvature=curvature, **opts)
         assert torch.allclose(named, ref_q, rtol=1e-10, atol=1e-12)
         both = li.self_influence(model, train, curvature=curvature, layers=["0", "2"], **opts)
-        full = li.self_influence(model, train, curvature=curvature, **opts)
+        full = li.self_influence(model, train, curvature=curvature, layers="all", **opts)
         assert torch.allclose(both, full, rtol=1e-10, atol=1e-12)
         assert (full > last).all()  # the first layer's block adds a positive term
     with pytest.raises(ValueError, match="not a covered layer"):
         li.self_influence(model, train, layers=["1"], **opts)
     with pytest.raises(ValueError, match="layers"):
         li.self_influence(model, train, curvature="exact", layers="last", **opts)
+    exact_all = li.self_influence(model, train, curvature="exact", layers="all", **opts)
+    assert torch.equal(exact_all, li.self_influence(model, train, curvature="exact", **opts))
 
 
 def test_ekfac_is_exact_for_one_sample_of_one_linear_layer():
@@ -246,10 +250,10 @@ def test_ekfac_correlates_with_exact_gauss_newton():
     train, query = (x[:100], y[:100]), (x[100:], y[100:])
     opts = dict(hessian_data=train, damping=1e-2, fisher="expected")
     exact = li.influence_scores(model, train, query, curvature="gauss_newton", **opts)
-    ekfac = li.influence_scores(model, train, query, curvature="ekfac", **opts)
+    ekfac = li.influence_scores(model, train, query, curvature="ekfac", layers="all", **opts)
     pearson = torch.corrcoef(torch.stack([exact.flatten(), ekfac.flatten()]))[0, 1]
     se = li.self_influence(model, train, curvature="gauss_newton", **opts)
-    sk = li.self_influence(model, train, curvature="ekfac", **opts)
+    sk = li.self_influence(model, train, curvature="ekfac", layers="all", **opts)
     ranks = torch.stack([se.argsort().argsort(), sk.argsort().argsort()]).double()
     spearman = torch.corrcoef(ranks)[0, 1]
     assert pearson > 0.8 and spearman > 0.95, (pearson, spearman)
