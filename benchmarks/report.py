@@ -710,10 +710,19 @@ def scaling_section(d: dict | None) -> list[str]:
         + ", ".join(f"{k} {a:.2f} → {b:.2f}" for k, (a, b) in mean.items())
         + f". Stages that split (≤ 0.65×): {', '.join(split) or 'none'}; stages that do not: "
         f"{', '.join(unsplit) or 'none'}. Every rank reads the whole training and validation "
-        "loaders (the read is not split, and with two processes on two cores it runs slower "
-        "than alone); the selection pass is not split; the solve of the output layer's small "
-        "system pays one all-reduce per iteration.",
+        "loaders (the read is not split); the selection pass ranks the units on each rank's "
+        "block of the forget rows and all-reduces the sums; the solve of the output layer's "
+        "small system pays one all-reduce per iteration.",
     ]
+    base = d.get("same_session_baseline")
+    if base:
+        out += [
+            "",
+            f"Side by side: with the selection pass not split, the same command on the same "
+            f"machine gave `ddp2_over_single_seconds` {base['ddp2_over_single_seconds']:.3f} "
+            f"(selection {base['ddp2_select_seconds_mean']:.2f} s with 2 processes). "
+            + base["note"].split("; this run splits it. ")[-1],
+        ]
     return out + [""]
 
 

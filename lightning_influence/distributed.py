@@ -9,6 +9,7 @@ combined with the strategy's collectives:
 | capture of the Hessian candidates | rows | all-gather (then sorted by id) |
 | forget gradient g, retained gradients of later rounds | rows of every batch | all-reduce (sum) |
 | each Hessian(-vector) product of the solve | rows of every batch | all-reduce (sum) |
+| parameter selection's per-unit sums | rows | all-reduce (sum) |
 | validation scoring (before/after and every step trial) | rows | all-gather of the logits |
 
 A weighted mean loss is normalised by the weight of *all* rows before it is split, so the sum

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import Batch, as_batches
 from lightning_influence.curvature import LossFn, default_loss
+from lightning_influence.distributed import active_shards
 from lightning_influence.forward import call_model, inputs_to, logits_of
 
 SELECTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -199,15 +200,22 @@ def _recorded_output_grads(
 def _unit_scores(
     model: nn.Module, layers: dict[str, nn.Module], data: Any, loss_fn: LossFn, use_grad: bool
 ) -> dict[str, Tensor]:
-    """|Σ over the forget data of each output unit's activation (or loss-gradient)|."""
+    """|Σ over the forget data of each output unit's activation (or loss-gradient)|.
+
+    The rows are cut into the chunks of :meth:`~lightning_influence.distributed.Shards.chunks`
+    and summed in float64, so under DDP each process ranks on its block and the all-reduced
+    sums equal one process's to float64 round-off.
+    """
+    device = model_device(model)
     sums = {
-        name: torch.zeros(layer.weight.shape[0], dtype=torch.float64)
+        name: torch.zeros(layer.weight.shape[0], dtype=torch.float64, device=device)
         for name, layer in layers.items()
     }
-    device = model_device(model)
+    shards = active_shards()
     recorder = _OutputRecorder(layers)
+    bad: str | None = None
     try:
-        for batch in as_batches(data, "forget_data"):
+        for batch in shards.chunks(list(as_batches(data, "forget_data"))):
             batch = Batch(inputs_to(batch.x, device), batch.y.to(device))
             if use_grad:
                 per_layer = _recorded_output_grads(model, recorder, batch, loss_fn)
@@ -215,10 +223,17 @@ def _unit_scores(
                 per_layer = _recorded_outputs(model, recorder, batch)
             for name, tensors in per_layer.items():
                 for t in tensors:
-                    sums[name] += _per_unit_sums(t.detach(), unit_dim(layers[name])).cpu()
+                    sums[name] += _per_unit_sums(t.detach(), unit_dim(layers[name]))
+    except FloatingPointError as err:
+        bad = str(err)
     finally:
         recorder.remove()
-    return {name: s.abs() for name, s in sums.items()}
+    if shards.any(bad is not None, device):  # every process raises, none waits
+        raise FloatingPointError(
+            bad or "The loss on forget_data of another process is NaN/inf: check the inputs."
+        )
+    sums = shards.reduce_dict(sums)
+    return {name: s.abs().cpu() for name, s in sums.items()}
 
 
 def _scores(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -152,3 +154,67 @@ def test_linear_on_sequences_selects_output_features(method):
         loss = nn.functional.cross_entropy(net.head(torch.tanh(h).mean(dim=1)), y)
         score = torch.autograd.grad(loss, h)[0].sum(dim=(0, 1)).abs()
     assert set(score.topk(3).indices.tolist()) == set(rows.all(1).nonzero().squeeze(1).tolist())
+
+
+def _two_ranks(fn):
+    """Run ``fn(rank)`` as 2 simulated ranks (threads) under ``sharded`` with in-memory
+    collectives; returns each rank's result. Give each rank its own model: forward hooks
+    are per module, so threads sharing one would record each other's outputs."""
+    import threading
+
+    from lightning_influence.distributed import Shards, sharded
+
+    barrier, slots, out = threading.Barrier(2), {}, [None, None]
+
+    def collective(rank, combine):
+        def op(t):
+            slots[rank] = t.clone()
+            barrier.wait()
+            result = combine([slots[0], slots[1]])
+            barrier.wait()
+            return result
+
+        return op
+
+    def run(rank):
+        shards = Shards(
+            rank,
+            2,
+            all_gather=collective(rank, torch.stack),
+            all_reduce=collective(rank, lambda ts: ts[0] + ts[1]),
+        )
+        with sharded(shards):
+            out[rank] = fn(rank)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return out
+
+
+@pytest.mark.parametrize("method", ["highest_outputs", "highest_gradients"])
+def test_two_ranks_rank_units_on_their_blocks_as_one_process_does(method):
+    """Under DDP each process ranks on its block of the forget rows and the sums are
+    all-reduced: the same masks as one process (its chunks summed in float64)."""
+    torch.manual_seed(0)
+    model = Net().eval()
+    data = [(torch.randn(100, 1, 6, 6), torch.randint(0, 5, (100,))) for _ in range(3)]
+    kw = {"method": method, "ratio": 0.25}
+    one = li.select_parameters(model, data, **kw)
+    copies = [copy.deepcopy(model) for _ in range(2)]
+    ranks = _two_ranks(lambda r: li.select_parameters(copies[r], data, **kw))
+    for masks in ranks:
+        assert masks is not None and set(masks) == set(one)
+        assert all(torch.equal(masks[k], one[k]) for k in one)
+    from lightning_influence.selection import _scores, selectable_layers
+
+    gen = torch.Generator()
+    whole = _scores(model, selectable_layers(model), data, method, None, gen)
+    split = _two_ranks(
+        lambda r: _scores(copies[r], selectable_layers(copies[r]), data, method, None, gen)
+    )
+    for name in whole:  # float64 sums of the same chunks, in another order
+        assert torch.allclose(split[0][name], whole[name], rtol=1e-12, atol=0)
+        assert torch.equal(split[0][name], split[1][name])
