@@ -90,6 +90,12 @@ def _fit(train, val, epochs: int = 12):
     return train_classifier(train, val, epochs=epochs, seed=0, num_classes=10)
 
 
+def _row(task: str, variant: str, seed: int, seconds: float, meets: bool, **measures) -> dict:
+    """One result row: its task, variant and seed, the measures, seconds, the tests' verdict."""
+    return {"task": task, "variant": variant, "seed": seed, **measures, "seconds": seconds,
+            "meets": meets}  # fmt: skip
+
+
 def relabel_rows(seed: int, variants: dict[str, dict], splits, clean) -> list[dict]:
     train, val, test = splits
     noisy, relabel = flip_labels(train, SOURCE, DEST, 0.5, seed=seed)
@@ -103,16 +109,9 @@ def relabel_rows(seed: int, variants: dict[str, dict], splits, clean) -> list[di
         gap = float(ref[SOURCE] - before[SOURCE])
         recovered = float(after[SOURCE] - before[SOURCE]) / gap
         other_drop = float(before[others].mean() - after[others].mean())
+        meets = recovered >= 0.5 and other_drop <= 0.02
         rows.append(
-            {
-                "task": "relabel",
-                "variant": name,
-                "seed": seed,
-                "recovered": recovered,
-                "other_drop": other_drop,
-                "seconds": seconds,
-                "meets": recovered >= 0.5 and other_drop <= 0.02,
-            }
+            _row("relabel", name, seed, seconds, meets, recovered=recovered, other_drop=other_drop)
         )
     return rows
 
@@ -136,18 +135,9 @@ def find_fix_rows(seed: int, variants: dict[str, dict], splits) -> list[dict]:
         fixed, seconds = _unlearn(model, data, val, relabel=relabel, **settings)
         gain = accuracy(fixed, reviewed) - accuracy(model, reviewed)
         test_drop = accuracy(model, test) - accuracy(fixed, test)
-        rows.append(
-            {
-                "task": "find_fix",
-                "variant": name,
-                "seed": seed,
-                "relabelled": len(relabel),
-                "gain": gain,
-                "test_drop": test_drop,
-                "seconds": seconds,
-                "meets": gain >= 0.2 and test_drop <= 0.01,
-            }
-        )
+        meets = gain >= 0.2 and test_drop <= 0.01
+        measures = {"relabelled": len(relabel), "gain": gain, "test_drop": test_drop}
+        rows.append(_row("find_fix", name, seed, seconds, meets, **measures))
     return rows
 
 
@@ -168,17 +158,7 @@ def backdoor_rows(seed: int, variants: dict[str, dict], splits) -> list[dict]:
             asr = attack_success_rate(fixed, test, TRIGGER, TARGET)
             acc_drop = acc - accuracy(fixed, test)
             meets = acc_drop <= 0.03 and (asr <= 0.10 if labels else asr < 1.0)
-            rows.append(
-                {
-                    "task": task,
-                    "variant": name,
-                    "seed": seed,
-                    "asr": asr,
-                    "acc_drop": acc_drop,
-                    "seconds": seconds,
-                    "meets": meets,
-                }
-            )
+            rows.append(_row(task, name, seed, seconds, meets, asr=asr, acc_drop=acc_drop))
     return rows
 
 
