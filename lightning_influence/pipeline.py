@@ -54,7 +54,13 @@ from lightning_influence.scoring import Scorer
 from lightning_influence.selection import named_layers, select_parameters, selectable_layers
 from lightning_influence.settings import UnlearnSettings
 from lightning_influence.solvers import ConvergenceWarning
-from lightning_influence.step import StepResult, restore_weights, step_search, weights_snapshot
+from lightning_influence.step import (
+    StepResult,
+    best_retained,
+    restore_weights,
+    step_search,
+    weights_snapshot,
+)
 
 __all__ = [
     "Problem",
@@ -482,7 +488,7 @@ def try_candidate(
             break
         if step.best.forget_acc <= problem.forget_target and not problem.polish:
             break
-        peak = _peak_retained(steps)
+        peak = best_retained(steps)
         if step.best.retain_acc <= peak - problem.max_retain_drop:
             break  # the budget below the best retained accuracy seen is spent
     return _outcome(model, problem, _merge_steps(steps), _merge_solves(solves), ratio, damping)
@@ -512,14 +518,6 @@ def _outcome(
     )
     weights = weights_snapshot(model) if step.applied else None
     return _Outcome(result, step, solve, after, weights)
-
-
-def _peak_retained(steps: list[StepResult]) -> float:
-    """The best finite retained accuracy of the searches so far (before a step or at a trial):
-    every round's retained-accuracy floor is measured from it."""
-    seen = [s.before.retain_acc for s in steps if s.before is not None]
-    seen += [t.retain_acc for s in steps for t in s.trials if t.f1 >= 0]
-    return max(seen)
 
 
 def _merge_steps(steps: list[StepResult]) -> StepResult:

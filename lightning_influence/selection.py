@@ -215,7 +215,7 @@ def _unit_scores(
     recorder = _OutputRecorder(layers)
     bad: str | None = None
     try:
-        for batch in shards.chunks(list(as_batches(data, "forget_data"))):
+        for batch in shards.chunks(as_batches(data, "forget_data")):
             batch = Batch(inputs_to(batch.x, device), batch.y.to(device))
             if use_grad:
                 per_layer = _recorded_output_grads(model, recorder, batch, loss_fn)

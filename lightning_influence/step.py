@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from lightning_influence.metrics import forgetting_f1
 
 __all__ = [
     "StepResult",
+    "best_retained",
     "StepTrial",
     "apply_step",
     "radius_grid",
@@ -77,6 +78,14 @@ class StepResult:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def best_retained(results: Iterable[StepResult]) -> float:
+    """The best finite retained accuracy of searches so far (before a step or at a trial):
+    the floor of a search, and of every later round, is measured from it."""
+    seen = [r.before.retain_acc for r in results if r.before is not None]
+    seen += [t.retain_acc for r in results for t in r.trials if t.f1 >= 0]
+    return max(seen, default=-math.inf)
 
 
 def radius_grid(steps: int, min_radius: float, max_radius: float) -> list[float]:
@@ -236,7 +245,7 @@ class _Search:
         self.base = {k: named[k].detach().clone() for k in direction}
         self.score_fn, self.progress = score_fn, progress
         self.max_retain_drop = max_retain_drop
-        self.peak = -math.inf  # the best retained accuracy seen
+        self.reference = -math.inf  # a retained accuracy reached before this search
         self.result = StepResult(applied=False)
 
     @property
@@ -244,12 +253,13 @@ class _Search:
         """Retained accuracy below which a step is never kept: the budget below the best
         retained accuracy seen. A correction (label change, backdoor repair) may raise it on
         the way; giving that back is collateral damage, as much as a loss from the start."""
-        return self.peak - self.max_retain_drop
+        return max(best_retained([self.result]), self.reference) - self.max_retain_drop
 
     def score_unchanged(self, reference: float | None = None) -> StepTrial:
         fa, ra = self.score_fn(self.model)
         self.result.before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
-        self.peak = max(ra, reference if reference is not None else -math.inf)
+        if reference is not None:
+            self.reference = reference
         return self.result.before
 
     def trial(self, radius: float) -> StepTrial:
@@ -259,8 +269,6 @@ class _Search:
         t = StepTrial(radius, scale, f, r, float(forgetting_f1(f, r)))
         if not (math.isfinite(f) and math.isfinite(r)):
             t.f1 = -1.0
-        else:
-            self.peak = max(self.peak, r)
         self.result.trials.append(t)
         if self.progress is not None:
             self.progress(len(self.result.trials), t)
@@ -322,16 +330,16 @@ def _bisect_floor(search: _Search, lo: float, hi: float, refine: int) -> None:
 
 
 def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], f1_tolerance: float) -> None:
-    """Apply the smallest valid trial whose F1 is within ``f1_tolerance`` of the best, if it
-    beats the unchanged model; else restore the weights."""
+    """If the best valid trial beats the unchanged model by more than ``f1_tolerance``, apply
+    the smallest valid trial within ``f1_tolerance`` of it; else restore the weights."""
     result = search.result
     assert result.before is not None
     # A step whose retained accuracy collapsed is never kept, whatever its F1.
-    valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= search.floor]
+    floor = search.floor
+    valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= floor]
     best = max(valid, key=lambda t: (t.f1, -t.radius), default=None)
-    if best is not None and best.f1 > result.before.f1 + f1_tolerance:
-        best = min((t for t in valid if t.f1 >= best.f1 - f1_tolerance), key=lambda t: t.radius)
-    if best is None or best.f1 <= result.before.f1 + f1_tolerance:
+    # The unchanged model is the radius-0 candidate: within the tolerance of the best, it wins.
+    if best is None or best.f1 - f1_tolerance <= result.before.f1:
         restore_weights(search.model, snapshot)
         within = f" + tolerance {f1_tolerance:g}" if f1_tolerance else ""
         result.reason = (
@@ -340,6 +348,7 @@ def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], f1_tolerance: fl
             f"{best.f1 if best else float('nan'):.4f}); {result.reason}"
         )
         return
+    best = min((t for t in valid if t.f1 >= best.f1 - f1_tolerance), key=lambda t: t.radius)
     apply_step(search.model, search.base, search.direction, best.step_norm)
     result.applied, result.best = True, best
     result.radius, result.step_norm = best.radius, best.step_norm

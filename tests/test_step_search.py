@@ -113,3 +113,18 @@ def test_f1_tolerance_keeps_nothing_when_no_step_beats_the_unchanged_model_by_mo
     res = step_search(model, delta, score, steps=6, max_radius=1.0, f1_tolerance=0.05)
     assert not res.applied and "tolerance 0.05" in res.reason
     assert torch.equal(model.weight, before)
+
+
+def test_f1_tolerance_keeps_the_smallest_step_when_the_best_clears_the_unchanged_model():
+    # F1 at retained 1: 0.500 unchanged, 0.515 from radius 0.1, 0.530 at radius 1. The best
+    # beats the unchanged model by more than 0.02, so the smallest step within 0.02 of it
+    # (radius 0.1, F1 0.515: itself not 0.02 above the unchanged model) is kept.
+    def forget(r: float) -> float:
+        f1 = 0.5 if r < 0.05 else 0.515 if r < 0.5 else 0.53
+        return 1.0 - f1 / (2.0 - f1)  # (1 - forget) = F1 / (2 - F1) at retained 1
+
+    model, delta, score = _toy(lambda r: (forget(r), 1.0))
+    res = step_search(model, delta, score, steps=3, min_radius=0.1, max_radius=1.0, refine=0,
+                      f1_tolerance=0.02)  # fmt: skip
+    assert res.applied and res.radius == pytest.approx(0.1), res
+    assert res.best.f1 == pytest.approx(0.515) and res.before.f1 == pytest.approx(0.5)
