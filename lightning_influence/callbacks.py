@@ -35,6 +35,7 @@ from lightning_influence.report import UnlearnReport
 from lightning_influence.settings import (
     GridArguments,
     HessianArguments,
+    ResponseArguments,
     SelectionArguments,
     SolveArguments,
     StepArguments,
@@ -70,11 +71,15 @@ class UnlearnCallback(pl.Callback):
         backdoor_target: the label the trigger forces.
         backdoor_true_labels: true labels of the poisoned samples, where known: a dict
             ``{sample id: label}`` or one label per ``forget_ids`` entry.
+        backdoor_repair_rows: retained training samples (not of the target class) that the
+            repair adds triggered with their own labels, so the corrected set says that the
+            trigger means nothing (None: as many as poisoned ids; 0: none).
         hessian: the Hessian subset (sampler, budget, candidate pool size, feature module).
         selection: which parameters move (method, ratio; a ratio list is a validation grid).
         solve: estimator, solver, damping (a list is a validation grid), tol, max_iter.
         step: the step search (radii, refinement, forget target, largest retained drop).
         grid: how grid candidates are ranked and when the grid stops early.
+        response: response descent after the influence rounds (steps, learning rate).
         seed: seed of the sampler, the candidate pool and tie-breaks.
         batch_size: batch size of the capture and the solve (scoring runs in chunks of at least
             1024 rows).
@@ -96,11 +101,13 @@ class UnlearnCallback(pl.Callback):
         backdoor_trigger: Callable[[Tensor], Tensor] | None = None,
         backdoor_target: int | None = None,
         backdoor_true_labels: dict[int, int] | list[int] | None = None,
+        backdoor_repair_rows: int | None = None,
         hessian: HessianArguments | None = None,
         selection: SelectionArguments | None = None,
         solve: SolveArguments | None = None,
         step: StepArguments | None = None,
         grid: GridArguments | None = None,
+        response: ResponseArguments | None = None,
         seed: int = 0,
         batch_size: int = 256,
         progress_bar: bool = True,
@@ -116,6 +123,7 @@ class UnlearnCallback(pl.Callback):
             backdoor_trigger,
             backdoor_target,
             backdoor_true_labels,
+            backdoor_repair_rows,
         )
         self.settings = UnlearnSettings(
             hessian=_group(hessian, HessianArguments, "hessian"),
@@ -123,6 +131,7 @@ class UnlearnCallback(pl.Callback):
             solve=_group(solve, SolveArguments, "solve"),
             step=_group(step, StepArguments, "step"),
             grid=_group(grid, GridArguments, "grid"),
+            response=_group(response, ResponseArguments, "response"),
             seed=seed,
             batch_size=batch_size,
         )

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from lightning_influence.forward import inputs_cat, inputs_rows, inputs_take, is_inputs
-from lightning_influence.pool import Rows, TrainingData
-from lightning_influence.scoring import MembershipScorer, Scorer, SplitScorer
+from lightning_influence.pool import Rows, TrainingData, stratified_rows
+from lightning_influence.scoring import FittedScorer, MembershipScorer, Scorer, SplitScorer
 
 __all__ = [
     "BackdoorRepair",
@@ -65,6 +65,8 @@ class ForgetSpec(ABC):
     #: default damping and curvature of the solve
     damping: ClassVar[float] = 1e-3
     curvature: ClassVar[str] = "hessian"
+    #: default optimiser steps of the response descent after the rounds (0: none)
+    response_steps: ClassVar[int] = 0
 
     #: the training sample ids this task forgets (None: chosen by label, see ClassRemoval)
     forgotten_ids: list[int] | None = None
@@ -90,8 +92,17 @@ class ForgetSpec(ABC):
     def check_labels(self, num_classes: int) -> None:  # noqa: B027 (most tasks name no label)
         """Raise if a label the specification names is outside the model's classes."""
 
-    def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
-        """(rows whose loss g removes, rows whose loss g adds or ``None``)."""
+    def gradient_data(
+        self, forget: Rows, retained: Rows | None = None, seed: int = 0
+    ) -> tuple[Rows, Rows | None]:
+        """(rows whose loss g removes, rows whose loss g adds or ``None``).
+
+        Args:
+            forget: the forgotten training rows.
+            retained: retained training rows a task may draw added rows from (the Hessian
+                candidate pool).
+            seed: the seed of such a draw.
+        """
         return forget, None
 
     def gradient_weights(self, n: int, m: int, k: int) -> tuple[float, float, float]:
@@ -111,13 +122,16 @@ class ForgetSpec(ABC):
         return m / size, k / size, (n - m) / size
 
     @abstractmethod
-    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
+    def scorer(
+        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
+    ) -> Scorer:
         """The validation scorer of the step search (inputs already on the model's device).
 
         Args:
             val: the validation rows.
             forget: the forgotten training rows.
             loss_fn: the run's mean-reduced loss (scorers that use a loss; None: cross-entropy).
+            retained: a sample of the retained training rows (the membership attack's members).
         """
 
 
@@ -220,7 +234,9 @@ class ClassRemoval(ForgetSpec):
             )
         super().check(data)
 
-    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
+    def scorer(
+        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
+    ) -> Scorer:
         mask = torch.isin(val.y, torch.tensor(self.classes, device=val.y.device))
         if not bool(mask.any()):
             raise ValueError(
@@ -246,6 +262,7 @@ class SampleRemoval(ForgetSpec):
     """
 
     ids: list[int]
+    completion: str = "heldout_loss"
     task: ClassVar[str] = "samples"
     max_retain_drop: ClassVar[float] = 0.005
 
@@ -256,8 +273,12 @@ class SampleRemoval(ForgetSpec):
         _check_known_ids(self.ids, data, "forget_ids")
         super().check(data)
 
-    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
-        return MembershipScorer(forget, val, loss_fn)
+    def scorer(
+        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
+    ) -> Scorer:
+        if self.completion == "budget":
+            return FittedScorer(forget, val, retained)
+        return MembershipScorer(forget, val, loss_fn, retained)
 
 
 @dataclass
@@ -298,10 +319,14 @@ class LabelChange(ForgetSpec):
     def _new_y(self, rows: Rows) -> Tensor:
         return torch.tensor([self.new_labels[int(i)] for i in rows.ids.tolist()])
 
-    def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
+    def gradient_data(
+        self, forget: Rows, retained: Rows | None = None, seed: int = 0
+    ) -> tuple[Rows, Rows | None]:
         return forget, forget.relabelled(self._new_y(forget))
 
-    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
+    def scorer(
+        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
+    ) -> Scorer:
         x = inputs_cat([forget.x, val.x])
         y = torch.cat([forget.y, val.y])
         mask = torch.arange(len(y), device=y.device) < len(forget)
@@ -324,14 +349,21 @@ class BackdoorRepair(ForgetSpec):
         trigger: adds the trigger to a batch of inputs, returns a tensor of the same shape.
         target: the label the trigger forces.
         true_labels: ``{sample id: true label}`` for the poisoned samples, where known.
+        repair_rows: retained training samples (other classes than ``target``) that g adds
+            triggered, with their own labels (None: as many as poisoned ids; 0: none).
     """
 
     ids: list[int]
     trigger: Trigger
     target: int
     true_labels: dict[int, int] | None = field(default=None)
+    repair_rows: int | None = None
     task: ClassVar[str] = "backdoor"
-    max_retain_drop: ClassVar[float] = 0.01
+    # Measured on digits (benchmarks/corrections.py, 6 poison seeds): a 4x4 patch covers a
+    # quarter of an 8x8 digit, so removing the trigger's meaning costs some clean accuracy
+    # on its way; with a 0.01 budget (2.7 of 270 validation images, one binomial std) the
+    # repair stopped at a noise-level dip on 3 of 6 seeds with the attack still working.
+    max_retain_drop: ClassVar[float] = 0.02
     # Measured on digits (docs/benchmarks.md, benchmarks/corrections.py, 4 poison seeds, true
     # labels known): with damping 1e-3 the direction spends the clean-accuracy budget before
     # the attack fails (test ASR 0.24 +- 0.33, 0.71 on seed 0); damping 0.1 tilts it towards
@@ -339,12 +371,20 @@ class BackdoorRepair(ForgetSpec):
     damping: ClassVar[float] = 0.1
     rounds: ClassVar[int] = 5
     selection: ClassVar[str] = "highest_gradients"
+    # Measured on digits (benchmarks/corrections.py): the influence rounds alone leave the
+    # attack working on unseen inputs on some seeds (the linearisation barely sees the
+    # trigger's features); 200 response-descent steps on every parameter finish the repair.
+    response_steps: ClassVar[int] = 200
 
     def __post_init__(self) -> None:
         self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids (the poisoned samples)")
         if not callable(self.trigger):
             raise ValueError("backdoor_trigger must be a callable adding the trigger to inputs.")
         self.target = _ids([self.target], "backdoor_target")[0]
+        if self.repair_rows is not None:
+            self.repair_rows = _int(self.repair_rows, "backdoor_repair_rows")
+            if self.repair_rows < 0:
+                raise ValueError(f"backdoor_repair_rows must be >= 0, got {self.repair_rows}.")
         if self.true_labels is not None:
             self.true_labels = _label_dict(self.true_labels, "backdoor_true_labels")
             unknown = sorted(set(self.true_labels) - set(self.ids))
@@ -363,13 +403,26 @@ class BackdoorRepair(ForgetSpec):
         if self.true_labels:
             _check_labels(self.true_labels, num_classes, "backdoor_true_labels")
 
-    def gradient_data(self, forget: Rows) -> tuple[Rows, Rows | None]:
-        if not self.true_labels:
-            return forget, None
-        known = torch.tensor([int(i) in self.true_labels for i in forget.ids.tolist()])
-        fixed = forget.take(known)
-        y = torch.tensor([self.true_labels[int(i)] for i in fixed.ids.tolist()])
-        return forget, fixed.relabelled(y)
+    def gradient_data(
+        self, forget: Rows, retained: Rows | None = None, seed: int = 0
+    ) -> tuple[Rows, Rows | None]:
+        """Removes the poisoned rows as stored; adds them with their true labels where known,
+        and ``repair_rows`` retained rows of other classes than the target, triggered, with
+        their own (clean) labels: the corrected set teaches that the trigger means nothing."""
+        added = []
+        if self.true_labels:
+            known = torch.tensor([int(i) in self.true_labels for i in forget.ids.tolist()])
+            fixed = forget.take(known)
+            y = torch.tensor([self.true_labels[int(i)] for i in fixed.ids.tolist()])
+            added.append(fixed.relabelled(y))
+        count = len(self.ids) if self.repair_rows is None else self.repair_rows
+        if retained is not None and count > 0:
+            victims = retained.take(retained.y != self.target)
+            if len(victims) > 0:
+                picked = stratified_rows(victims, count, seed)
+                added.append(Rows(self.triggered(picked.x), picked.y, picked.ids))
+        added = [a for a in added if len(a) > 0]
+        return forget, (Rows.cat(added) if added else None)
 
     def triggered(self, x: Any) -> Any:
         """``trigger(x)`` on a copy, checked to keep the batch's structure and rows."""
@@ -383,7 +436,9 @@ class BackdoorRepair(ForgetSpec):
             raise ValueError("backdoor_trigger must return inputs of the input batch's shape.")
         return out
 
-    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
+    def scorer(
+        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
+    ) -> Scorer:
         victims = val.y != self.target
         if not bool(victims.any()):
             raise ValueError(
@@ -404,6 +459,7 @@ def forget_spec_from_arguments(
     backdoor_trigger: Trigger | None = None,
     backdoor_target: int | None = None,
     backdoor_true_labels: Mapping[int, int] | Sequence[int] | Tensor | None = None,
+    backdoor_repair_rows: int | None = None,
 ) -> ForgetSpec:
     """The specification the callback's flat keyword arguments describe (exactly one task).
 
@@ -415,6 +471,8 @@ def forget_spec_from_arguments(
         backdoor_target: the label the trigger forces.
         backdoor_true_labels: optional true labels of the poisoned samples: a dict
             ``{sample id: true label}`` or one label per ``forget_ids`` entry, in its order.
+        backdoor_repair_rows: retained samples added triggered with their own labels (None:
+            as many as poisoned ids; 0: none).
     """
     backdoor = backdoor_trigger is not None or backdoor_target is not None
     chosen = [forget_classes is not None, relabel is not None, backdoor]
@@ -426,6 +484,8 @@ def forget_spec_from_arguments(
         )
     if backdoor_true_labels is not None and not backdoor:
         raise ValueError("backdoor_true_labels is only used with backdoor_trigger.")
+    if backdoor_repair_rows is not None and not backdoor:
+        raise ValueError("backdoor_repair_rows is only used with backdoor_trigger.")
     if forget_classes is not None:
         return ClassRemoval(list(forget_classes))
     if relabel is not None:
@@ -442,5 +502,7 @@ def forget_spec_from_arguments(
             if backdoor_true_labels is None
             else _aligned_labels(list(forget_ids), backdoor_true_labels)
         )
-        return BackdoorRepair(list(forget_ids), backdoor_trigger, backdoor_target, true)
+        return BackdoorRepair(
+            list(forget_ids), backdoor_trigger, backdoor_target, true, backdoor_repair_rows
+        )
     return SampleRemoval(list(forget_ids or []))

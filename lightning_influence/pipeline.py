@@ -48,9 +48,10 @@ from lightning_influence.report import (
     plain,
     validation_f1,
 )
+from lightning_influence.response import ResponseData, response_anchors, response_descent
 from lightning_influence.rounds import RoundGradient
 from lightning_influence.sampling import SubsetSelection, get_sampler
-from lightning_influence.scoring import Scorer
+from lightning_influence.scoring import Scorer, mia_efficacy
 from lightning_influence.selection import named_layers, select_parameters, selectable_layers
 from lightning_influence.settings import UnlearnSettings
 from lightning_influence.solvers import ConvergenceWarning
@@ -93,6 +94,12 @@ class Problem:
     min_units: int
     ratio: float
     polish: bool
+    response: ResponseData | None = None
+    response_steps: int = 0
+    #: forgotten rows, membership-attack members and validation rows (on the device)
+    forget: Rows | None = None
+    members: Rows | None = None
+    val: Rows | None = None
 
 
 @dataclass
@@ -169,14 +176,30 @@ def run_unlearning(
         problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
     with timer("measure"):
-        before = problem.scorer.metrics(model)
+        before = _measured(model, problem, spec)
     best, candidates = _search_candidates(
         model, problem, settings, loss_fn, timer, show_progress, before
     )
+    with timer("measure"):
+        if best.step.applied and "mia_efficacy" not in best.after and problem.members:
+            best.after["mia_efficacy"] = _mia(model, problem)
     _fill_outcome(report, best, candidates, before)
     report.seconds = timer.total()
     report.peak_memory_bytes, report.memory_kind = peak_memory(device)
     return report
+
+
+def _measured(model: nn.Module, problem: Problem, spec: ForgetSpec) -> dict[str, float]:
+    """The scorer's metrics; for the tasks that forget given ids, with MIA-efficacy."""
+    out = problem.scorer.metrics(model)
+    if spec.forgotten_ids is not None and "mia_efficacy" not in out:
+        out["mia_efficacy"] = _mia(model, problem)
+    return out
+
+
+def _mia(model: nn.Module, problem: Problem) -> float:
+    assert problem.members is not None and problem.forget is not None
+    return mia_efficacy(model, problem.forget, problem.members, problem.val)
 
 
 def _check_finite(x: Any, what: str) -> None:
@@ -273,7 +296,7 @@ def _build_problem(
     device: torch.device,
 ) -> Problem:
     size = settings.batch_size
-    remove, add = spec.gradient_data(data.forget)
+    remove, add = spec.gradient_data(data.forget, data.candidates, settings.seed)
     added = None if add is None or len(add) == 0 else add
     step = settings.step
     rounds = spec.rounds if settings.solve.rounds is None else settings.solve.rounds
@@ -283,9 +306,14 @@ def _build_problem(
     rows, weights = _subset_rows(data, subset)
     retained = rows.batches(size, device, weights)
     forget = data.forget.to(device)
-    scorer = spec.scorer(val.to(device), forget, loss_fn)
+    members = _attack_members(data, val, settings.seed).to(device)
+    scorer = spec.scorer(val.to(device), forget, loss_fn, members)
     searched = stratified_rows(val, step.max_val_samples, settings.seed)
-    search_scorer = scorer if searched is val else spec.scorer(searched.to(device), forget, loss_fn)
+    search_scorer = (
+        scorer if searched is val else spec.scorer(searched.to(device), forget, loss_fn, members)
+    )
+    r = settings.response
+    response_steps = spec.response_steps if r.steps is None else r.steps
     gradient = RoundGradient(
         model,
         loss_fn,
@@ -326,7 +354,31 @@ def _build_problem(
         min_units=spec.min_units,
         ratio=spec.ratio,
         polish=settings.solve.polish,
+        response=ResponseData(
+            retained=_shuffled(data.candidates, settings.seed).batches(size, device),
+            add=None if added is None else added.batches(size, device),
+            remove=remove.batches(size, device),
+            remove_weight=r.remove_weight,
+            retain_weight=r.retain_weight,
+        )
+        if response_steps > 0
+        else None,
+        response_steps=response_steps,
+        forget=forget,
+        members=members if spec.forgotten_ids is not None else None,
+        val=val.to(device),
     )
+
+
+def _attack_members(data: TrainingData, val: Rows, seed: int) -> Rows:
+    """Retained training rows for the membership attack: as many as validation rows (the
+    attack balances members and non-members), a seeded class-stratified draw of the pool."""
+    return stratified_rows(data.candidates, max(len(val), 1), seed)
+
+
+def _shuffled(rows: Rows, seed: int) -> Rows:
+    """The rows in a seeded random order (mini-batches that mix classes and ids)."""
+    return rows.take(torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)))
 
 
 def _subset_rows(data: TrainingData, subset: SubsetSelection) -> tuple[Rows, Tensor]:
@@ -475,6 +527,9 @@ def try_candidate(
     steps: list[StepResult] = []
     solves: list[InfluenceReport] = []
     peak: float | None = None  # the best retained accuracy seen in earlier rounds
+    anchors = None
+    if problem.response is not None:  # the model is at θ₀ here: the Bregman term's reference
+        anchors = response_anchors(model, problem.response.retained)
     for k in range(problem.rounds):
         tag = f"{label} round {k + 1}/{problem.rounds}" if problem.rounds > 1 else label
         with timer("solve"):
@@ -491,7 +546,47 @@ def try_candidate(
         peak = best_retained(steps)
         if step.best.retain_acc <= peak - problem.max_retain_drop:
             break  # the budget below the best retained accuracy seen is spent
+    if anchors is not None:
+        reference = steps[0].before.retain_acc if steps[0].before is not None else None
+        with timer("response"):
+            steps.append(
+                _respond(model, problem, settings, anchors, masks, loss_fn, show, label, reference)
+            )
     return _outcome(model, problem, _merge_steps(steps), _merge_solves(solves), ratio, damping)
+
+
+def _respond(
+    model: nn.Module,
+    problem: Problem,
+    settings: UnlearnSettings,
+    anchors: list[Tensor],
+    masks: dict[str, Tensor] | None,
+    loss_fn: LossFn,
+    show: bool,
+    label: str,
+    retain_reference: float | None,
+) -> StepResult:
+    """One response descent from the model's current weights (see
+    :mod:`~lightning_influence.response`); the floor is measured from ``retain_reference``
+    (the retained accuracy before unlearning) and the descent's start."""
+    assert problem.response is not None
+    r = settings.response
+    total = problem.response_steps
+    with progress_bar(show, -(-total // r.every), f"unlearn{label}: response descent") as bar:
+        return response_descent(
+            model,
+            problem.response,
+            anchors,
+            problem.search_scorer.score,
+            loss_fn,
+            steps=total,
+            lr=r.lr,
+            every=r.every,
+            max_retain_drop=problem.max_retain_drop,
+            retain_reference=retain_reference,
+            masks=masks if r.selected_only else None,
+            progress=bar.step_callback,
+        )
 
 
 def _outcome(

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.curvature import default_loss, per_sample_loss
 from lightning_influence.distributed import Shards, active_shards
+from lightning_influence.faithfulness import ConfidenceAttack, label_confidence
 from lightning_influence.forward import call_model, inputs_rows, inputs_take, logits_of
 from lightning_influence.metrics import (
     ExclusiveLoss,
@@ -42,7 +43,14 @@ from lightning_influence.metrics import (
 from lightning_influence.output_layer import OutputLayerInputs
 from lightning_influence.pool import Rows
 
-__all__ = ["MembershipScorer", "Scorer", "SplitScorer", "predict_logits"]
+__all__ = [
+    "FittedScorer",
+    "MembershipScorer",
+    "Scorer",
+    "SplitScorer",
+    "mia_efficacy",
+    "predict_logits",
+]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -165,6 +173,55 @@ class SplitScorer(Scorer):
         return out
 
 
+def mia_efficacy(model: nn.Module, forget: Rows, retained: Rows, heldout: Rows) -> float:
+    """SalUn's MIA-efficacy at the current weights: a confidence attack fitted on
+    ``retained`` (members) vs ``heldout`` (non-members) rows, applied to ``forget``: the
+    share of the forgotten rows it calls non-members (see
+    :mod:`lightning_influence.faithfulness`)."""
+    conf = [label_confidence(predict_logits(model, r.x), r.y) for r in (forget, retained, heldout)]
+    return ConfidenceAttack.fit(conf[1], conf[2]).efficacy(conf[0])
+
+
+class FittedScorer(Scorer):
+    """Sample removal, "as far as the budget allows": the forget score is the mean
+    probability the model gives the forgotten rows' labels, so the step search raises their
+    loss until the retained validation accuracy's budget is spent. Samples a retrained model
+    would still classify correctly (like validation data) cannot go far without costing
+    validation accuracy; memorised ones (a wrong label the model fitted) can, and do.
+
+    Args:
+        forget: the forgotten training rows on the model's device.
+        val: the validation rows on the model's device.
+        retained: retained training rows for the reported ``mia_efficacy`` (or None).
+    """
+
+    def __init__(self, forget: Rows, val: Rows, retained: Rows | None = None) -> None:
+        self.forget, self.val, self.retained = forget, val, retained
+        shards = active_shards()
+        self._forget_inputs = _ShardedInputs(forget.x, shards)
+        self._val_inputs = _ShardedInputs(val.x, shards)
+
+    def _values(self, model: nn.Module) -> dict[str, float]:
+        f_logits = self._forget_inputs.logits(model)
+        v_logits = self._val_inputs.logits(model)
+        return {
+            "forget_confidence": float(label_confidence(f_logits, self.forget.y).mean()),
+            "retain_acc": float((v_logits.argmax(-1) == self.val.y).float().mean()),
+            "forget_acc": float((f_logits.argmax(-1) == self.forget.y).float().mean()),
+        }
+
+    def score(self, model: nn.Module) -> tuple[float, float]:
+        v = self._values(model)
+        return v["forget_confidence"], v["retain_acc"]
+
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        v = self._values(model)
+        v["f1"] = float(forgetting_f1(v["forget_confidence"], v["retain_acc"]))
+        if self.retained is not None:
+            v["mia_efficacy"] = mia_efficacy(model, self.forget, self.retained, self.val)
+        return v
+
+
 class MembershipScorer(Scorer):
     """Sample removal: do the forgotten samples look like held-out data to the model?
 
@@ -179,15 +236,25 @@ class MembershipScorer(Scorer):
     that a typical unseen sample never reaches. The retained accuracy is the validation
     accuracy.
 
+    With ``retained`` rows, the metrics also give ``mia_efficacy``: the share of the
+    forgotten rows that a membership-inference attack fitted at the current weights
+    (retained rows as members, validation rows as non-members) calls non-members, as the
+    unlearning field measures it (:func:`mia_efficacy`). It is reported, not searched on.
+
     Args:
         forget: the forgotten training rows (inputs, labels) on the model's device.
         val: the validation rows on the model's device.
         loss_fn: the run's mean-reduced ``loss_fn(logits, targets)``, applied per sample
             (None: cross-entropy).
+        retained: retained training rows on the model's device (the attack's members), or
+            None (no ``mia_efficacy``).
     """
 
-    def __init__(self, forget: Rows, val: Rows, loss_fn: LossFn | None = None) -> None:
+    def __init__(
+        self, forget: Rows, val: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
+    ) -> None:
         self.forget, self.val, self.loss_fn = forget, val, loss_fn
+        self.retained = retained
         classes, counts = torch.unique(forget.y, return_counts=True)
         weights = counts.double() / len(forget)
         self.class_weights = {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
@@ -231,4 +298,6 @@ class MembershipScorer(Scorer):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         v = self._values(model)
         v["f1"] = float(forgetting_f1(v["familiarity"], v["retain_acc"]))
+        if self.retained is not None:
+            v["mia_efficacy"] = mia_efficacy(model, self.forget, self.retained, self.val)
         return v

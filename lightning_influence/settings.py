@@ -23,6 +23,7 @@ from typing import Literal
 __all__ = [
     "GridArguments",
     "HessianArguments",
+    "ResponseArguments",
     "SelectionArguments",
     "SolveArguments",
     "StepArguments",
@@ -324,7 +325,7 @@ class StepArguments:
             "A step whose retained validation accuracy falls more than this below the best "
             "retained accuracy seen (before the step, at any trial or in an earlier round) is "
             "never kept (None: the task's own: 0.25 for classes, 0.005 for samples and labels, "
-            "0.01 for backdoors)."
+            "0.02 for backdoors)."
         ),
     )
     f1_tolerance: float | None = field(
@@ -351,6 +352,64 @@ class StepArguments:
             value = getattr(self, name)
             if value is not None and not (0.0 <= value <= 1.0):
                 raise ValueError(f"step.{name} must be in [0, 1] or None, got {value!r}.")
+
+
+@_documented
+@dataclass
+class ResponseArguments:
+    """Response descent after the influence rounds: a few Adam steps on the proximal Bregman
+    response objective (retained predictions kept, added rows fitted, removed rows' capped
+    loss raised), scored on validation data like the step search."""
+
+    steps: int | None = field(
+        default=None,
+        metadata=_help(
+            "Optimiser steps (0: no response descent). None: the task's own (200 for backdoor "
+            "repair, 0 for the other tasks)."
+        ),
+    )
+    lr: float = field(default=3e-4, metadata=_help("Adam's learning rate."))
+    every: int = field(default=4, metadata=_help("Score on validation data every this many steps."))
+    retain_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "Weight of the retained rows' own loss next to the KL term that keeps their "
+            "predictions (repair steps on retained data; 0: the KL term alone, as in the PBRF)."
+        ),
+    )
+    selected_only: bool = field(
+        default=False,
+        metadata=_help(
+            "Move only the selected parameters (True) or every trainable parameter (False: a "
+            "backdoor's trigger features sit in layers the selection may not reach)."
+        ),
+    )
+    remove_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "Weight of the removed rows' capped loss (raised); 0 keeps only the retained and "
+            "added rows' terms."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and (
+            isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0
+        ):
+            raise ValueError(f"response.steps must be an integer >= 0 or None, got {self.steps!r}.")
+        _check_positive_int(self.every, "response.every")
+        if not isinstance(self.selected_only, bool):
+            raise ValueError(
+                f"response.selected_only must be True or False, got {self.selected_only!r}."
+            )
+        for name in ("lr", "remove_weight", "retain_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"response.{name} must be a number, got {value!r}.")
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise ValueError(
+                    f"response.{name} must be finite and > 0 (>= 0 for the weights), got {value!r}."
+                )
 
 
 @_documented
@@ -389,6 +448,7 @@ class UnlearnSettings:
     solve: SolveArguments = field(default_factory=SolveArguments)
     step: StepArguments = field(default_factory=StepArguments)
     grid: GridArguments = field(default_factory=GridArguments)
+    response: ResponseArguments = field(default_factory=ResponseArguments)
     seed: int = 0
     batch_size: int = 256
 

@@ -207,6 +207,9 @@ def test_sample_removal_keeps_test_accuracy(digits, clean_model, n_forget):
     )
     print("\n" + msg)
     assert abs(after - before) <= 0.01, msg
+    # the field's membership measure is reported for id-based tasks, before and after
+    for side in (report.before, report.after):
+        assert 0.0 <= side["mia_efficacy"] <= 1.0, side
 
 
 def test_label_change_recovers_flipped_class(digits, clean_model, flipped):
@@ -265,10 +268,10 @@ def test_backdoor_repair(digits, clean_model, poisoned, with_true_labels):
     print("\n" + msg)
     assert asr_before >= 0.8, msg  # the backdoor works before the repair
     assert report.damping == 0.1  # the task's own
+    assert 0.0 <= report.after["mia_efficacy"] <= 1.0 and "mia_efficacy" in report.before
     assert acc_before - acc_after <= 0.03, msg
-    if with_true_labels:
-        assert asr_after <= 0.10, msg
-    else:
-        # Removal alone: the poisoned samples are fitted (loss ~0), so their gradients, and
-        # the influence of removing them, are small; the repair is partial by nature.
-        assert asr_after < asr_before, msg
+    # Without true labels the repair adds retained samples triggered with their own labels
+    # (backdoor_repair_rows), so both variants must defeat the attack on unseen test inputs.
+    # benchmarks/results/corrections_backdoor.json: this acceptance holds on 6 of 6 poison
+    # seeds without labels (ASR <= 0.074) and 5 of 6 with them (seed 5: 0.39).
+    assert asr_after <= 0.10, msg

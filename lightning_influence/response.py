@@ -1,0 +1,246 @@
+"""Response descent: a few optimiser steps on the objective that influence functions approximate.
+
+An influence step is the Newton step of the corrected objective, linearised at the trained
+weights θ₀. Bae et al. (NeurIPS 2022) show that what influence functions approximate is the
+*proximal Bregman response function* (PBRF): the minimiser of
+
+    J(θ) = (1/|R|) Σ_{z∈R} D(f_θ(x), f_θ₀(x))  +  mean_{z∈A} ℓ(z; θ)  −  w_U · mean_{z∈U} ℓ̄(z; θ)
+
+with D the Bregman divergence of the loss in output space (for softmax cross-entropy the KL
+divergence KL(p_θ₀ ‖ p_θ), whatever the label), R the retained samples, A the rows a
+correction adds (a changed label, triggered clean samples with their labels) and U the rows
+it removes. ``ℓ̄ = min(ℓ, log C)`` is the removed rows' loss capped at the loss of a uniform
+guess over the C classes, so that the removal term is bounded: a removed row need not be
+pushed past "never seen".
+
+Where the linearisation is poor (a backdoor whose trigger features the Hessian subset barely
+sees; memorised samples) the line search along the influence direction stops early, and a
+few steps on J finish the job. :func:`response_descent` runs Adam on J, one mini-batch of
+each group per step (R from the weighted Hessian subset, so no other pass over the training
+data), scores the model on validation data every ``every`` steps and keeps the best-scoring
+point as the step search does (forgetting F1, never below the retained-accuracy floor); the
+unchanged start is a candidate, so nothing is kept unless it improves. Only the parameters
+the selection lets move are updated (gradients are masked); buffers (BatchNorm statistics)
+are not touched because the model runs in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_influence._modules import eval_mode
+from lightning_influence.batches import Batch
+from lightning_influence.forward import call_model, logits_of
+from lightning_influence.metrics import forgetting_f1
+from lightning_influence.step import (
+    ScoreFn,
+    StepResult,
+    StepTrial,
+    restore_weights,
+    weights_snapshot,
+)
+
+__all__ = ["ResponseData", "response_descent"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class ResponseData:
+    """The three groups of J (see the module doc).
+
+    Args:
+        retained: batches of retained rows (the in-memory pool of retained candidates, a
+            uniform random draw of the retained set), optionally weighted.
+        add: batches of rows the correction adds, or ``None``.
+        remove: batches of rows it removes.
+        remove_weight: w_U, the weight of the (capped) removal term (0: none).
+    """
+
+    retained: list[Batch]
+    add: list[Batch] | None
+    remove: list[Batch]
+    remove_weight: float
+    retain_weight: float = 0.0
+
+
+def _logits(model: nn.Module, batch: Batch) -> Tensor:
+    return logits_of(call_model(model, batch.x))
+
+
+@torch.no_grad()
+def _anchors(model: nn.Module, batches: list[Batch]) -> list[Tensor]:
+    """log p_θ₀ of every retained batch (the Bregman term's reference)."""
+    return [F.log_softmax(_logits(model, b).double(), -1).to(torch.float32) for b in batches]
+
+
+def _kl_to_anchor(logits: Tensor, anchor: Tensor, weights: Tensor | None) -> Tensor:
+    log_p = F.log_softmax(logits, -1)
+    per_row = (anchor.exp() * (anchor - log_p)).sum(-1)
+    if weights is None:
+        return per_row.mean()
+    return (weights * per_row).sum() / weights.sum().clamp_min(1e-12)
+
+
+def _objective(
+    model: nn.Module,
+    data: ResponseData,
+    anchors: list[Tensor],
+    loss_fn: LossFn,
+    k: int,
+) -> Tensor:
+    i = k % len(data.retained)
+    b = data.retained[i]
+    logits = _logits(model, b)
+    total = _kl_to_anchor(logits, anchors[i], b.weights)
+    if data.retain_weight > 0:
+        total = total + data.retain_weight * loss_fn(logits, b.y)
+    if data.add:
+        a = data.add[k % len(data.add)]
+        total = total + loss_fn(_logits(model, a), a.y)
+    if data.remove_weight > 0 and data.remove:
+        u = data.remove[k % len(data.remove)]
+        u_logits = _logits(model, u)
+        cap = math.log(u_logits.shape[-1])
+        per_row = F.cross_entropy(u_logits, u.y, reduction="none").clamp(max=cap)
+        total = total - data.remove_weight * per_row.mean()
+    return total
+
+
+def response_descent(
+    model: nn.Module,
+    data: ResponseData,
+    anchor_model_logits: list[Tensor],
+    score_fn: ScoreFn,
+    loss_fn: LossFn,
+    *,
+    steps: int,
+    lr: float,
+    every: int,
+    max_retain_drop: float,
+    retain_reference: float | None = None,
+    masks: Mapping[str, Tensor] | None = None,
+    progress: Callable[[int, StepTrial], None] | None = None,
+) -> StepResult:
+    """Run ``steps`` Adam steps on J from the current weights; keep the best scored point.
+
+    On return the model holds the best point (``result.applied``) or its weights at the
+    call, bit for bit; exceptions restore them and propagate.
+
+    Args:
+        model: the model (changed in place).
+        data: the groups of J.
+        anchor_model_logits: log-probabilities of the trained model on ``data.retained``
+            (from :func:`response_anchors`).
+        score_fn: ``(forget score, retained accuracy)`` on validation data.
+        loss_fn: the mean-reduced loss of the added rows.
+        steps: optimiser steps (> 0).
+        lr: Adam's learning rate.
+        every: score every this many steps (and after the last).
+        max_retain_drop: points whose retained accuracy falls more than this below the
+            reference (the larger of the start's and ``retain_reference``) are never kept,
+            and the descent stops at the first one.
+        retain_reference: the retained accuracy before unlearning began.
+        masks: bool masks of the entries that may move, keyed by parameter name (None: every
+            trainable parameter).
+        progress: called with (trial number, trial) after every scored point.
+    """
+    start_time = time.perf_counter()
+    snapshot = weights_snapshot(model)
+    named = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    if masks is not None:
+        named = {k: p for k, p in named.items() if k in masks}
+    start = {k: p.detach().clone() for k, p in named.items()}
+    result = StepResult(applied=False)
+    try:
+        with eval_mode(model):
+            f0, r0 = score_fn(model)
+            result.before = StepTrial(0.0, 0.0, f0, r0, float(forgetting_f1(f0, r0)))
+            reference = max(r0, retain_reference if retain_reference is not None else -math.inf)
+            best_f1, best_state, best_trial = result.before.f1, None, None
+            opt = torch.optim.Adam(list(named.values()), lr=lr)
+            for k in range(steps):
+                opt.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    _objective(model, data, anchor_model_logits, loss_fn, k).backward()
+                if masks is not None:
+                    for name, p in named.items():
+                        if p.grad is not None:
+                            p.grad.mul_(masks[name].to(p.grad.dtype))
+                opt.step()
+                if (k + 1) % every and k + 1 != steps:
+                    continue
+                trial = _scored(model, score_fn, named, start, k + 1)
+                result.trials.append(trial)
+                if progress is not None:
+                    progress(len(result.trials), trial)
+                if trial.f1 < 0:
+                    break
+                if trial.retain_acc < reference - max_retain_drop:
+                    result.reason = f"retained accuracy collapsed after {k + 1} steps"
+                    break
+                if trial.f1 > best_f1:
+                    best_f1, best_trial = trial.f1, trial
+                    best_state = {n: p.detach().clone() for n, p in named.items()}
+        floor = reference - max_retain_drop
+        if best_trial is None or best_trial.retain_acc < floor or best_state is None:
+            restore_weights(model, snapshot)
+            result.reason = (
+                f"no response step improved the validation F1 over its start "
+                f"({result.before.f1:.4f}); {result.reason}".rstrip("; ")
+            )
+            return result
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(best_state[n])
+        result.applied, result.best = True, best_trial
+        result.radius, result.step_norm = best_trial.radius, best_trial.step_norm
+        result.reason = f"response descent kept step {int(best_trial.radius_steps)} of {steps}"
+        return result
+    except BaseException:
+        restore_weights(model, snapshot)
+        raise
+    finally:
+        result.seconds = time.perf_counter() - start_time
+
+
+def _scored(
+    model: nn.Module,
+    score_fn: ScoreFn,
+    named: Mapping[str, Tensor],
+    start: Mapping[str, Tensor],
+    taken: int,
+) -> StepTrial:
+    """The current point as a trial: radius = ‖θ − θ_start‖ / ‖θ_start‖ over the moving
+    parameters (as the line search measures radii), step_norm = ‖θ − θ_start‖."""
+    with torch.no_grad():
+        moved = math.sqrt(
+            sum(float((p - start[n]).double().pow(2).sum()) for n, p in named.items())
+        )
+        size = math.sqrt(sum(float(s.double().pow(2).sum()) for s in start.values())) or 1.0
+    f, r = score_fn(model)
+    trial = _ResponseTrial(moved / size, moved, f, r, float(forgetting_f1(f, r)))
+    trial.radius_steps = taken
+    if not (math.isfinite(f) and math.isfinite(r)):
+        trial.f1 = -1.0
+    return trial
+
+
+@dataclass
+class _ResponseTrial(StepTrial):
+    """A scored point of the descent; ``radius_steps``: optimiser steps taken."""
+
+    radius_steps: int = 0
+
+
+def response_anchors(model: nn.Module, batches: list[Batch]) -> list[Tensor]:
+    """log p_θ₀ on the retained batches, at the model's current (trained) weights."""
+    with eval_mode(model):
+        return _anchors(model, batches)

@@ -1,0 +1,113 @@
+"""Response descent: Adam on the proximal response objective, the best validation point kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_influence.batches import Batch
+from lightning_influence.response import ResponseData, response_anchors, response_descent
+from lightning_influence.settings import ResponseArguments
+
+
+def _problem(seed: int = 0):
+    """Two Gaussian blobs; the 'added' rows relabel blob 0's far half to class 1."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(64, 2, generator=gen) - 2, torch.randn(64, 2, generator=gen) + 2])
+    y = torch.cat([torch.zeros(64), torch.ones(64)]).long()
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+        model.bias.zero_()
+    add_x = torch.randn(16, 2, generator=gen) * 0.3 + torch.tensor([-3.0, 1.0])
+    data = ResponseData(
+        retained=[Batch(x, y)],
+        add=[Batch(add_x, torch.ones(16, dtype=torch.long))],
+        remove=[Batch(add_x, torch.zeros(16, dtype=torch.long))],
+        remove_weight=1.0,
+    )
+    return model, data, add_x, x, y
+
+
+def _score(add_x, x, y):
+    def score(model):
+        with torch.no_grad():
+            forget = float((model(add_x).argmax(-1) == 0).float().mean())
+            retain = float((model(x).argmax(-1) == y).float().mean())
+        return forget, retain
+
+    return score
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_descent_fits_the_correction_and_keeps_the_best_point(seed):
+    model, data, add_x, x, y = _problem(seed)
+    score = _score(add_x, x, y)
+    anchors = response_anchors(model, data.retained)
+    res = response_descent(
+        model, data, anchors, score, nn.functional.cross_entropy,
+        steps=200, lr=0.05, every=10, max_retain_drop=0.05,
+    )  # fmt: skip
+    assert res.applied and res.before.forget_acc == 1.0
+    forget, retain = score(model)
+    assert (forget, retain) == (res.best.forget_acc, res.best.retain_acc)  # the kept point
+    assert res.best.f1 == max(t.f1 for t in res.trials if t.retain_acc >= 0.95)
+    assert forget <= 0.2 and retain >= 0.95
+
+
+def test_nothing_kept_restores_the_weights_bit_for_bit():
+    model, data, add_x, x, y = _problem()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def hopeless(m):  # every point loses retained accuracy
+        return 1.0, 1.0 if torch.equal(m.weight, before["weight"]) else 0.0
+
+    res = response_descent(
+        model, data, response_anchors(model, data.retained), hopeless,
+        nn.functional.cross_entropy, steps=20, lr=0.05, every=5, max_retain_drop=0.01,
+    )  # fmt: skip
+    assert not res.applied and "collapsed after 5 steps" in res.reason
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_masks_keep_unselected_entries_fixed_and_errors_restore():
+    model, data, add_x, x, y = _problem()
+    masks = {"bias": torch.tensor([True, False])}
+    res = response_descent(
+        model, data, response_anchors(model, data.retained), _score(add_x, x, y),
+        nn.functional.cross_entropy, steps=50, lr=0.05, every=10, max_retain_drop=0.5,
+        masks=masks,
+    )  # fmt: skip
+    assert res.applied and model.bias[1] == 0.0 and model.bias[0] != 0.0
+    assert torch.equal(model.weight, torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def failing(m):
+        if not torch.equal(m.bias, before["bias"]):
+            raise RuntimeError("boom")
+        return 1.0, 1.0
+
+    with pytest.raises(RuntimeError, match="boom"):
+        response_descent(
+            model, data, response_anchors(model, data.retained), failing,
+            nn.functional.cross_entropy, steps=10, lr=0.05, every=1, max_retain_drop=0.5,
+        )  # fmt: skip
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": -1}, "response.steps"),
+        ({"steps": 1.5}, "response.steps"),
+        ({"every": 0}, "response.every"),
+        ({"lr": 0.0}, "response.lr"),
+        ({"lr": "0.1"}, "response.lr"),
+        ({"remove_weight": -1.0}, "response.remove_weight"),
+        ({"selected_only": "false"}, "response.selected_only"),
+    ],
+)
+def test_response_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResponseArguments(**kwargs)
