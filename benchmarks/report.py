@@ -142,6 +142,29 @@ GOALS = [  # (file, key path, comparison, goal, what)
 ]
 
 
+#: issue acceptance of benchmarks/faithfulness.py (key, comparison, goal, what)
+FAITHFULNESS_GOALS = [
+    ("random10_avg_gap_pp", "<=", 1.0, "delete 10 % random samples: Avg. Gap to retrain (pp)"),
+    ("memorized_avg_gap_pp", "<=", 5.0, "delete memorised samples: Avg. Gap to retrain (pp)"),
+    ("class_avg_gap_pp", "<=", 0.5, "class removal: Avg. Gap to retrain (pp)"),
+    (
+        "class_relearn5_minus_retrain",
+        "<=",
+        0.25,
+        "class removal: relearn accuracy after 5 steps (rows reset), unlearned − retrained",
+    ),
+    ("backdoor_asr_no_labels_minus_retrain", "<=", 0.02, "backdoor, no labels: ASR − retrain's"),
+    ("backdoor_clean_acc_drop", "<=", 0.01, "backdoor, no labels: clean test accuracy lost"),
+    ("relabel_recovered_share", ">=", 0.8, "label change: share of the class's gap recovered"),
+    ("relabel_other_classes_drop", "<=", 0.01, "label change: other classes' accuracy lost"),
+    ("max_seconds_over_retrain", "<=", 0.05, "slowest task default: time / retraining's"),
+]
+GOALS += [
+    ("faithfulness_fashion.json", ["summary", key], op, goal, f"full Fashion-MNIST, {what}")
+    for key, op, goal, what in FAITHFULNESS_GOALS
+]
+
+
 def load(name: str) -> dict[str, Any] | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else None
@@ -624,14 +647,20 @@ CORRECTION_MEASURES = {
 }
 
 
-def corrections_section(d: dict | None) -> list[str]:
+def corrections_section(
+    d: dict | None,
+    title: str = "Label change and backdoor repair on digits",
+    image: str = "corrections.png",
+    lead: str = "",
+) -> list[str]:
     """Label change, find-then-fix and backdoor repair on digits (benchmarks/corrections.py)."""
     if not d:
         return []
     seeds = sorted({r["seed"] for r in d["rows"]})
     out = [
-        "## Label change and backdoor repair on digits",
+        f"## {title}",
         "",
+        *([lead, ""] if lead else []),
         f"Command: `{d['command']}`. One model per corruption seed ({len(seeds)} seeds), every "
         "variant on the same model, test split; `meets`: seeds passing the acceptance of the "
         "task's test (relabel: ≥ half the gap recovered and ≤ 0.02 lost on the other "
@@ -639,8 +668,9 @@ def corrections_section(d: dict | None) -> list[str]:
         "labels: ASR ≤ 0.10; backdoor: ≤ 0.03 clean accuracy lost). `previous` is the task's "
         "earlier default, run with the current step search (whose floor follows the best "
         "retained accuracy seen).",
+        *[f"Note: {n}" for n in d.get("notes", [])],
         "",
-        "![corrections](../benchmarks/results/corrections.png)",
+        f"![corrections](../benchmarks/results/{image})",
         "",
     ]
     for task, variants in d["summary"].items():
@@ -889,6 +919,51 @@ def gpu_section(d: dict | None) -> list[str]:
     return out + [""]
 
 
+FAITHFULNESS_COLUMNS = [
+    ("avg_gap_pp", "Avg. Gap (pp)", 2),
+    ("ua", "UA", 3),
+    ("mia_efficacy", "MIA-eff.", 3),
+    ("ra", "RA", 3),
+    ("ta", "TA", 3),
+    ("relearn5", "relearn@5", 3),
+    ("asr", "ASR", 3),
+    ("seconds", "seconds", 1),
+]
+
+
+def faithfulness_section(
+    d: dict | None, title: str = "Faithfulness to retraining: the field's measures"
+) -> list[str]:
+    """Every forget task against retraining with the field's measures (faithfulness.py)."""
+    if not d:
+        return []
+    s = d["summary"]
+    out = [
+        f"## {title}",
+        "",
+        f"Commands: {'; '.join(f'`{c}`' for c in d['commands'])}. Training samples: "
+        f"{s['train_samples']}; seeds: {s['seeds']}; seeds passing every task's acceptance: "
+        f"{s['seeds_passing_every_task']}; retrain′ vs retrain (the noise floor): "
+        f"{s['retrain_vs_retrain_avg_gap_pp'] or float('nan'):.2f} pp. Mean ± std over seeds, "
+        "every number on test data (UA, MIA-efficacy on the forget set, RA on retained "
+        "training data); every method picks its steps on validation data.",
+        "",
+    ]
+    for task, methods in d["cells"].items():
+        cols = [c for c in FAITHFULNESS_COLUMNS if any(c[0] in m for m in methods.values())]
+        out += [
+            f"**{task}**",
+            "",
+            "| method | " + " | ".join(label for _, label, _ in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for name, cell in methods.items():
+            vals = " | ".join(ms(cell.get(k), digits) for k, _, digits in cols)
+            out.append(f"| {name} | {vals} |")
+        out.append("")
+    return out
+
+
 def build() -> str:
     names = ["solvers.json", "samplers.json", "unlearning.json", "selection.json"]
     data = {n: load(n) for n in names}
@@ -930,6 +1005,18 @@ def build() -> str:
     lines += samplers_fashion_section(load("samplers_fashion.json"))
     lines += unlearning_section(load("unlearning_fashion10k.json"), suite="fashion10k")
     lines += selection_section(data["selection.json"])
+    lines += faithfulness_section(load("faithfulness_fashion.json"))
+    lines += faithfulness_section(
+        load("faithfulness_fashion10k.json"),
+        "Faithfulness on a 10,000-image Fashion-MNIST subset (a partial run, not the acceptance setting)",
+    )
+    lines += corrections_section(
+        load("corrections_backdoor.json"),
+        "Backdoor repair on digits: the current defaults and their levers",
+        "corrections_backdoor.png",
+        "The backdoor rows of the next section are the defaults before this study "
+        "(damping 0.1, budget 0.01, no repair rows, no response descent).",
+    )
     lines += corrections_section(load("corrections.json"))
     lines += scaling_section(load("scaling.json"))
     lines += gpu_section(load("gpu.json"))

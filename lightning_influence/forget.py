@@ -259,6 +259,10 @@ class SampleRemoval(ForgetSpec):
 
     Args:
         ids: the training sample ids to forget.
+        completion: ``'heldout_loss'`` (the default: complete once their median loss
+            reaches the held-out median of their classes) or ``'budget'`` (forget as far as
+            the retained budget allows: the forget score is their mean label confidence;
+            a lever under study for memorised samples, see docs/benchmarks.md).
     """
 
     ids: list[int]
@@ -268,6 +272,11 @@ class SampleRemoval(ForgetSpec):
 
     def __post_init__(self) -> None:
         self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids")
+        if self.completion not in ("heldout_loss", "budget"):
+            raise ValueError(
+                f"SampleRemoval.completion must be 'heldout_loss' or 'budget', got "
+                f"{self.completion!r}."
+            )
 
     def check(self, data: TrainingData) -> None:
         _check_known_ids(self.ids, data, "forget_ids")

@@ -31,6 +31,9 @@ from lightning_influence.settings import StepArguments
         ({"hessian": {"sampler": "kmeans"}}, "hessian.sampler"),
         ({"hessian": {"budget": 64, "pool_size": 10}}, "hessian.pool_size"),
         ({"grid": {"retain_tolerance": -0.1}}, "grid.retain_tolerance"),
+        ({"response": {"steps": -1}}, "response.steps"),
+        ({"response": {"lr": 0}}, "response.lr"),
+        ({"response": {"bogus": 1}}, "bogus"),
         ({"seed": -1}, "seed"),
         ({"batch_size": 0}, "batch_size"),
         ({"hessian": 3}, "hessian must be"),
@@ -61,6 +64,25 @@ def test_bad_settings_fail_at_construction(kwargs, names):
         ),
         ({"backdoor_trigger": "patch", "backdoor_target": 0, "forget_ids": [1]}, "callable"),
         ({"forget_classes": [3], "backdoor_true_labels": {1: 2}}, "only used with"),
+        ({"forget_ids": [1], "backdoor_repair_rows": 5}, "only used with"),
+        (
+            {
+                "backdoor_trigger": lambda x: x,
+                "backdoor_target": 0,
+                "forget_ids": [1],
+                "backdoor_repair_rows": -1,
+            },
+            "backdoor_repair_rows must be >= 0",
+        ),
+        (
+            {
+                "backdoor_trigger": lambda x: x,
+                "backdoor_target": 0,
+                "forget_ids": [1],
+                "backdoor_repair_rows": 2.5,
+            },
+            "backdoor_repair_rows must hold integers",
+        ),
         ({"forget_classes": [3], "logits_fn": "logits"}, "logits_fn must be a callable"),
     ],
 )

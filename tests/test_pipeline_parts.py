@@ -126,6 +126,32 @@ def test_backdoor_gradient_data_removes_stored_and_adds_true_labels():
     assert add is not None and add.ids.tolist() == [1] and add.y.tolist() == [3]
 
 
+def test_backdoor_repair_rows_are_triggered_retained_rows_with_their_own_labels():
+    """Without true labels g still adds rows: retained non-target samples, triggered, with
+    their clean labels (as many as poisoned ids by default, class-stratified, seeded)."""
+
+    def stamp(x):
+        out = x.clone()
+        out[:, -1] = 9.0
+        return out
+
+    spec = BackdoorRepair([0, 1, 2], stamp, target=0)
+    poisoned = Rows(torch.zeros(3, 2), torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2]))
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 3, 3])
+    retained = Rows(torch.randn(10, 2), y, torch.arange(10, 20))
+    remove, add = spec.gradient_data(poisoned, retained, seed=0)
+    # each class's share of 3 is rounded (stratified_rows), so 4 rows here: 1, 1, 2
+    assert torch.equal(remove.ids, poisoned.ids) and add is not None and len(add) == 4
+    assert bool((add.y != 0).all()) and bool((add.x[:, -1] == 9.0).all())
+    lookup = dict(zip(retained.ids.tolist(), retained.y.tolist(), strict=True))
+    assert [lookup[i] for i in add.ids.tolist()] == add.y.tolist()  # their own labels
+    assert torch.equal(add.x[:, 0], retained.x[add.ids - 10, 0])  # only the trigger changed
+    _, again = spec.gradient_data(poisoned, retained, seed=0)
+    assert torch.equal(again.ids, add.ids)  # seeded
+    none = BackdoorRepair([0, 1, 2], stamp, target=0, repair_rows=0)
+    assert none.gradient_data(poisoned, retained)[1] is None
+
+
 # ------------------------------------------------------------------ one pass, bounded pool
 
 
@@ -227,3 +253,23 @@ def test_membership_scorer_uses_the_run_loss():
     assert scaled["forget_loss"] == pytest.approx(2 * plain["forget_loss"], rel=1e-5)
     assert scaled["heldout_loss"] == pytest.approx(2 * plain["heldout_loss"], rel=1e-5)
     assert scaled["familiarity"] == pytest.approx(plain["familiarity"], abs=1e-6)
+
+
+def test_fitted_scorer_scores_mean_label_confidence_and_reports_mia():
+    """SampleRemoval(completion='budget'): the forget score is the forgotten rows' mean
+    label confidence (no completion short of 0), the retained score validation accuracy."""
+    from lightning_influence.forget import SampleRemoval
+    from lightning_influence.scoring import FittedScorer
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    model = _constant_model(logits)
+    forget = Rows(torch.tensor([[0.0], [1.0]]), torch.tensor([0, 0]), torch.tensor([0, 1]))
+    val = Rows(torch.tensor([[2.0], [3.0]]), torch.tensor([0, 0]), torch.tensor([2, 3]))
+    retained = Rows(torch.tensor([[2.0]]), torch.tensor([0]), torch.tensor([4]))
+    scorer = SampleRemoval([0, 1], completion="budget").scorer(val, forget, None, retained)
+    assert isinstance(scorer, FittedScorer)
+    conf, retain = scorer.score(model)
+    assert conf == pytest.approx((torch.sigmoid(torch.tensor(2.0)).item() + 0.5) / 2)
+    assert retain == 0.5
+    metrics = scorer.metrics(model)
+    assert metrics["forget_acc"] == 1.0 and 0.0 <= metrics["mia_efficacy"] <= 1.0
