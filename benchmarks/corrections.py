@@ -66,8 +66,15 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "backdoor": {
         "default": {},
-        "previous (damping 1e-3)": {"solve": {"damping": 1e-3}},
-        "damping 0.03": {"solve": {"damping": 0.03}},
+        "previous (budget 0.01, no repair rows, no response)": {
+            "step": {"max_retain_drop": 0.01},
+            "backdoor_repair_rows": 0,
+            "response": {"steps": 0},
+        },
+        "budget 0.01": {"step": {"max_retain_drop": 0.01}},
+        "no repair rows": {"backdoor_repair_rows": 0},
+        "no response descent": {"response": {"steps": 0}},
+        "response lr 1e-4": {"response": {"lr": 1e-4}},
     },
 }
 
@@ -157,7 +164,7 @@ def backdoor_rows(seed: int, variants: dict[str, dict], splits) -> list[dict]:
             )  # fmt: skip
             asr = attack_success_rate(fixed, test, TRIGGER, TARGET)
             acc_drop = acc - accuracy(fixed, test)
-            meets = acc_drop <= 0.03 and (asr <= 0.10 if labels else asr < 1.0)
+            meets = acc_drop <= 0.03 and asr <= 0.10
             rows.append(_row(task, name, seed, seconds, meets, asr=asr, acc_drop=acc_drop))
     return rows
 
@@ -180,7 +187,7 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, Any]]:
     }
 
 
-def plot(summary: dict[str, dict[str, Any]]) -> None:
+def plot(summary: dict[str, dict[str, Any]], name: str = "corrections.png") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,6 +201,9 @@ def plot(summary: dict[str, dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
     for ax, (task, key, title) in zip(axes, panels, strict=True):
         names = list(summary.get(task, {}))
+        if not names:
+            ax.set_visible(False)
+            continue
         means = [summary[task][n][key]["mean"] for n in names]
         stds = [summary[task][n][key]["std"] for n in names]
         ax.barh(range(len(names)), means, xerr=stds, color="tab:blue")
@@ -201,23 +211,31 @@ def plot(summary: dict[str, dict[str, Any]]) -> None:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(RESULTS / "corrections.png", dpi=120)
+    fig.savefig(RESULTS / name, dpi=120)
 
 
-def run(seeds: list[int]) -> dict[str, Any]:
+TASKS = ("relabel", "find_fix", "backdoor")
+
+
+def run(seeds: list[int], tasks: tuple[str, ...] = TASKS) -> dict[str, Any]:
     torch.set_num_threads(1)
     splits = digits_splits(0)
     clean = _fit(splits[0], splits[1])
     rows: list[dict] = []
     for seed in seeds:
         relabel = VARIANTS["relabel"]
-        rows += relabel_rows(seed, relabel, splits, clean)
-        rows += find_fix_rows(seed, relabel, splits)
-        rows += backdoor_rows(seed, VARIANTS["backdoor"], splits)
+        if "relabel" in tasks:
+            rows += relabel_rows(seed, relabel, splits, clean)
+        if "find_fix" in tasks:
+            rows += find_fix_rows(seed, relabel, splits)
+        if "backdoor" in tasks:
+            rows += backdoor_rows(seed, VARIANTS["backdoor"], splits)
         print(f"seed {seed}: {len(rows)} rows", flush=True)
     summary = summarise(rows)
     return {
-        "command": "python -m benchmarks.corrections --seeds " + " ".join(map(str, seeds)),
+        "command": "python -m benchmarks.corrections --seeds "
+        + " ".join(map(str, seeds))
+        + ("" if tasks == TASKS else " --tasks " + " ".join(tasks)),
         "machine": machine(),
         "variants": VARIANTS,
         "summary": summary,
@@ -228,10 +246,16 @@ def run(seeds: list[int]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument(
+        "--out",
+        default=RESULT,
+        help="result file under benchmarks/results (a task subset is best written to its own file)",
+    )
     a = p.parse_args(argv)
-    result = run(a.seeds)
-    write_json(RESULT, result)
-    plot(result["summary"])
+    result = run(a.seeds, tuple(a.tasks))
+    write_json(a.out, result)
+    plot(result["summary"], a.out.replace(".json", ".png"))
     for task, variants in result["summary"].items():
         for name, s in variants.items():
             cells = ", ".join(
