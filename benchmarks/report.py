@@ -926,6 +926,7 @@ FAITHFULNESS_COLUMNS = [
     ("ra", "RA", 3),
     ("ta", "TA", 3),
     ("relearn5", "relearn@5", 3),
+    ("relearn5_no_reset", "relearn@5 (no reset)", 3),
     ("asr", "ASR", 3),
     ("seconds", "seconds", 1),
 ]

@@ -22,6 +22,7 @@ Forgetting is complete when the scorer's forget score reaches 0.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,13 +139,26 @@ class ForgetSpec(ABC):
 def _int(value: object, name: str) -> int:
     if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # NumPy integers
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must hold integers, got {value!r} ({type(value).__name__}).")
     return int(value)
 
 
+def _as_sequence(values: object) -> list:
+    """A scalar, a NumPy array or integer, a tensor or any iterable of ids, as a list."""
+    if isinstance(values, Tensor):
+        return values.reshape(-1).tolist()
+    if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):  # NumPy
+        values = values.tolist()
+    if isinstance(values, (int, bool)) or not hasattr(values, "__iter__"):
+        return [values]
+    return list(values)  # type: ignore[call-overload]
+
+
 def _ids(values: Sequence[int], name: str) -> list[int]:
-    out = sorted({_int(v, name) for v in values})
+    out = sorted({_int(v, name) for v in _as_sequence(values)})
     if not out:
         raise ValueError(f"{name} is empty: give at least one.")
     return out
@@ -496,7 +510,7 @@ def forget_spec_from_arguments(
     if backdoor_repair_rows is not None and not backdoor:
         raise ValueError("backdoor_repair_rows is only used with backdoor_trigger.")
     if forget_classes is not None:
-        return ClassRemoval(list(forget_classes))
+        return ClassRemoval(_as_sequence(forget_classes))
     if relabel is not None:
         return LabelChange(relabel)  # type: ignore[arg-type]  (checked in __post_init__)
     if backdoor:
@@ -506,12 +520,7 @@ def forget_spec_from_arguments(
                 "backdoor_target (the label it forces) and forget_ids (the ids of the poisoned "
                 "training samples)."
             )
-        true = (
-            None
-            if backdoor_true_labels is None
-            else _aligned_labels(list(forget_ids), backdoor_true_labels)
-        )
-        return BackdoorRepair(
-            list(forget_ids), backdoor_trigger, backdoor_target, true, backdoor_repair_rows
-        )
-    return SampleRemoval(list(forget_ids or []))
+        ids = _as_sequence(forget_ids)
+        true = None if backdoor_true_labels is None else _aligned_labels(ids, backdoor_true_labels)
+        return BackdoorRepair(ids, backdoor_trigger, backdoor_target, true, backdoor_repair_rows)
+    return SampleRemoval(_as_sequence(forget_ids))

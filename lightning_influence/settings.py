@@ -60,6 +60,20 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
         raise ValueError(f"{name}={value!r} is not one of {choices}.")
 
 
+def _check_number(value: object, name: str) -> None:
+    """A real number (not a bool or a string such as "0.001"), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{name} must be a number, got {value!r} ({type(value).__name__}): write it "
+            "without quotes."
+        )
+
+
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+
+
 def _check_positive_int(value: int, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -279,6 +293,7 @@ class SolveArguments:
         _check_positive_int(self.max_iter, "solve.max_iter")
         if self.rounds is not None:
             _check_positive_int(self.rounds, "solve.rounds")
+        _check_bool(self.polish, "solve.polish")
 
     @property
     def dampings(self) -> list[float]:
@@ -343,6 +358,11 @@ class StepArguments:
             _check_positive_int(self.max_val_samples, "step.max_val_samples")
         if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
             raise ValueError(f"step.refine must be an integer >= 0, got {self.refine!r}.")
+        _check_number(self.min_radius, "step.min_radius")
+        _check_number(self.max_radius, "step.max_radius")
+        for name in ("forget_target", "max_retain_drop", "f1_tolerance"):
+            if getattr(self, name) is not None:
+                _check_number(getattr(self, name), f"step.{name}")
         if not 0.0 < self.min_radius <= self.max_radius or not math.isfinite(self.max_radius):
             raise ValueError(
                 "step radii need 0 < min_radius <= max_radius < inf, got "
@@ -398,14 +418,10 @@ class ResponseArguments:
         ):
             raise ValueError(f"response.steps must be an integer >= 0 or None, got {self.steps!r}.")
         _check_positive_int(self.every, "response.every")
-        if not isinstance(self.selected_only, bool):
-            raise ValueError(
-                f"response.selected_only must be True or False, got {self.selected_only!r}."
-            )
+        _check_bool(self.selected_only, "response.selected_only")
         for name in ("lr", "remove_weight", "retain_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"response.{name} must be a number, got {value!r}.")
+            _check_number(value, f"response.{name}")
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
                 raise ValueError(
                     f"response.{name} must be finite and > 0 (>= 0 for the weights), got {value!r}."
@@ -435,6 +451,7 @@ class GridArguments:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            _check_number(value, f"grid.{f.name}")
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"grid.{f.name} must be in [0, 1], got {value!r}.")
 

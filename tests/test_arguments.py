@@ -95,3 +95,39 @@ def test_settings_dataclasses_are_accepted_as_is():
     step = StepArguments(steps=4, max_radius=1.0)
     cb = UnlearnCallback(forget_classes=[3], step=step)
     assert cb.settings.step is step
+
+
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        ({"step": {"min_radius": "0.001"}}, "step.min_radius must be a number"),
+        ({"step": {"max_retain_drop": "0.01"}}, "step.max_retain_drop must be a number"),
+        ({"grid": {"accept_retain_drop": "0.01"}}, "grid.accept_retain_drop must be a number"),
+        ({"solve": {"polish": "false"}}, "solve.polish must be True or False"),
+        ({"response": {"selected_only": 1}}, "response.selected_only must be True or False"),
+    ],
+)
+def test_settings_given_as_strings_name_the_field(kwargs, names):
+    with pytest.raises(ValueError, match=names):
+        UnlearnCallback(forget_classes=[3], **kwargs)
+
+
+def test_ids_and_classes_as_scalars_numpy_and_tensors():
+    import numpy as np
+    import torch
+
+    assert UnlearnCallback(forget_classes=3).spec.classes == [3]
+    assert UnlearnCallback(forget_classes=np.int64(3)).spec.classes == [3]
+    assert UnlearnCallback(forget_classes=np.array([3, 1])).spec.classes == [1, 3]
+    assert UnlearnCallback(forget_ids=torch.arange(5)).spec.ids == [0, 1, 2, 3, 4]
+    assert UnlearnCallback(forget_ids=[np.int64(2), np.int32(1)]).spec.ids == [1, 2]
+    assert UnlearnCallback(relabel={np.int64(4): np.int64(2)}).spec.new_labels == {4: 2}
+    cb = UnlearnCallback(
+        forget_ids=torch.tensor([7, 5]),
+        backdoor_trigger=lambda x: x,
+        backdoor_target=0,
+        backdoor_true_labels=torch.tensor([1, 2]),
+    )
+    assert cb.spec.ids == [5, 7] and cb.spec.true_labels == {7: 1, 5: 2}
+    with pytest.raises(ValueError, match="forget_ids must hold integers"):
+        UnlearnCallback(forget_ids=torch.tensor([0.5]))
