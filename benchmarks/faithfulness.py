@@ -19,7 +19,9 @@ and is reported on the forget set, the retained training data and the TEST data:
 
 Tasks: ``class`` (remove one class), ``random10`` / ``random1`` (delete 10 % / 1 % random
 samples), ``memorized`` (delete the 1 % of samples whose labels were flipped before
-training), ``backdoor`` / ``backdoor_labels`` (5 % of non-target images stamped with a 3x3
+training; ``memorized25``: the same with base and retrained models trained 25 epochs
+without early stopping, so that the base model memorises them), ``backdoor`` /
+``backdoor_labels`` (5 % of non-target images stamped with a 3x3
 corner patch and labelled 0; repaired by their ids without / with true labels), ``relabel``
 (30 % of the pullovers labelled shirt; relabelled back).
 
@@ -72,7 +74,19 @@ from lightning_influence.faithfulness import (
 from lightning_influence.metrics import forgetting_f1
 
 RESULT = "faithfulness_fashion.json"
-TASKS = ("class", "random10", "random1", "memorized", "backdoor", "backdoor_labels", "relabel")
+TASKS = (
+    "class",
+    "random10",
+    "random1",
+    "memorized",
+    "memorized25",
+    "backdoor",
+    "backdoor_labels",
+    "relabel",
+)
+#: tasks whose base model and retrainings train a fixed number of epochs (no early
+#: stopping), so that the base model memorises its flipped labels as in the issue's runs
+FIXED_EPOCHS = {"memorized25": 25}
 METHODS = (
     "nothing",
     "default",
@@ -165,7 +179,7 @@ def make_task(name: str, seed: int, data) -> Task:
         k = round(n * (0.10 if name == "random10" else 0.01))
         ids = _draw(torch.arange(n), k, seed)
         return Task(name, seed, train, val, test, ids, {"forget_ids": ids.tolist()})
-    if name == "memorized":
+    if name in ("memorized", "memorized25"):
         ids = _draw(torch.arange(n), round(0.01 * n), seed)
         noisy = y.clone()
         shift = torch.randint(1, 10, (len(ids),), generator=torch.Generator().manual_seed(seed))
@@ -530,7 +544,29 @@ def _cache_name(kind: str, task: Task, train_samples: int | None) -> str:
     return f"faith_{size}_{kind}_seed{task.seed}"
 
 
-def cached(name: str, train: TensorDataset, val: TensorDataset, seed: int):
+def fit_fixed(train: TensorDataset, val: TensorDataset, seed: int, epochs: int):
+    """The recipe's optimiser and batches for ``epochs`` epochs, the last weights kept."""
+    from benchmarks.unlearning import train_epoch
+    from lightning_influence.demos.models import ImageClassifier
+
+    torch.manual_seed(seed)
+    model = ImageClassifier(num_classes=10, image_size=28)
+    opt = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
+    loader = DataLoader(
+        train,
+        batch_size=RECIPE["batch_size"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    start = time.perf_counter()
+    for _ in range(epochs):
+        train_epoch(model, loader, opt)
+    return model.eval(), {"seconds": time.perf_counter() - start, "epochs": epochs}
+
+
+def cached(
+    name: str, train: TensorDataset, val: TensorDataset, seed: int, epochs: int | None = None
+):
     from lightning_influence.demos.models import ImageClassifier
 
     folder = CACHE / "faithfulness"
@@ -540,7 +576,7 @@ def cached(name: str, train: TensorDataset, val: TensorDataset, seed: int):
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval(), json.loads(meta.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    model, info = fit(train, val, seed)
+    model, info = fit(train, val, seed) if epochs is None else fit_fixed(train, val, seed, epochs)
     torch.save(model.state_dict(), path)
     meta.write_text(json.dumps(info))
     return model, info
@@ -553,6 +589,10 @@ def _base_kind(task: Task) -> str:
     return {"backdoor_labels": "backdoor"}.get(task.name, task.name)
 
 
+def _epochs(task: Task) -> int | None:
+    return FIXED_EPOCHS.get(task.name)
+
+
 def _retrain_kind(task: Task) -> str:
     if task.name == "class":
         return f"without_class{task.forget_class}"
@@ -561,7 +601,7 @@ def _retrain_kind(task: Task) -> str:
     return f"retain_{ {'backdoor_labels': 'backdoor'}.get(task.name, task.name) }"
 
 
-def run(seeds, tasks, methods, train_samples, resume, out) -> dict[str, Any]:
+def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str, Any]:
     from lightning_influence.demos.datasets import fashion_mnist_splits
 
     torch.set_num_threads(1)
@@ -571,18 +611,20 @@ def run(seeds, tasks, methods, train_samples, resume, out) -> dict[str, Any]:
     commands = old.get("commands", [])
     command = "python -m benchmarks.faithfulness " + " ".join(sys.argv[1:])
     commands.append(command)
+    NOTES[:] = old.get("notes", []) + [n for n in notes if n not in old.get("notes", [])]
     done = {(r["task"], r["seed"], r["method"]) for r in rows}
     for seed in seeds:
         data = fashion_mnist_splits(seed=seed, max_train_samples=train_samples)
         for name in tasks:
             task = make_task(name, seed, data)
             base, base_info = cached(_cache_name(_base_kind(task), task, train_samples),
-                                     task.train, task.val, seed)  # fmt: skip
+                                     task.train, task.val, seed, _epochs(task))  # fmt: skip
             retrains = {}
             for tag, s in (("retrain", seed), ("retrain'", seed + 1000)):
                 kind = _retrain_kind(task) + ("" if tag == "retrain" else "_second")
                 model, info = cached(_cache_name(kind, task, train_samples), task.corrected,
-                                     task.val if task.name != "class" else _without(task.val, task.forget_class), s)  # fmt: skip
+                                     task.val if task.name != "class" else _without(task.val, task.forget_class), s,
+                                     _epochs(task))  # fmt: skip
                 retrains[tag] = (model, info)
             objective = validation_objective(task, _acc(base, task.val))
             for method in ["retrain", "retrain'", *methods]:
@@ -604,6 +646,10 @@ def run(seeds, tasks, methods, train_samples, resume, out) -> dict[str, Any]:
     result = summarise(rows, commands, train_samples)
     write_json(out, result)
     return result
+
+
+#: notes carried in the result file (``--note``)
+NOTES: list[str] = []
 
 
 def _without(ds: TensorDataset, c: int) -> TensorDataset:
@@ -643,6 +689,8 @@ def _task_goals(rows: list[dict[str, Any]], task: str, seed: int) -> dict[str, f
     if task == "class":
         out["relearn5_minus_retrain"] = d["relearn5"] - ref["relearn5"]
         out["relearn5_no_reset_minus_retrain"] = d["relearn5_no_reset"] - ref["relearn5_no_reset"]
+        if nothing is not None:  # a measure that doing nothing also passes proves nothing
+            out["relearn5_nothing_minus_retrain"] = nothing["relearn5"] - ref["relearn5"]
     if task.startswith("backdoor") and nothing is not None:
         out["asr_minus_retrain"] = d["asr"] - ref["asr"]
         out["clean_acc_drop"] = nothing["ta"] - d["ta"]
@@ -658,7 +706,13 @@ def _task_goals(rows: list[dict[str, Any]], task: str, seed: int) -> dict[str, f
 PASS = {
     "random10": lambda g: g["avg_gap_pp"] <= 1.0,
     "memorized": lambda g: g["avg_gap_pp"] <= 5.0,
-    "class": lambda g: g["avg_gap_pp"] <= 0.5 and g["relearn5_minus_retrain"] <= 0.25,
+    "memorized25": lambda g: g["avg_gap_pp"] <= 5.0,
+    # relearning passes only where the measure separates doing nothing from retraining
+    "class": lambda g: (
+        g["avg_gap_pp"] <= 0.5
+        and g["relearn5_minus_retrain"] <= 0.25
+        and g.get("relearn5_nothing_minus_retrain", 0.0) > 0.25
+    ),
     "backdoor": lambda g: g["asr_minus_retrain"] <= 0.02 and g["clean_acc_drop"] <= 0.01,
     "relabel": lambda g: g["recovered_share"] >= 0.8 and g["other_classes_drop"] <= 0.01,
 }
@@ -703,9 +757,11 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
         "class_avg_gap_pp": mean("class", "avg_gap_pp"),
         "class_relearn5_minus_retrain": mean("class", "relearn5_minus_retrain"),
         "class_relearn5_no_reset_minus_retrain": mean("class", "relearn5_no_reset_minus_retrain"),
+        "class_relearn5_nothing_minus_retrain": mean("class", "relearn5_nothing_minus_retrain"),
         "random10_avg_gap_pp": mean("random10", "avg_gap_pp"),
         "random1_avg_gap_pp": mean("random1", "avg_gap_pp"),
         "memorized_avg_gap_pp": mean("memorized", "avg_gap_pp"),
+        "memorized25_avg_gap_pp": mean("memorized25", "avg_gap_pp"),
         "backdoor_asr_no_labels_minus_retrain": mean("backdoor", "asr_minus_retrain"),
         "backdoor_clean_acc_drop": mean("backdoor", "clean_acc_drop"),
         "backdoor_labels_asr_minus_retrain": mean("backdoor_labels", "asr_minus_retrain"),
@@ -729,6 +785,7 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
         "setup": __doc__.split("\n\n")[1],
         "recipe": RECIPE,
         "machine": machine(),
+        "notes": NOTES,
         "summary": summary,
         "cells": cells,
         "rows": rows,
@@ -750,8 +807,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-samples", type=int, default=None, help="stratified subset (None: all)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out", default=RESULT)
+    p.add_argument("--note", action="append", default=[], help="a note kept in the result")
     a = p.parse_args(argv)
-    result = run(a.seeds, a.tasks, a.methods, a.train_samples, a.resume, a.out)
+    result = run(a.seeds, a.tasks, a.methods, a.train_samples, a.resume, a.out, a.note)
     print(json.dumps(result["summary"], indent=1))
 
 

@@ -949,6 +949,8 @@ def faithfulness_section(
         "every number on test data (UA, MIA-efficacy on the forget set, RA on retained "
         "training data); every method picks its steps on validation data.",
         "",
+        *[f"- {n}" for n in d.get("notes", [])],
+        *([""] if d.get("notes") else []),
     ]
     for task, methods in d["cells"].items():
         cols = [c for c in FAITHFULNESS_COLUMNS if any(c[0] in m for m in methods.values())]
@@ -1010,6 +1012,10 @@ def build() -> str:
     lines += faithfulness_section(
         load("faithfulness_fashion10k.json"),
         "Faithfulness on a 10,000-image Fashion-MNIST subset (a partial run, not the acceptance setting)",
+    )
+    lines += faithfulness_section(
+        load("faithfulness_fashion10k_levers.json"),
+        "Levers of the default on the same subset (response descent, sample removal's budget rule)",
     )
     lines += corrections_section(
         load("corrections_backdoor.json"),

@@ -1,0 +1,70 @@
+"""benchmarks/faithfulness.py end to end on tiny synthetic 28x28 data (no Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from benchmarks import faithfulness as B
+from lightning_influence.demos.models import ImageClassifier
+
+torch.set_num_threads(1)
+
+
+def _splits(n: int = 240):
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 10
+    x = torch.rand(n, 1, 28, 28, generator=gen) * 0.2
+    x[torch.arange(n), 0, y * 2, :] += 1.0  # a class-coded row: learnable in a few steps
+    return (
+        TensorDataset(x, y),
+        TensorDataset(x[:100].clone(), y[:100].clone()),
+        TensorDataset(x[100:200].clone(), y[100:200].clone()),
+    )
+
+
+@pytest.fixture(scope="module")
+def base():
+    train, val, _ = _splits()
+    model, _ = B.fit_fixed(train, val, seed=0, epochs=3)
+    return model
+
+
+@pytest.mark.parametrize("name", B.TASKS)
+def test_tasks_forget_what_they_say(name):
+    task = B.make_task(name, 0, _splits())
+    n = len(task.train.tensors[1])
+    assert len(task.forget) + len(task.retain) == n and len(task.forget) > 0
+    if name == "class":
+        assert bool((task.forget.tensors[1] == task.forget_class).all())
+    if name.startswith("backdoor"):
+        assert bool((task.forget.tensors[1] == B.TARGET).all())
+    if name == "relabel":
+        assert bool((task.corrected.tensors[1][task.forget_ids] == B.RELABEL_FROM).all())
+
+
+@pytest.mark.parametrize("task_name", ["class", "backdoor"])
+def test_every_method_runs_and_is_measured(base, task_name):
+    task = B.make_task(task_name, 0, _splits())
+    if task_name == "backdoor":  # the default's 200 response steps: 8 keep the smoke test short
+        task.callback_args["response"] = {"steps": 8}
+    objective = B.validation_objective(task, B._acc(base, task.val))
+    rows = []
+    response_levers = [v for v, (args, _) in B.VARIANTS.items() if "response" in args]
+    for method in ["retrain", "nothing", *B.METHODS]:
+        if (method == "logit mask" and task_name != "class") or method in response_levers:
+            continue
+        if method == "retrain":
+            model, extra = base, {"seconds": 10.0}
+        else:
+            model, extra = B.run_method(method, base, task, objective)
+        row = {"task": task_name, "seed": 0, "method": method, **B.measures(model, task), **extra}
+        assert {"ua", "mia_efficacy", "ra", "ta", "seconds"} <= set(row)
+        rows.append(row)
+    summary = B.summarise(rows, ["test"], 240)["summary"]
+    assert summary["seeds"] == 1
+    if task_name == "class":
+        assert summary["class_avg_gap_pp"] is not None
+    else:
+        assert summary["backdoor_asr_no_labels_minus_retrain"] is not None
