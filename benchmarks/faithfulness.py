@@ -546,18 +546,10 @@ def _cache_name(kind: str, task: Task, train_samples: int | None) -> str:
 
 def fit_fixed(train: TensorDataset, val: TensorDataset, seed: int, epochs: int):
     """The recipe's optimiser and batches for ``epochs`` epochs, the last weights kept."""
+    from benchmarks.fashion import recipe_start
     from benchmarks.unlearning import train_epoch
-    from lightning_influence.demos.models import ImageClassifier
 
-    torch.manual_seed(seed)
-    model = ImageClassifier(num_classes=10, image_size=28)
-    opt = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
-    loader = DataLoader(
-        train,
-        batch_size=RECIPE["batch_size"],
-        shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    model, opt, loader = recipe_start(train, seed)
     start = time.perf_counter()
     for _ in range(epochs):
         train_epoch(model, loader, opt)

@@ -108,8 +108,8 @@ def _val_loss(model: nn.Module, val: TensorDataset) -> float:
     )
 
 
-def fit(train: TensorDataset, val: TensorDataset, seed: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The one training recipe (``RECIPE``): early stopping on validation loss, best kept."""
+def recipe_start(train: TensorDataset, seed: int):
+    """The recipe's seeded model, optimiser and shuffled loader."""
     torch.manual_seed(seed)
     model = ImageClassifier(num_classes=10, image_size=28)
     opt = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
@@ -119,6 +119,12 @@ def fit(train: TensorDataset, val: TensorDataset, seed: int) -> tuple[nn.Module,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
+    return model, opt, loader
+
+
+def fit(train: TensorDataset, val: TensorDataset, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The one training recipe (``RECIPE``): early stopping on validation loss, best kept."""
+    model, opt, loader = recipe_start(train, seed)
     start, cpu = time.perf_counter(), time.process_time()
     best, best_state, since, epochs = float("inf"), None, 0, 0
     while epochs < RECIPE["max_epochs"]:
