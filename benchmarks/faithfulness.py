@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, write_json
-from benchmarks.fashion import RECIPE, fit
+from benchmarks.fashion import RECIPE, MaskedLogit, fit
 from lightning_influence.demos.corruptions import attack_success_rate, corner_trigger
 from lightning_influence.faithfulness import (
     avg_gap,
@@ -420,17 +420,6 @@ def ssd(model, task, objective, seed):
         if s > best:
             best, best_state = s, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
-
-
-class MaskedLogit(nn.Module):
-    def __init__(self, model: nn.Module, c: int) -> None:
-        super().__init__()
-        self.model, self.c = model, c
-
-    def forward(self, x):
-        out = self.model(x).clone()
-        out[:, self.c] = out.min(dim=1).values - 1e3
-        return out
 
 
 def unlearn_default(model, task: Task, variant: str | None = None) -> dict[str, Any]:

@@ -123,16 +123,13 @@ class ForgetSpec(ABC):
         return m / size, k / size, (n - m) / size
 
     @abstractmethod
-    def scorer(
-        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
-    ) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         """The validation scorer of the step search (inputs already on the model's device).
 
         Args:
             val: the validation rows.
             forget: the forgotten training rows.
             loss_fn: the run's mean-reduced loss (scorers that use a loss; None: cross-entropy).
-            retained: a sample of the retained training rows (the membership attack's members).
         """
 
 
@@ -248,9 +245,7 @@ class ClassRemoval(ForgetSpec):
             )
         super().check(data)
 
-    def scorer(
-        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
-    ) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         mask = torch.isin(val.y, torch.tensor(self.classes, device=val.y.device))
         if not bool(mask.any()):
             raise ValueError(
@@ -296,12 +291,10 @@ class SampleRemoval(ForgetSpec):
         _check_known_ids(self.ids, data, "forget_ids")
         super().check(data)
 
-    def scorer(
-        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
-    ) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         if self.completion == "budget":
-            return FittedScorer(forget, val, retained)
-        return MembershipScorer(forget, val, loss_fn, retained)
+            return FittedScorer(forget, val)
+        return MembershipScorer(forget, val, loss_fn)
 
 
 @dataclass
@@ -347,9 +340,7 @@ class LabelChange(ForgetSpec):
     ) -> tuple[Rows, Rows | None]:
         return forget, forget.relabelled(self._new_y(forget))
 
-    def scorer(
-        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
-    ) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         x = inputs_cat([forget.x, val.x])
         y = torch.cat([forget.y, val.y])
         mask = torch.arange(len(y), device=y.device) < len(forget)
@@ -459,9 +450,7 @@ class BackdoorRepair(ForgetSpec):
             raise ValueError("backdoor_trigger must return inputs of the input batch's shape.")
         return out
 
-    def scorer(
-        self, val: Rows, forget: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
-    ) -> Scorer:
+    def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         victims = val.y != self.target
         if not bool(victims.any()):
             raise ValueError(

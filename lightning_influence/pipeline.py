@@ -96,7 +96,8 @@ class Problem:
     polish: bool
     response: ResponseData | None = None
     response_steps: int = 0
-    #: forgotten rows, membership-attack members and validation rows (on the device)
+    #: forgotten rows, membership-attack members (None: no MIA-efficacy, the task forgets
+    #: no given ids) and validation rows, on the device
     forget: Rows | None = None
     members: Rows | None = None
     val: Rows | None = None
@@ -176,30 +177,29 @@ def run_unlearning(
         problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
     with timer("measure"):
-        before = _measured(model, problem, spec)
+        before = _with_mia(model, problem, problem.scorer.metrics(model))
     best, candidates = _search_candidates(
         model, problem, settings, loss_fn, timer, show_progress, before
     )
     with timer("measure"):
-        if best.step.applied and "mia_efficacy" not in best.after and problem.members:
-            best.after["mia_efficacy"] = _mia(model, problem)
+        if best.step.applied:
+            best.after = _with_mia(model, problem, best.after)
     _fill_outcome(report, best, candidates, before)
     report.seconds = timer.total()
     report.peak_memory_bytes, report.memory_kind = peak_memory(device)
     return report
 
 
-def _measured(model: nn.Module, problem: Problem, spec: ForgetSpec) -> dict[str, float]:
-    """The scorer's metrics; for the tasks that forget given ids, with MIA-efficacy."""
-    out = problem.scorer.metrics(model)
-    if spec.forgotten_ids is not None and "mia_efficacy" not in out:
-        out["mia_efficacy"] = _mia(model, problem)
-    return out
-
-
-def _mia(model: nn.Module, problem: Problem) -> float:
-    assert problem.members is not None and problem.forget is not None
-    return mia_efficacy(model, problem.forget, problem.members, problem.val)
+def _with_mia(model: nn.Module, problem: Problem, metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` plus, for the tasks that forget given ids (``problem.members`` set), the
+    MIA-efficacy of the forgotten rows at the current weights."""
+    if problem.members is None:
+        return metrics
+    assert problem.forget is not None and problem.val is not None
+    return {
+        **metrics,
+        "mia_efficacy": mia_efficacy(model, problem.forget, problem.members, problem.val),
+    }
 
 
 def _check_finite(x: Any, what: str) -> None:
@@ -306,12 +306,10 @@ def _build_problem(
     rows, weights = _subset_rows(data, subset)
     retained = rows.batches(size, device, weights)
     forget = data.forget.to(device)
-    members = _attack_members(data, val, settings.seed).to(device)
-    scorer = spec.scorer(val.to(device), forget, loss_fn, members)
+    val_on_device = val.to(device)
+    scorer = spec.scorer(val_on_device, forget, loss_fn)
     searched = stratified_rows(val, step.max_val_samples, settings.seed)
-    search_scorer = (
-        scorer if searched is val else spec.scorer(searched.to(device), forget, loss_fn, members)
-    )
+    search_scorer = scorer if searched is val else spec.scorer(searched.to(device), forget, loss_fn)
     r = settings.response
     response_steps = spec.response_steps if r.steps is None else r.steps
     gradient = RoundGradient(
@@ -365,8 +363,12 @@ def _build_problem(
         else None,
         response_steps=response_steps,
         forget=forget,
-        members=members if spec.forgotten_ids is not None else None,
-        val=val.to(device),
+        members=(
+            _attack_members(data, val, settings.seed).to(device)
+            if spec.forgotten_ids is not None
+            else None
+        ),
+        val=val_on_device,
     )
 
 

@@ -75,12 +75,6 @@ def _logits(model: nn.Module, batch: Batch) -> Tensor:
     return logits_of(call_model(model, batch.x))
 
 
-@torch.no_grad()
-def _anchors(model: nn.Module, batches: list[Batch]) -> list[Tensor]:
-    """log p_θ₀ of every retained batch (the Bregman term's reference)."""
-    return [F.log_softmax(_logits(model, b).double(), -1).to(torch.float32) for b in batches]
-
-
 def _kl_to_anchor(logits: Tensor, anchor: Tensor, weights: Tensor | None) -> Tensor:
     log_p = F.log_softmax(logits, -1)
     per_row = (anchor.exp() * (anchor - log_p)).sum(-1)
@@ -158,6 +152,7 @@ def response_descent(
     if masks is not None:
         named = {k: p for k, p in named.items() if k in masks}
     start = {k: p.detach().clone() for k, p in named.items()}
+    size = math.sqrt(sum(float(s.double().pow(2).sum()) for s in start.values())) or 1.0
     result = StepResult(applied=False)
     try:
         with eval_mode(model):
@@ -177,7 +172,7 @@ def response_descent(
                 opt.step()
                 if (k + 1) % every and k + 1 != steps:
                     continue
-                trial = _scored(model, score_fn, named, start, k + 1)
+                trial = _scored(model, score_fn, named, start, size, k + 1)
                 result.trials.append(trial)
                 if progress is not None:
                     progress(len(result.trials), trial)
@@ -189,8 +184,8 @@ def response_descent(
                 if trial.f1 > best_f1:
                     best_f1, best_trial = trial.f1, trial
                     best_state = {n: p.detach().clone() for n, p in named.items()}
-        floor = reference - max_retain_drop
-        if best_trial is None or best_trial.retain_acc < floor or best_state is None:
+        # a point below the floor ends the descent before it can become the best
+        if best_trial is None or best_state is None:
             restore_weights(model, snapshot)
             result.reason = (
                 f"no response step improved the validation F1 over its start "
@@ -216,18 +211,17 @@ def _scored(
     score_fn: ScoreFn,
     named: Mapping[str, Tensor],
     start: Mapping[str, Tensor],
+    size: float,
     taken: int,
 ) -> StepTrial:
-    """The current point as a trial: radius = ‖θ − θ_start‖ / ‖θ_start‖ over the moving
-    parameters (as the line search measures radii), step_norm = ‖θ − θ_start‖."""
+    """The current point as a trial: radius = ‖θ − θ_start‖ / ``size`` (‖θ_start‖ over the
+    moving parameters, as the line search measures radii), step_norm = ‖θ − θ_start‖."""
     with torch.no_grad():
         moved = math.sqrt(
             sum(float((p - start[n]).double().pow(2).sum()) for n, p in named.items())
         )
-        size = math.sqrt(sum(float(s.double().pow(2).sum()) for s in start.values())) or 1.0
     f, r = score_fn(model)
-    trial = _ResponseTrial(moved / size, moved, f, r, float(forgetting_f1(f, r)))
-    trial.radius_steps = taken
+    trial = _ResponseTrial(moved / size, moved, f, r, float(forgetting_f1(f, r)), taken)
     if not (math.isfinite(f) and math.isfinite(r)):
         trial.f1 = -1.0
     return trial
@@ -240,7 +234,9 @@ class _ResponseTrial(StepTrial):
     radius_steps: int = 0
 
 
+@torch.no_grad()
 def response_anchors(model: nn.Module, batches: list[Batch]) -> list[Tensor]:
-    """log p_θ₀ on the retained batches, at the model's current (trained) weights."""
+    """log p_θ₀ on the retained batches (the Bregman term's reference), at the model's
+    current (trained) weights."""
     with eval_mode(model):
-        return _anchors(model, batches)
+        return [F.log_softmax(_logits(model, b).double(), -1).to(torch.float32) for b in batches]

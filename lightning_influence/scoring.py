@@ -192,11 +192,10 @@ class FittedScorer(Scorer):
     Args:
         forget: the forgotten training rows on the model's device.
         val: the validation rows on the model's device.
-        retained: retained training rows for the reported ``mia_efficacy`` (or None).
     """
 
-    def __init__(self, forget: Rows, val: Rows, retained: Rows | None = None) -> None:
-        self.forget, self.val, self.retained = forget, val, retained
+    def __init__(self, forget: Rows, val: Rows) -> None:
+        self.forget, self.val = forget, val
         shards = active_shards()
         self._forget_inputs = _ShardedInputs(forget.x, shards)
         self._val_inputs = _ShardedInputs(val.x, shards)
@@ -217,8 +216,6 @@ class FittedScorer(Scorer):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         v = self._values(model)
         v["f1"] = float(forgetting_f1(v["forget_confidence"], v["retain_acc"]))
-        if self.retained is not None:
-            v["mia_efficacy"] = mia_efficacy(model, self.forget, self.retained, self.val)
         return v
 
 
@@ -236,25 +233,15 @@ class MembershipScorer(Scorer):
     that a typical unseen sample never reaches. The retained accuracy is the validation
     accuracy.
 
-    With ``retained`` rows, the metrics also give ``mia_efficacy``: the share of the
-    forgotten rows that a membership-inference attack fitted at the current weights
-    (retained rows as members, validation rows as non-members) calls non-members, as the
-    unlearning field measures it (:func:`mia_efficacy`). It is reported, not searched on.
-
     Args:
         forget: the forgotten training rows (inputs, labels) on the model's device.
         val: the validation rows on the model's device.
         loss_fn: the run's mean-reduced ``loss_fn(logits, targets)``, applied per sample
             (None: cross-entropy).
-        retained: retained training rows on the model's device (the attack's members), or
-            None (no ``mia_efficacy``).
     """
 
-    def __init__(
-        self, forget: Rows, val: Rows, loss_fn: LossFn | None = None, retained: Rows | None = None
-    ) -> None:
+    def __init__(self, forget: Rows, val: Rows, loss_fn: LossFn | None = None) -> None:
         self.forget, self.val, self.loss_fn = forget, val, loss_fn
-        self.retained = retained
         classes, counts = torch.unique(forget.y, return_counts=True)
         weights = counts.double() / len(forget)
         self.class_weights = {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
@@ -298,6 +285,4 @@ class MembershipScorer(Scorer):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         v = self._values(model)
         v["f1"] = float(forgetting_f1(v["familiarity"], v["retain_acc"]))
-        if self.retained is not None:
-            v["mia_efficacy"] = mia_efficacy(model, self.forget, self.retained, self.val)
         return v

@@ -7,7 +7,6 @@ import torch
 from torch.utils.data import TensorDataset
 
 from benchmarks import faithfulness as B
-from lightning_influence.demos.models import ImageClassifier
 
 torch.set_num_threads(1)
 

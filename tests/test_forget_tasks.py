@@ -212,6 +212,20 @@ def test_sample_removal_keeps_test_accuracy(digits, clean_model, n_forget):
         assert 0.0 <= side["mia_efficacy"] <= 1.0, side
 
 
+def test_mia_efficacy_is_reported_for_the_budget_completion_too(digits, clean_model):
+    """The pipeline adds MIA-efficacy to before/after whatever the sample-removal scorer."""
+    train, val, _ = digits
+    model = copy.deepcopy(clean_model)
+    cb = UnlearnCallback(progress_bar=False, forget_ids=random_ids(len(train), 20, seed=2))
+    cb.spec.completion = "budget"
+    report = cb.unlearn_model(
+        model, DataLoader(IndexedDataset(train), batch_size=64), DataLoader(val, batch_size=256)
+    )
+    for side in (report.before, report.after):
+        assert 0.0 <= side["mia_efficacy"] <= 1.0, side
+    assert "forget_confidence" in report.before
+
+
 def test_label_change_recovers_flipped_class(digits, clean_model, flipped):
     _, val, test = digits
     noisy, relabel, corrupted = flipped
