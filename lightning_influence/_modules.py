@@ -6,7 +6,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -55,3 +55,34 @@ def only_trainable(model: nn.Module, names: Collection[str] | None) -> Iterator[
     finally:
         for p in frozen:
             p.requires_grad_(True)
+
+
+def named_tensors(model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer by name, non-persistent buffers included."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+@contextmanager
+def compute_dtype(model: nn.Module) -> Iterator[torch.dtype]:
+    """Run the block with every floating tensor of ``model`` in one dtype; yields that dtype.
+
+    The dtype is float64 when any parameter is float64, else float32: a ``bf16-true`` or
+    ``16-true`` model is solved in float32 and a model mixing float32 and float64 in float64.
+    Each parameter and buffer gets its own dtype back after the block (rounded where the
+    block changed it; the round trip of an unchanged tensor is exact, since widening is
+    lossless).
+    """
+    tensors = {k: t for k, t in named_tensors(model).items() if t.is_floating_point()}
+    dtypes = {k: t.dtype for k, t in tensors.items()}
+    wide = any(t.dtype == torch.float64 for t in model.parameters())
+    dtype = torch.float64 if wide else torch.float32
+    if all(d == dtype for d in dtypes.values()):
+        yield dtype
+        return
+    model.to(dtype)
+    try:
+        yield dtype
+    finally:
+        for k, t in named_tensors(model).items():
+            if k in dtypes and t.dtype != dtypes[k]:
+                t.data = t.data.to(dtypes[k])

@@ -296,3 +296,27 @@ def _checked_weights(weights: Any, n: int, where: str) -> Tensor:
 
 def _is_float_tensor(value: Any) -> bool:
     return isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+def inputs_as(parser: BatchParser, dtype: torch.dtype) -> BatchParser:
+    """``parser`` whose batches have their floating-point inputs cast to ``dtype``.
+
+    Integer inputs (token ids) and the labels are kept as they are.
+    """
+
+    def parse(raw: Any) -> Batch:
+        b = parser(raw)
+        if not is_inputs(b.x):
+            return b  # the pipeline names the problem
+        x = _cast_floating(b.x, dtype)
+        return b if x is b.x else replace(b, x=x)
+
+    return parse
+
+
+def _cast_floating(x: Any, dtype: torch.dtype) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
+    if isinstance(x, Mapping):
+        return {k: _cast_floating(v, dtype) for k, v in x.items()}
+    return type(x)(_cast_floating(v, dtype) for v in x)

@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_influence._modules import eval_mode, model_device
-from lightning_influence.batches import Batch, parse_batch
+from lightning_influence._modules import compute_dtype, eval_mode, model_device
+from lightning_influence.batches import Batch, inputs_as, parse_batch
 from lightning_influence.capture import CaptureCallback, CaptureResult
 from lightning_influence.checkpoints import refresh_checkpoints
 from lightning_influence.curvature import default_loss
@@ -144,6 +144,9 @@ class UnlearnCallback(pl.Callback):
         self.report: UnlearnReport | None = None
         #: ``trainer.global_step`` when ``on_fit_end`` last unlearned (kept in checkpoints)
         self.unlearned_step: int | None = None
+        # whether this fit restored the state above from a checkpoint (only then may an equal
+        # step mean "already unlearned"; a reused callback on a new fit must unlearn again)
+        self._state_restored = False
 
     @property
     def task(self) -> str:
@@ -157,11 +160,13 @@ class UnlearnCallback(pl.Callback):
     # ------------------------------------------------------------------ hooks
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.fast_dev_run and not _has_validation(trainer):
+        if not self._state_restored:  # a new fit (maybe with a reused callback): start clean
+            self.report, self.unlearned_step = None, None
+        missing = None if trainer.fast_dev_run else _missing_validation(trainer)
+        if missing:
             raise ValueError(
-                "UnlearnCallback needs validation data (the step is chosen on it, never on test "
-                "data): pass val_dataloaders to fit or a datamodule with val_dataloader(). "
-                "Checked before training so that the fit is not wasted."
+                f"UnlearnCallback needs validation data (the step is chosen on it, never on test "
+                f"data): {missing}. Checked before training so that the fit is not wasted."
             )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -171,7 +176,8 @@ class UnlearnCallback(pl.Callback):
         if trainer.fast_dev_run:
             rank_zero_warn("UnlearnCallback: fast_dev_run is a smoke test; not unlearning.")
             return
-        if self.unlearned_step is not None and self.unlearned_step == trainer.global_step:
+        restored, self._state_restored = self._state_restored, False
+        if restored and self.unlearned_step == trainer.global_step:
             rank_zero_info(
                 "UnlearnCallback: this model was already unlearned at this step (resumed from "
                 "a checkpoint written after unlearning); not unlearning again."
@@ -200,6 +206,7 @@ class UnlearnCallback(pl.Callback):
         rep = state_dict.get("report")
         self.report = None if rep is None else UnlearnReport.from_dict(rep)
         self.unlearned_step = state_dict.get("unlearned_step")
+        self._state_restored = True
 
     # ------------------------------------------------------------------ entry points
 
@@ -251,13 +258,17 @@ class UnlearnCallback(pl.Callback):
             progress_bar: show progress bars (default: the callback's setting).
             device: where to run (default: the model's device).
             capture: logits/features of the training samples at the current weights.
+
+        A model in half precision (``bf16-true``, ``16-true``) or mixing float32 and float64 is
+        unlearned in one dtype (float32, resp. float64; floating inputs are cast to it), and
+        each parameter is rounded back to its own dtype afterwards.
         """
         _require_loaders(train_dataloader, val_dataloader)
         home = model_device(model)
         dev = torch.device(device) if device is not None else home
         snapshot = weights_snapshot(model)
         try:
-            with eval_mode(model):
+            with eval_mode(model), compute_dtype(model) as dtype:
                 model.to(dev)
                 self.report = run_unlearning(
                     model if self.logits_fn is None else LogitsModel(model, self.logits_fn),
@@ -266,7 +277,7 @@ class UnlearnCallback(pl.Callback):
                     self.spec,
                     self.settings,
                     loss_fn=self.loss_fn,
-                    batch_parser=self.batch_parser,
+                    batch_parser=inputs_as(self.batch_parser, dtype),
                     device=dev,
                     capture=capture,
                     show_progress=self.progress_bar if progress_bar is None else progress_bar,
@@ -278,6 +289,13 @@ class UnlearnCallback(pl.Callback):
         model.to(home)
         if not self.report.applied:
             rank_zero_warn(f"UnlearnCallback: the model is unchanged: {self.report.reason}.")
+        elif self.report.complete is False:
+            rank_zero_warn(
+                f"UnlearnCallback: forgetting is incomplete: the validation forget score is "
+                f"{self.report.forget_score:.3g}, above the target {self.report.forget_target:g} "
+                f"({self.report.reason}). A larger step.max_radius, step.max_retain_drop or "
+                "selection.ratio may forget further."
+            )
         return self.report
 
     def _unlearn_sharded(
@@ -358,9 +376,17 @@ def _spec_digest(spec: ForgetSpec) -> str:
 
 
 def _fit_loaders(trainer: pl.Trainer, train: Any, val: Any) -> tuple[Any, Any]:
-    """The given loaders, else the last fit's, else the datamodule's."""
+    """The given loaders, else the last fit's, else its data sources', else the datamodule's.
+
+    The fit's sources matter where a loop never ran (``max_epochs=0``, validation less often
+    than the epochs, resuming with nothing left to train): Lightning then holds no loader.
+    """
     train = train if train is not None else first_loader(trainer.train_dataloader)
     val = val if val is not None else first_loader(trainer.val_dataloaders)
+    if train is None:
+        train = first_loader(_source_loaders(_train_source(trainer)))
+    if val is None:
+        val = first_loader(_source_loaders(_val_source(trainer)))
     dm = getattr(trainer, "datamodule", None)
     if train is None and dm is not None:
         train = dm.train_dataloader()
@@ -381,14 +407,42 @@ def _require_loaders(train: Any, val: Any) -> None:
         )
 
 
-def _has_validation(trainer: pl.Trainer) -> bool:
-    """Whether the fit has validation data (a loader, or a datamodule that defines one)."""
-    if trainer.limit_val_batches == 0:
-        return False
+def _train_source(trainer: pl.Trainer) -> Any:
+    return getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+
+
+def _val_source(trainer: pl.Trainer) -> Any:
+    loop = getattr(
+        getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "val_loop", None
+    )
+    return getattr(loop, "_data_source", None)
+
+
+def _source_loaders(source: Any) -> Any:
+    """The loaders a fit's data source gives (its hook is called if it is a module), or None."""
     try:
-        return bool(trainer.fit_loop.epoch_loop.val_loop._data_source.is_defined())
-    except AttributeError:  # another Lightning layout: do not block the fit
-        return True
+        if source is None or source.instance is None or not source.is_defined():
+            return None
+        return source.dataloader()
+    except AttributeError:  # another Lightning layout
+        return None
+
+
+def _missing_validation(trainer: pl.Trainer) -> str | None:
+    """Why the fit has no validation data for unlearning, or None when it has some."""
+    if trainer.limit_val_batches == 0:
+        return "limit_val_batches=0 turns validation off; keep some validation batches"
+    source = _val_source(trainer)
+    if source is None:  # another Lightning layout: do not block the fit
+        return None
+    if source.instance is None or not source.is_defined():
+        return (
+            "pass val_dataloaders to fit, or a datamodule (or LightningModule) with "
+            "val_dataloader()"
+        )
+    if not source.is_module() and first_loader(source.instance) is None:
+        return f"val_dataloaders is empty ({source.instance!r}); pass at least one loader"
+    return None
 
 
 def _fresh_capture(trainer: pl.Trainer) -> CaptureResult | None:

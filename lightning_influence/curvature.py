@@ -10,6 +10,7 @@ from either with the same operator algebra.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -26,6 +27,10 @@ from lightning_influence.operators import DenseMatrixOperator, ParamOperator
 from lightning_influence.vectors import ParamDict, flatten, unflatten
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+#: PyTorch's forward-mode AD levels are process-global, so two ``torch.func.jvp`` calls in two
+#: threads break each other ("no level exists"); every forward-mode product takes this lock.
+FORWARD_AD_LOCK = threading.Lock()
 
 
 def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -231,7 +236,8 @@ class HessianOperator(ParamOperator):
         out: ParamDict | None = None
         with torch.enable_grad():  # callers may sit under no_grad (e.g. Lightning hooks)
             for f in self.losses:
-                _, hv = jvp(grad(f), (self.params,), (dict(v),))
+                with FORWARD_AD_LOCK:
+                    _, hv = jvp(grad(f), (self.params,), (dict(v),))
                 out = self._add(out, hv)
         return self._summed(out, v)
 
@@ -269,8 +275,9 @@ class GaussNewtonOperator(HessianOperator):
         out: ParamDict | None = None
         with torch.enable_grad():
             for f in self.losses:
-                z, jv = jvp(f.outputs, (self.params,), (dict(v),))
-                _, hjv = jvp(grad(f.loss_on), (z,), (jv,))
+                with FORWARD_AD_LOCK:
+                    z, jv = jvp(f.outputs, (self.params,), (dict(v),))
+                    _, hjv = jvp(grad(f.loss_on), (z,), (jv,))
                 _, pullback = vjp(f.outputs, self.params)
                 (gv,) = pullback(hjv)
                 out = self._add(out, gv)

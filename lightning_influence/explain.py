@@ -30,6 +30,7 @@ from lightning_influence.curvature import LossFn, default_loss, per_sample_loss
 from lightning_influence.forward import call_model, inputs_cat, inputs_take, inputs_to, logits_of
 from lightning_influence.loaders import first_loader
 from lightning_influence.scores import ScoreArguments, chunks, influence_scores
+from lightning_influence.settings import _check_positive_int
 
 __all__ = ["Explanation", "InfluenceCallback", "explain"]
 
@@ -215,10 +216,25 @@ class InfluenceCallback(pl.Callback):
         batch_parser: BatchParser = parse_batch,
         log_images: bool = True,
     ) -> None:
-        if top_k < 1 or num_queries < 1 or every_n_epochs < 0:
-            raise ValueError("top_k and num_queries must be >= 1 and every_n_epochs >= 0.")
+        _check_positive_int(top_k, "InfluenceCallback top_k")
+        _check_positive_int(num_queries, "InfluenceCallback num_queries")
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int):
+            raise ValueError(
+                f"InfluenceCallback every_n_epochs must be an integer >= 0 (0: never), got "
+                f"{every_n_epochs!r}."
+            )
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0 (0: never), got {every_n_epochs}.")
+        if scores is not None and not isinstance(scores, (ScoreArguments, dict)):
+            raise ValueError(
+                f"InfluenceCallback scores must be a ScoreArguments or a dict of its fields "
+                f"(e.g. {{'curvature': 'ekfac'}}), got {scores!r}."
+            )
+        if not callable(batch_parser) or (loss_fn is not None and not callable(loss_fn)):
+            raise ValueError("InfluenceCallback loss_fn and batch_parser must be callables.")
         self.top_k, self.num_queries, self.every_n_epochs = top_k, num_queries, every_n_epochs
         self.scores = ScoreArguments(**scores) if isinstance(scores, dict) else scores
+        self.log_images = bool(log_images)
         self.loss_fn, self.batch_parser, self.log_images = loss_fn, batch_parser, log_images
         self.explanation: Explanation | None = None
 

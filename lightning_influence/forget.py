@@ -23,6 +23,7 @@ Forgetting is complete when the scorer's forget score reaches 0.
 from __future__ import annotations
 
 import numbers
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -327,6 +328,20 @@ class LabelChange(ForgetSpec):
 
     def check(self, data: TrainingData) -> None:
         _check_known_ids(sorted(self.new_labels), data, "relabel ids")
+        current = dict(zip(data.forget.ids.tolist(), data.forget.y.tolist(), strict=True))
+        same = [i for i, label in self.new_labels.items() if current.get(i) == label]
+        if len(same) == len(self.new_labels):
+            raise ValueError(
+                f"relabel changes no label: every id already has its new label (e.g. "
+                f"{same[:5]}); give the corrected labels, not the current ones."
+            )
+        if same:
+            warnings.warn(
+                f"relabel: {len(same)} of {len(self.new_labels)} ids already have their new "
+                f"label (e.g. {same[:5]}); they are kept as they are.",
+                UserWarning,
+                stacklevel=2,
+            )
         super().check(data)
 
     def check_labels(self, num_classes: int) -> None:

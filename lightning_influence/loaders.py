@@ -46,6 +46,9 @@ _CHUNK = 512
 def first_loader(loaders: Any) -> Any:
     """The first loader of whatever Lightning holds (a loader, CombinedLoader, list or dict).
 
+    A sequence whose first item is a batch (a tensor, a dict, or a tuple of tensors) is itself
+    the loader (a list of batches).
+
     Args:
         loaders: a loader, a ``CombinedLoader``, a sequence or a mapping of loaders, or None.
     """
@@ -54,8 +57,18 @@ def first_loader(loaders: Any) -> Any:
     if isinstance(loaders, Mapping):
         loaders = next(iter(loaders.values()), None)
     if isinstance(loaders, Sequence) and not isinstance(loaders, (str, bytes)):
+        if len(loaders) and _is_batch(loaders[0]):
+            return loaders  # a list of batches is one loader
         loaders = loaders[0] if len(loaders) else None
     return loaders
+
+
+def _is_batch(item: Any) -> bool:
+    """Whether ``item`` looks like one batch (a tensor, a dict, or a tuple holding tensors),
+    not a loader."""
+    if isinstance(item, (Tensor, Mapping)):
+        return True
+    return isinstance(item, (tuple, list)) and any(isinstance(e, Tensor) for e in item)
 
 
 class DataPass:

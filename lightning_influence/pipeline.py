@@ -17,6 +17,7 @@ The model's weights are untouched unless a step is kept; any failure restores th
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -29,7 +30,7 @@ from lightning_influence.batches import Batch, BatchParser
 from lightning_influence.capture import CaptureResult, capture_pool
 from lightning_influence.distributed import Shards, active_shards
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.forward import inputs_finite
+from lightning_influence.forward import call_model, inputs_finite, inputs_take, inputs_to
 from lightning_influence.influence import InfluenceReport, influence
 from lightning_influence.output_layer import moving_module
 from lightning_influence.pool import (
@@ -142,6 +143,12 @@ def run_unlearning(
             (e.g. by a ``CaptureCallback``); used when it covers the candidate pool.
         show_progress: show progress bars.
     """
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            f"Every parameter of {type(model).__name__} is frozen (requires_grad=False): "
+            "nothing may move. Unfreeze the parameters that unlearning may change (at least "
+            "the output layer)."
+        )
     if settings.selection.method != "all" and not selectable_layers(model):
         raise ValueError(
             f"{type(model).__name__} has no selectable layer (trainable nn.Linear/nn.Conv): "
@@ -166,16 +173,20 @@ def run_unlearning(
         val = read_rows(val_loader, batch_parser, "validation")
         _check_finite(val.x, "validation")
     spec.check(data)
+    _check_output(model, data.candidates, device)
     with timer("capture"):
         pool, report.capture_source = capture_candidates(
             model, data.candidates, settings, device, capture
         )
+    _check_label_range(data.labels, val.y, int(pool.logits.shape[1]))
+    _check_scalar_loss(loss_fn, pool.logits[:4].to(device), pool.labels[:4].to(device))
     spec.check_labels(num_classes=int(pool.logits.shape[1]))
     with timer("sample"):
         subset = sample_hessian_subset(pool, settings)
     with timer("prepare"):  # g's data and its round-1 gradient, the scorers
         problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
+    _warn_small_validation(len(val), settings.step.max_val_samples, problem.max_retain_drop)
     with timer("measure"):
         before = _with_mia(model, problem, problem.scorer.metrics(model))
     best, candidates = _search_candidates(
@@ -184,6 +195,9 @@ def run_unlearning(
     with timer("measure"):
         if best.step.applied:
             best.after = _with_mia(model, problem, best.after)
+        report.forget_score = problem.search_scorer.score(model)[0]
+    report.forget_target = problem.forget_target
+    report.complete = report.forget_score <= problem.forget_target
     _fill_outcome(report, best, candidates, before)
     report.seconds = timer.total()
     report.peak_memory_bytes, report.memory_kind = peak_memory(device)
@@ -200,6 +214,68 @@ def _with_mia(model: nn.Module, problem: Problem, metrics: dict[str, float]) -> 
         **metrics,
         "mia_efficacy": mia_efficacy(model, problem.forget, problem.members, problem.val),
     }
+
+
+def _check_output(model: nn.Module, rows: Rows, device: torch.device) -> None:
+    """Warn when the logits are a guess: the model returns several tensors in a tuple."""
+    if len(rows) == 0:
+        return
+    with torch.no_grad():
+        output = call_model(model, inputs_to(inputs_take(rows.x, slice(0, 2)), device))
+    if isinstance(output, (tuple, list)):
+        tensors = [o for o in output if isinstance(o, Tensor)]
+        if len(tensors) > 1:
+            shapes = ", ".join(str(list(t.shape)) for t in tensors)
+            warnings.warn(
+                f"The model returns a {type(output).__name__} of {len(tensors)} tensors "
+                f"({shapes}); the first, {list(tensors[0].shape)}, is taken as the logits. If "
+                "the logits are another, pass logits_fn=(output -> logits), e.g. "
+                "lambda out: out[1].",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+#: the fewest validation samples a step is judged on without a warning
+_MIN_VALIDATION = 20
+
+
+def _warn_small_validation(n: int, limit: int | None, budget: float) -> None:
+    """Warn when one validation sample moves the accuracy by more than the retained budget."""
+    n = n if limit is None else min(n, limit)
+    needed = max(_MIN_VALIDATION, math.ceil(1.0 / budget) if budget > 0 else 0)
+    if n < needed:
+        warnings.warn(
+            f"The step is chosen on {n} validation samples, too few to judge it: one sample "
+            f"changes their accuracy by {1.0 / max(n, 1):.3g} (the retained-accuracy budget is "
+            f"{budget:g}). Give at least {needed} validation samples.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_label_range(train_labels: Tensor, val_labels: Tensor, num_classes: int) -> None:
+    """Raise, naming the label, if a label is not a class index of the model's logits."""
+    for what, y in (("training", train_labels), ("validation", val_labels)):
+        bad = y[(y < 0) | (y >= num_classes)]
+        if bad.numel():
+            raise ValueError(
+                f"A {what} label is {int(bad[0])}, outside the model's {num_classes} outputs "
+                f"(logits width): labels must be class indices 0..{num_classes - 1}. If the "
+                "model returns more than the logits, pass logits_fn."
+            )
+
+
+def _check_scalar_loss(loss_fn: LossFn, logits: Tensor, labels: Tensor) -> None:
+    """Raise if ``loss_fn`` does not return one number (a mean over the batch)."""
+    with torch.no_grad():
+        loss = loss_fn(logits, labels)
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = list(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(
+            f"loss_fn must return a scalar mean loss, got {shape} (reduction='none'?): use "
+            "reduction='mean', e.g. nn.CrossEntropyLoss() or F.cross_entropy."
+        )
 
 
 def _check_finite(x: Any, what: str) -> None:

@@ -25,6 +25,7 @@ from lightning_influence.batches import Batch, BatchParser
 from lightning_influence.forward import (
     inputs_cat,
     inputs_detach_cpu,
+    inputs_rows,
     inputs_take,
     inputs_to,
     is_inputs,
@@ -175,9 +176,21 @@ def _parse(parser: BatchParser, raw: Any, what: str) -> Batch:
             f"inputs); a {what} batch has x of type {type(b.x).__name__} (pass a batch_parser "
             "that returns such an x)."
         )
-    y = torch.as_tensor(b.y).reshape(-1)
+    y = torch.as_tensor(b.y)
+    rows = inputs_rows(b.x)
+    if y.ndim > 1 and y.shape[0] == rows and y.numel() > rows:
+        raise ValueError(
+            f"{what} labels must be class indices, got shape {list(y.shape)} (one-hot or "
+            "soft labels?): pass y.argmax(-1), or a batch_parser that does."
+        )
+    y = y.reshape(-1)
     if y.is_floating_point():
         raise ValueError(f"{what} labels must be integer class indices, got {y.dtype}.")
+    if y.numel() != rows:
+        raise ValueError(
+            f"a {what} batch has {rows} inputs but {y.numel()} labels: one class index per "
+            "sample is expected."
+        )
     return Batch(inputs_detach_cpu(b.x), y.detach().cpu().long(), b.ids)
 
 

@@ -49,6 +49,10 @@ class UnlearnReport:
             chose from; ``forget_size``; ``hessian_size``: the Hessian subset.
         ratio, damping: the chosen candidate's; ``selected_params``/``total_params``.
         capture_source: ``pass`` (the callback's own forward pass) or ``capture_callback``.
+        forget_score, forget_target, complete: the task's validation forget score at the
+            final weights (class removal: the forgotten classes' accuracy), the target it
+            must reach (``step.forget_target``) and whether it did; ``complete`` is ``None``
+            where not measured (a report of an older version).
     """
 
     task: str = ""
@@ -73,6 +77,9 @@ class UnlearnReport:
     damping: float = 0.0
     capture_source: str = ""
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    forget_score: float = math.nan
+    forget_target: float = math.nan
+    complete: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,7 +39,7 @@ from lightning_influence.curvature import (
     trainable_params,
 )
 from lightning_influence.ekfac import FISHERS, fisher_rows, fit_ekfac
-from lightning_influence.forward import call_model, inputs_take, inputs_to, logits_of
+from lightning_influence.forward import call_model, inputs_finite, inputs_take, inputs_to, logits_of
 from lightning_influence.gradients import flat_rows, per_sample_gradients
 from lightning_influence.loaders import data_pass
 from lightning_influence.operators import DenseMatrixOperator, IdentityOperator, ParamOperator
@@ -155,6 +155,10 @@ def chunks(data: Any, name: str, size: int) -> Iterator[tuple[Batch, Tensor]]:
     dp = data_pass(data) if isinstance(data, DataLoader) else None
     start = 0
     for batch in iter_batches(dp if dp is not None else data, name):
+        if not inputs_finite(batch.x):
+            raise FloatingPointError(
+                f"The {name} inputs contain NaN or inf: clean them (or drop those samples) first."
+            )
         ids = batch_ids(batch, start)
         if batch.ids is None and dp is not None and dp.position_ids is not None:
             ids = dp.position_ids[start : start + len(batch)]
@@ -379,7 +383,7 @@ def influence_scores(
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
         queries = [b for b, _ in chunks(query_data, "query_data", args.batch_size)]
-        grads = [per_sample_gradients(model, loss_fn, b, names) for b in queries]
+        grads = _query_gradients(model, loss_fn, queries, names)
         q = {k: torch.cat([g[k] for g in grads]) for k in names}
         pq = flat_rows(inverse.matmat(q), names).double()
         parts, ids = [], []
@@ -389,6 +393,27 @@ def influence_scores(
             parts.append((pq @ flat_rows(g, names).double().T).to(dtype))
             ids.append(chunk_ids)
     return _finish(parts, ids, return_ids)
+
+
+def _query_gradients(
+    model: nn.Module, loss_fn: LossFn, queries: list[Batch], names: list[str]
+) -> list[ParamDict]:
+    """Per-sample gradients of the queries; a model that cannot run on them names query_data."""
+    try:
+        return [per_sample_gradients(model, loss_fn, b, names) for b in queries]
+    except (RuntimeError, IndexError) as err:
+        shapes = sorted({str(list(t.shape)) for b in queries for t in _tensors(b.x)})
+        raise ValueError(
+            f"The model cannot run on query_data (inputs {', '.join(shapes)}): {err}. Give "
+            "queries shaped like the training inputs, with class labels."
+        ) from err
+
+
+def _tensors(x: Any) -> list[Tensor]:
+    if isinstance(x, Tensor):
+        return [x]
+    values = x.values() if isinstance(x, dict) else x
+    return [t for v in values for t in _tensors(v)]
 
 
 def self_influence(

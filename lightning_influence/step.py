@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_influence._modules import named_tensors
 from lightning_influence.metrics import forgetting_f1
 
 __all__ = [
@@ -101,19 +102,17 @@ def radius_grid(steps: int, min_radius: float, max_radius: float) -> list[float]
 
 
 def weights_snapshot(model: nn.Module) -> dict[str, Tensor]:
-    """A detached clone of every ``state_dict`` tensor (parameters and buffers)."""
-    return {
-        k: v.detach().clone()
-        for k, v in model.state_dict(keep_vars=True).items()
-        if isinstance(v, Tensor)
-    }
+    """A detached clone of every parameter and buffer (non-persistent buffers included)."""
+    return {k: v.detach().clone() for k, v in named_tensors(model).items()}
 
 
 @torch.no_grad()
 def restore_weights(model: nn.Module, snapshot: Mapping[str, Tensor]) -> None:
     """Copy ``snapshot`` back in place (bit for bit; same tensors, so optimisers stay valid)."""
-    state = model.state_dict(keep_vars=True)
+    state = named_tensors(model)
     for k, v in snapshot.items():
+        if state[k].dtype != v.dtype:
+            state[k].data = state[k].data.to(v.dtype)
         state[k].data.copy_(v)
 
 
@@ -216,7 +215,9 @@ def _unit_direction(
     moving = {k: d for k, d in delta.items() if bool(torch.any(d != 0))}
     if not moving:
         raise ValueError(
-            "delta is zero everywhere: the solve found no direction (check the selection and g)."
+            "delta is zero everywhere: the solve found no direction. The loss does not depend "
+            "on the selected parameters: check the selection, and that the model's output "
+            "holds the logits (else pass logits_fn)."
         )
     d_norm = math.sqrt(sum(float(d.double().pow(2).sum()) for d in moving.values()))
     if not math.isfinite(d_norm):

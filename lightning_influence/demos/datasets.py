@@ -62,31 +62,51 @@ _IDX_DTYPES = {
 }
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+#: The largest IDX payload :func:`read_idx` reads (the full Fashion-MNIST is 47 MB).
+MAX_IDX_BYTES = 1 << 30
+
+
+def read_idx(path: str | os.PathLike[str], max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read an IDX file (gzipped or not, detected from its first bytes) into a numpy array.
 
-    Raises ``ValueError`` on a bad header or a size that does not match the header.
+    A gzipped file is decompressed as a stream and never past the size its header states,
+    so a hostile ``.gz`` (a decompression bomb) cannot fill the memory.
+
+    Args:
+        path: the file.
+        max_bytes: the largest data size accepted (the header's shape times the item size).
+
+    Raises ``ValueError`` on a bad header, a size above ``max_bytes``, or a size that does not
+    match the header.
     """
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number).")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX data type code 0x{code:02x}.")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header.")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+        magic = f.read(4)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+            raise ValueError(f"{path}: not an IDX file (bad magic number).")
+        code, ndim = magic[2], magic[3]
+        if code not in _IDX_DTYPES:
+            raise ValueError(f"{path}: unknown IDX data type code 0x{code:02x}.")
+        dims = f.read(4 * ndim)
+        if len(dims) < 4 * ndim:
+            raise ValueError(f"{path}: truncated IDX header.")
+        shape = struct.unpack(f">{ndim}I", dims)
+        dtype = _IDX_DTYPES[code]
+        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if expected > max_bytes:
+            raise ValueError(
+                f"{path}: IDX header says shape {shape} ({expected} bytes of data), more than "
+                f"max_bytes={max_bytes}; pass a larger max_bytes if the file is trusted."
+            )
+        data = f.read(expected + 1)  # one byte more: a longer file is an error too
+    if len(data) != expected:
+        held = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
         raise ValueError(
             f"{path}: IDX header says shape {shape} ({expected} bytes of data) but the file "
-            f"holds {len(raw) - header}."
+            f"holds {held}."
         )
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape)
     return arr.astype(dtype.newbyteorder("="))
 
 
