@@ -124,8 +124,11 @@ def parse_batch(batch: Any) -> ParsedBatch:
 
     Understands ``(x, y)``, ``(x, y, idx)`` tuples/lists and dicts whose keys are among
     ``x/input/inputs/image/images``, ``y/target/targets/label/labels`` and
-    ``idx/index/indices/id/ids``. Anything else raises ``ValueError``: pass your own
-    ``batch_parser`` callable returning a :class:`ParsedBatch` instead.
+    ``idx/index/indices/id/ids``. A dict with a label key but no input key is a Hugging
+    Face-style batch (``{"pixel_values": ..., "labels": ...}``, ``{"input_ids": ...,
+    "attention_mask": ..., "labels": ...}``): its other tensors are the inputs, passed as
+    ``model(**x)``. Anything else raises ``ValueError``: pass your own ``batch_parser``
+    callable returning a :class:`ParsedBatch` instead.
     """
     hint = (
         "Pass a custom `batch_parser` callable that returns "
@@ -135,6 +138,8 @@ def parse_batch(batch: Any) -> ParsedBatch:
         return batch
     if isinstance(batch, Mapping):
         x, y, ids = _pick(batch, _X_KEYS), _pick(batch, _Y_KEYS), _pick(batch, _ID_KEYS)
+        if x is _MISSING and y is not _MISSING:  # Hugging Face style: the rest is model(**x)
+            x = _model_kwargs(batch) or _MISSING
         if x is _MISSING or y is _MISSING:
             raise ValueError(
                 f"Cannot parse a dict batch with keys {sorted(map(str, batch))}: expected an "
@@ -157,6 +162,12 @@ def parse_batch(batch: Any) -> ParsedBatch:
         f"Cannot parse {what} as a batch: expected (x, y), (x, y, idx) or a dict with input, "
         f"label and optional id keys. {hint}"
     )
+
+
+def _model_kwargs(batch: Mapping) -> dict[str, Tensor]:
+    """The tensors of a dict batch that are not labels, ids or weights (``model(**x)``)."""
+    skip = {*_Y_KEYS, *_ID_KEYS, *_WEIGHT_KEYS}
+    return {k: v for k, v in batch.items() if k not in skip and isinstance(v, Tensor)}
 
 
 def as_batches(data: Any, name: str = "data") -> list[Batch]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
@@ -30,6 +31,7 @@ from lightning_influence.forward import LogitsModel
 from lightning_influence.loaders import data_pass, first_loader
 from lightning_influence.loggers import log_report
 from lightning_influence.pipeline import run_unlearning
+from lightning_influence.preflight import preflight
 from lightning_influence.progress import trainer_progress
 from lightning_influence.report import UnlearnReport
 from lightning_influence.settings import (
@@ -168,6 +170,9 @@ class UnlearnCallback(pl.Callback):
                 f"UnlearnCallback needs validation data (the step is chosen on it, never on test "
                 f"data): {missing}. Checked before training so that the fit is not wasted."
             )
+        if _plain_module(trainer):  # one training sample through the model (also fast_dev_run)
+            train = first_loader(_source_loaders(_train_source(trainer)))
+            preflight(pl_module, train, self.spec, self.batch_parser, self.logits_fn)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted:
@@ -405,6 +410,12 @@ def _require_loaders(train: Any, val: Any) -> None:
             "UnlearnCallback needs validation data (the step is chosen on it, never on test "
             "data): pass val_dataloaders to fit, a datamodule with val_dataloader(), or val_dataloader=."
         )
+
+
+def _plain_module(trainer: pl.Trainer) -> bool:
+    """Whether the LightningModule holds its full parameters (one device or DDP), so that it
+    can run a forward by itself; sharded strategies (FSDP, DeepSpeed) are not pre-checked."""
+    return isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
 
 
 def _train_source(trainer: pl.Trainer) -> Any:

@@ -403,7 +403,16 @@ def _build_problem(
         hessian=(
             retained
             if added is None
-            else _corrected_hessian_batches(rows, weights, added, n - m, size, device)
+            else _corrected_hessian_batches(
+                rows,
+                weights,
+                added,
+                n - m,
+                size,
+                device,
+                settings.hessian.added_budget,
+                settings.seed,
+            )
         ),
         gradient=gradient,
         # Units are ranked where the change is largest: on the rows g adds (their loss is
@@ -472,6 +481,8 @@ def _corrected_hessian_batches(
     retained: int,
     size: int,
     device: torch.device,
+    limit: int | None = None,
+    seed: int = 0,
 ) -> list[Batch]:
     """The weighted Hessian subset of the *corrected* training set.
 
@@ -479,12 +490,21 @@ def _corrected_hessian_batches(
     (a changed label, a repaired backdoor sample) are part of the corrected set too, each
     weighing as much as one retained sample. Without them H has no curvature where only the
     added samples live (e.g. the trigger's pixels), and the least-squares solve cannot move
-    there.
+    there. At most ``limit`` added rows enter (a seeded draw, each weighing for
+    ``len(add) / limit`` of them).
     """
     per_sample = float(weights.sum()) / max(retained, 1)
+    share = per_sample
+    if limit is not None and len(add) > limit:  # a seeded draw standing for every added row
+        share = per_sample * len(add) / limit
+        add = add.take(torch.sort(torch.randperm(len(add), generator=_seeded(seed))[:limit]).values)
     rows = Rows.cat([rows, add])
-    weights = torch.cat([weights, torch.full((len(add),), per_sample)])
+    weights = torch.cat([weights, torch.full((len(add),), share)])
     return rows.batches(size, device, weights)
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def _fill_sizes(report: UnlearnReport, data: TrainingData, subset: SubsetSelection) -> None:

@@ -120,10 +120,19 @@ class HessianArguments:
             "the model's last nn.Linear). A CaptureCallback in the Trainer uses its own."
         ),
     )
+    added_budget: int | None = field(
+        default=None,
+        metadata=_help(
+            "Most rows that a correction adds (relabelled rows, backdoor repair rows) enter "
+            "the Hessian subset: a seeded draw, weighted to stand for all of them. None: all."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_choice(self.sampler, ("logit", "feature", "random"), "hessian.sampler")
         _check_positive_int(self.budget, "hessian.budget")
+        if self.added_budget is not None:
+            _check_positive_int(self.added_budget, "hessian.added_budget")
         if self.pool_size is not None:
             _check_positive_int(self.pool_size, "hessian.pool_size")
             if self.pool_size < self.budget:

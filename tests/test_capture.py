@@ -304,8 +304,13 @@ def test_parse_batch_variants():
     assert parse_batch({"input": x, "target": y}).ids is None
     pb = ParsedBatch(x, y, None)
     assert parse_batch(pb) is pb and len(pb) == 4
+    hf = parse_batch({"pixel_values": x, "labels": y, "idx": i, "name": "a"})  # model(**x)
+    assert list(hf.x) == ["pixel_values"] and hf.x["pixel_values"] is x
+    assert torch.equal(hf.ids, i)
     with pytest.raises(ValueError, match="batch_parser"):
-        parse_batch({"pixels": x, "y": y})
+        parse_batch({"labels": y, "name": "only labels"})
+    with pytest.raises(ValueError, match="batch_parser"):
+        parse_batch({"pixels": x, "classes": y})
     with pytest.raises(ValueError, match="batch_parser"):
         parse_batch((x,))
     with pytest.raises(ValueError, match="batch_parser"):

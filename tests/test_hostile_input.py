@@ -394,3 +394,63 @@ def test_an_idx_gz_is_decompressed_within_its_bound(tmp_path):
         read_idx(bomb)
     ok = _idx_gz(tmp_path / "ok.gz", (2, 2), bytes([1, 2, 3, 4]))
     np.testing.assert_array_equal(read_idx(ok), [[1, 2], [3, 4]])
+
+
+# ---------------------------------------------------------------- errors before training
+
+
+class _DictNoLogits(ImageClassifier):
+    def forward(self, x):
+        return {"scores": self.net(x)}
+
+
+class _HFStyle(ImageClassifier):
+    """A Hugging Face-style module: keyword inputs, an output object with ``logits``."""
+
+    def forward(self, pixel_values):
+        return {"logits": self.net(pixel_values)}
+
+    def _loss_acc(self, batch):
+        logits = self(batch["pixel_values"])["logits"]
+        loss = nn.functional.cross_entropy(logits, batch["labels"])
+        return loss, (logits.argmax(-1) == batch["labels"]).float().mean(), len(logits)
+
+
+class _HFDataset(torch.utils.data.Dataset):
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return {"pixel_values": x, "labels": y, "idx": i}
+
+
+@pytest.mark.parametrize(
+    ("module", "kwargs", "match"),
+    [
+        (ImageClassifier, {"forget_classes": [11]}, r"forget_classes \[11\] are outside"),
+        (ImageClassifier, {"forget_ids": [99999]}, "the training dataset has 1168 samples"),
+        (ImageClassifier, {"relabel": {0: 12}}, "relabel has labels outside 0..9"),
+        (_DictNoLogits, {"forget_classes": [3]}, "cannot find logits"),
+    ],
+    ids=["class_outside", "id_outside", "relabel_outside", "dict_without_logits"],
+)
+@pytest.mark.parametrize("fast_dev_run", [False, True])
+def test_mistakes_fail_before_training(digits, tmp_path, module, kwargs, match, fast_dev_run):
+    train, val = _loaders(digits)
+    trainer = quiet_trainer(tmp_path, [_quiet(**kwargs)], max_epochs=5, fast_dev_run=fast_dev_run)
+    with pytest.raises((ValueError, TypeError), match=match):
+        trainer.fit(module(), train, val)
+    assert trainer.global_step == 0
+
+
+def test_hugging_face_style_batches_and_outputs_unlearn(digits, tmp_path):
+    train, val, _ = digits
+    loaders = [DataLoader(_HFDataset(d), batch_size=64) for d in (train, val)]
+    cb = _quiet(forget_classes=[3])
+    L.seed_everything(0, verbose=False)
+    quiet_trainer(tmp_path, [cb], max_epochs=4).fit(_HFStyle(), *loaders)
+    assert cb.report.applied and cb.report.after["forget_acc"] <= 0.05

@@ -1,0 +1,130 @@
+"""Checks at ``fit`` start, so that a mistake costs seconds, not a whole training run.
+
+:func:`preflight` reads one training sample the way unlearning will (the loader's dataset
+and collate function, the ``batch_parser``), runs the model on it and checks what unlearning
+needs: a batch it can parse, logits it can find, labels inside the logits' width, the task's
+classes and labels inside it too, and forget ids inside the dataset. It reads a single sample
+of a map-style dataset (``dataset[0]``, collated) and nothing else, so no loader is iterated,
+no worker started and no one-shot iterator used up; iterable datasets and other loaders
+are left to the run itself. It runs under ``fast_dev_run`` too, Lightning's smoke test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_influence._modules import compute_dtype, eval_mode, model_device
+from lightning_influence.batches import Batch, BatchParser, IndexedDataset, inputs_as
+from lightning_influence.forget import ForgetSpec
+from lightning_influence.forward import call_model, inputs_to, is_inputs, logits_of
+
+__all__ = ["preflight"]
+
+
+def preflight(
+    model: nn.Module,
+    train_loader: Any,
+    spec: ForgetSpec,
+    batch_parser: BatchParser,
+    logits_fn: Callable[[Any], Tensor] | None = None,
+) -> None:
+    """Raise, naming the fix, if unlearning ``model`` on ``train_loader`` cannot work.
+
+    Args:
+        model: the model to unlearn (its weights are not changed).
+        train_loader: the training loader (only a map-style ``DataLoader`` is checked).
+        spec: what to forget.
+        batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`.
+        logits_fn: ``logits_fn(output) -> logits`` where the output is not the logits.
+    """
+    sample = _first_batch(train_loader)
+    if sample is None:
+        return
+    batch = _parsed(batch_parser, sample)
+    _check_ids(spec, train_loader, batch)
+    width = _logits_width(model, batch_parser, sample, logits_fn)
+    labels = batch.y.reshape(-1)
+    bad = labels[(labels < 0) | (labels >= width)]
+    if bad.numel():
+        raise ValueError(
+            f"A training label is {int(bad[0])}, outside the model's {width} outputs (logits "
+            f"width): labels must be class indices 0..{width - 1}."
+        )
+    classes = [c for c in getattr(spec, "classes", []) if not 0 <= c < width]
+    if classes:
+        raise ValueError(
+            f"forget_classes {classes} are outside the model's {width} outputs (classes "
+            f"0..{width - 1})."
+        )
+    spec.check_labels(num_classes=width)
+
+
+def _first_batch(loader: Any) -> Any:
+    """One collated sample of a map-style DataLoader (None: not knowable without iterating)."""
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return None
+    try:
+        if len(loader.dataset) == 0:  # type: ignore[arg-type]
+            return None
+    except TypeError:
+        return None
+    return loader.collate_fn([loader.dataset[0]])
+
+
+def _parsed(parser: BatchParser, raw: Any) -> Batch:
+    try:
+        batch = parser(raw)
+    except ValueError as err:
+        raise ValueError(f"cannot parse a training batch: {err}") from err
+    if not is_inputs(batch.x):
+        raise ValueError(
+            f"unlearning needs tensor inputs (a tensor, or a tuple/dict of tensors); a training "
+            f"batch has x of type {type(batch.x).__name__} (pass a batch_parser that returns "
+            "such an x)."
+        )
+    y = torch.as_tensor(batch.y)
+    if y.is_floating_point() or y.ndim > 1:
+        raise ValueError(
+            f"training labels must be class indices, got {y.dtype} of shape {list(y.shape)} "
+            "per batch (one-hot or soft labels?): pass y.argmax(-1), or a batch_parser that does."
+        )
+    return Batch(batch.x, y.long(), batch.ids)
+
+
+def _check_ids(spec: ForgetSpec, loader: DataLoader, batch: Batch) -> None:
+    """Forget ids outside the dataset, where ids are dataset indices (IndexedDataset, none)."""
+    wanted = spec.forgotten_ids
+    if not wanted or (batch.ids is not None and not isinstance(loader.dataset, IndexedDataset)):
+        return  # the batches carry their own ids: their range is the data's to say
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    outside = [i for i in wanted if not 0 <= i < n]
+    if outside:
+        raise ValueError(
+            f"{len(outside)} forget/relabel ids are not training sample ids, e.g. {outside[:5]}: "
+            f"the training dataset has {n} samples (ids 0..{n - 1} are dataset indices)."
+        )
+
+
+def _logits_width(
+    model: nn.Module,
+    parser: BatchParser,
+    raw: Any,
+    logits_fn: Callable[[Any], Tensor] | None,
+) -> int:
+    """The number of classes the model's logits hold, from one no-grad forward."""
+    with eval_mode(model), compute_dtype(model) as dtype, torch.no_grad():
+        x = inputs_as(parser, dtype)(raw).x
+        output = call_model(model, inputs_to(x, model_device(model)))
+        logits = logits_fn(output) if logits_fn is not None else logits_of(output)
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            f"the logits must be a [batch, classes] tensor, got {shape}: pass logits_fn="
+            "(model output -> logits)."
+        )
+    return int(logits.shape[1])
