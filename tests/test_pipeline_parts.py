@@ -274,3 +274,30 @@ def test_fitted_scorer_scores_mean_label_confidence():
     metrics = scorer.metrics(model)
     assert metrics["forget_acc"] == 1.0
     assert metrics["f1"] == pytest.approx(2 * (1 - conf) * retain / ((1 - conf) + retain))
+
+
+def test_added_rows_in_the_hessian_subset_are_capped_and_weigh_for_all():
+    from lightning_influence.pipeline import _corrected_hessian_batches
+
+    def rows(n, start):
+        return Rows(torch.randn(n, 3), torch.arange(n) % 2, torch.arange(start, start + n))
+
+    subset, weights, added = rows(8, 0), torch.full((8,), 5.0), rows(50, 100)
+    full = _corrected_hessian_batches(subset, weights, added, 40, 16, torch.device("cpu"))
+    capped = _corrected_hessian_batches(
+        subset, weights, added, 40, 16, torch.device("cpu"), limit=10, seed=3
+    )
+    again = _corrected_hessian_batches(
+        subset, weights, added, 40, 16, torch.device("cpu"), limit=10, seed=3
+    )
+
+    def ids_weights(batches):
+        return torch.cat([b.ids for b in batches]), torch.cat([b.weights for b in batches])
+
+    (fi, fw), (ci, cw), (ai, _) = ids_weights(full), ids_weights(capped), ids_weights(again)
+    assert len(fi) == 58 and len(ci) == 18 and torch.equal(ci, ai)  # seeded
+    assert set(ci[8:].tolist()) <= set(range(100, 150))
+    # the added rows weigh as much in total, capped or not (each retained sample weighs 1)
+    assert torch.isclose(cw[8:].sum(), fw[8:].sum()) and torch.isclose(fw[8], torch.tensor(1.0))
+    with pytest.raises(ValueError, match="hessian.added_budget"):
+        HessianArguments(added_budget=0)
