@@ -172,7 +172,8 @@ class UnlearnCallback(pl.Callback):
             )
         if _plain_module(trainer):  # one training sample through the model (also fast_dev_run)
             train = first_loader(_source_loaders(_train_source(trainer)))
-            preflight(pl_module, train, self.spec, self.batch_parser, self.logits_fn)
+            val = first_loader(_source_loaders(_val_source(trainer)))
+            preflight(pl_module, train, self.spec, self.batch_parser, self.logits_fn, val)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted:

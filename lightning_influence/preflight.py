@@ -3,7 +3,8 @@
 :func:`preflight` reads one training sample the way unlearning will (the loader's dataset
 and collate function, the ``batch_parser``), runs the model on it and checks what unlearning
 needs: a batch it can parse, logits it can find, labels inside the logits' width, the task's
-classes and labels inside it too, and forget ids inside the dataset. It reads a single sample
+classes and labels inside it too, and forget ids inside the dataset; one validation sample
+is parsed and its label checked the same way. It reads a single sample
 of a map-style dataset (``dataset[0]``, collated) and nothing else, so no loader is iterated,
 no worker started and no one-shot iterator used up; iterable datasets and other loaders
 are left to the run itself. It runs under ``fast_dev_run`` too, Lightning's smoke test.
@@ -32,8 +33,9 @@ def preflight(
     spec: ForgetSpec,
     batch_parser: BatchParser,
     logits_fn: Callable[[Any], Tensor] | None = None,
+    val_loader: Any = None,
 ) -> None:
-    """Raise, naming the fix, if unlearning ``model`` on ``train_loader`` cannot work.
+    """Raise, naming the fix, if unlearning ``model`` on these loaders cannot work.
 
     Args:
         model: the model to unlearn (its weights are not changed).
@@ -41,20 +43,20 @@ def preflight(
         spec: what to forget.
         batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`.
         logits_fn: ``logits_fn(output) -> logits`` where the output is not the logits.
+        val_loader: the validation loader (checked like the training loader, if given).
     """
-    sample = _first_batch(train_loader)
-    if sample is None:
+    width = None
+    for what, loader in (("training", train_loader), ("validation", val_loader)):
+        sample = _first_batch(loader)
+        if sample is None:
+            continue
+        batch = _parsed(batch_parser, sample, what)
+        if what == "training":
+            _check_ids(spec, loader, batch)
+        width = width or _logits_width(model, batch_parser, sample, logits_fn)
+        _check_label_range(batch.y, width, what)
+    if width is None:
         return
-    batch = _parsed(batch_parser, sample)
-    _check_ids(spec, train_loader, batch)
-    width = _logits_width(model, batch_parser, sample, logits_fn)
-    labels = batch.y.reshape(-1)
-    bad = labels[(labels < 0) | (labels >= width)]
-    if bad.numel():
-        raise ValueError(
-            f"A training label is {int(bad[0])}, outside the model's {width} outputs (logits "
-            f"width): labels must be class indices 0..{width - 1}."
-        )
     classes = [c for c in getattr(spec, "classes", []) if not 0 <= c < width]
     if classes:
         raise ValueError(
@@ -76,24 +78,34 @@ def _first_batch(loader: Any) -> Any:
     return loader.collate_fn([loader.dataset[0]])
 
 
-def _parsed(parser: BatchParser, raw: Any) -> Batch:
+def _parsed(parser: BatchParser, raw: Any, what: str) -> Batch:
     try:
         batch = parser(raw)
     except ValueError as err:
-        raise ValueError(f"cannot parse a training batch: {err}") from err
+        raise ValueError(f"cannot parse a {what} batch: {err}") from err
     if not is_inputs(batch.x):
         raise ValueError(
-            f"unlearning needs tensor inputs (a tensor, or a tuple/dict of tensors); a training "
+            f"unlearning needs tensor inputs (a tensor, or a tuple/dict of tensors); a {what} "
             f"batch has x of type {type(batch.x).__name__} (pass a batch_parser that returns "
             "such an x)."
         )
     y = torch.as_tensor(batch.y)
     if y.is_floating_point() or y.ndim > 1:
         raise ValueError(
-            f"training labels must be class indices, got {y.dtype} of shape {list(y.shape)} "
-            "per batch (one-hot or soft labels?): pass y.argmax(-1), or a batch_parser that does."
+            f"{what} labels must be class indices, got {y.dtype} of shape {list(y.shape)} per "
+            "batch (one-hot or soft labels?): pass y.argmax(-1), or a batch_parser that does."
         )
     return Batch(batch.x, y.long(), batch.ids)
+
+
+def _check_label_range(y: Tensor, width: int, what: str) -> None:
+    labels = y.reshape(-1)
+    bad = labels[(labels < 0) | (labels >= width)]
+    if bad.numel():
+        raise ValueError(
+            f"A {what} label is {int(bad[0])}, outside the model's {width} outputs (logits "
+            f"width): labels must be class indices 0..{width - 1}."
+        )
 
 
 def _check_ids(spec: ForgetSpec, loader: DataLoader, batch: Batch) -> None:

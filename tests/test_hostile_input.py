@@ -454,3 +454,14 @@ def test_hugging_face_style_batches_and_outputs_unlearn(digits, tmp_path):
     L.seed_everything(0, verbose=False)
     quiet_trainer(tmp_path, [cb], max_epochs=4).fit(_HFStyle(), *loaders)
     assert cb.report.applied and cb.report.after["forget_acc"] <= 0.05
+
+
+def test_a_validation_label_outside_the_logits_fails_before_training(digits, tmp_path):
+    train, _ = _loaders(digits)
+    xs, ys = _tensors(digits[1])
+    ys[0] = 10
+    val = DataLoader(TensorDataset(xs, ys), batch_size=64)
+    trainer = quiet_trainer(tmp_path, [_quiet(forget_classes=[3])], max_epochs=5)
+    with pytest.raises(ValueError, match="A validation label is 10, outside"):
+        trainer.fit(ImageClassifier(), train, val)
+    assert trainer.global_step == 0
