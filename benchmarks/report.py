@@ -200,10 +200,20 @@ def goals_section(data: dict[str, dict | None]) -> list[str]:
             )
             continue
         met = value <= goal if op == "<=" else value >= goal
+        verdict = ("yes" if met else "**no**") + _partial(files[file])
         out.append(
-            f"| {what} | `{file}` → `{'.'.join(keys)}` | {value if isinstance(value, int) else f'{value:.4g}'} | {op} {goal} | {'yes' if met else '**no**'} |"
+            f"| {what} | `{file}` → `{'.'.join(keys)}` | {value if isinstance(value, int) else f'{value:.4g}'} | {op} {goal} | {verdict} |"
         )
     return out + [""]
+
+
+def _partial(d: dict | None) -> str:
+    """' (partial: ...)' for a faithfulness study short of the acceptance's 5 seeds."""
+    summary = (d or {}).get("summary", {})
+    if "seeds" not in summary or summary["seeds"] >= 5:
+        return ""
+    tasks = ", ".join(summary.get("tasks", []))
+    return f" (partial: {summary['seeds']} seed(s) of 5; tasks measured: {tasks})"
 
 
 def solvers_section(d: dict | None) -> list[str]:
@@ -1016,6 +1026,10 @@ def build() -> str:
     lines += faithfulness_section(
         load("faithfulness_fashion10k_levers.json"),
         "Levers of the default on the same subset (response descent, sample removal's budget rule)",
+    )
+    lines += faithfulness_section(
+        load("faithfulness_fashion10k_backdoor_cost.json"),
+        "Backdoor cost on the same subset: how many added rows enter the Hessian subset",
     )
     lines += corrections_section(
         load("corrections_backdoor.json"),

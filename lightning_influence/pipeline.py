@@ -399,6 +399,7 @@ def _build_problem(
         retain_share=retain_share,
         rounds=rounds,
     )
+    h = settings.hessian
     return Problem(
         hessian=(
             retained
@@ -410,7 +411,7 @@ def _build_problem(
                 n - m,
                 size,
                 device,
-                settings.hessian.added_budget,
+                h.budget if h.added_budget is None else h.added_budget,
                 settings.seed,
             )
         ),

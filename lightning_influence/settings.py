@@ -124,7 +124,8 @@ class HessianArguments:
         default=None,
         metadata=_help(
             "Most rows that a correction adds (relabelled rows, backdoor repair rows) enter "
-            "the Hessian subset: a seeded draw, weighted to stand for all of them. None: all."
+            "the Hessian subset: a seeded draw, weighted to stand for all of them. None: as "
+            "many as budget."
         ),
     )
 
