@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from lightning_influence._modules import compute_dtype, eval_mode, model_device
 from lightning_influence.batches import Batch, inputs_as, parse_batch
 from lightning_influence.capture import CaptureCallback, CaptureResult
-from lightning_influence.checkpoints import refresh_checkpoints
+from lightning_influence.checkpoints import load_best_weights, refresh_checkpoints
 from lightning_influence.curvature import default_loss
 from lightning_influence.distributed import Shards, sharded
 from lightning_influence.forget import ForgetSpec, forget_spec_from_arguments
@@ -93,6 +93,10 @@ class UnlearnCallback(pl.Callback):
             tensor is the logits (those three are found without it).
         batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`
             (default: :func:`~lightning_influence.parse_batch`).
+        weights: which weights ``on_fit_end`` unlearns: ``'last'`` (the model as ``fit``
+            leaves it) or ``'best'`` (the best checkpoint of the first ``ModelCheckpoint``
+            that monitors a metric, loaded into the model first; ``best_model_score`` is then
+            the unlearned model's score before unlearning).
     """
 
     def __init__(
@@ -116,8 +120,15 @@ class UnlearnCallback(pl.Callback):
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         logits_fn: Callable[[Any], Tensor] | None = None,
         batch_parser: Callable[[Any], Batch] | None = None,
+        weights: Literal["last", "best"] = "last",
     ) -> None:
         super().__init__()
+        if weights not in ("last", "best"):
+            raise ValueError(
+                f"weights must be 'last' (the weights at the end of fit) or 'best' (the "
+                f"monitored best checkpoint's), got {weights!r}."
+            )
+        self.weights = weights
         self.spec: ForgetSpec = forget_spec_from_arguments(
             forget_classes,
             forget_ids,
@@ -189,8 +200,19 @@ class UnlearnCallback(pl.Callback):
                 "a checkpoint written after unlearning); not unlearning again."
             )
             return
+        source = "last"
+        if self.weights == "best":
+            best = load_best_weights(trainer, pl_module)
+            if best is None:
+                rank_zero_warn(
+                    "UnlearnCallback(weights='best'): no ModelCheckpoint monitors a metric, so "
+                    "there is no best checkpoint; unlearning the last weights."
+                )
+            source = best or "last"
         self.unlearn(trainer, pl_module)
         self.unlearned_step = trainer.global_step
+        if self.report is not None:
+            self.report.source = source
         if self.report is None or not self.report.applied:
             return  # the weights are those the fit's checkpoints hold
         written, stale = refresh_checkpoints(trainer)

@@ -31,7 +31,13 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["UNLEARNED_CHECKPOINT", "CheckpointWriteError", "refresh_checkpoints"]
+__all__ = [
+    "UNLEARNED_CHECKPOINT",
+    "CheckpointWriteError",
+    "best_checkpoint",
+    "load_best_weights",
+    "refresh_checkpoints",
+]
 
 #: File name of the checkpoint written after unlearning, beside the fit's checkpoints.
 UNLEARNED_CHECKPOINT = "unlearned.ckpt"
@@ -111,3 +117,25 @@ def _stamp(fs: Any, path: str) -> tuple[Any, ...] | None:
     except (FileNotFoundError, OSError):
         return None
     return tuple(info.get(k) for k in ("ino", "mtime", "size", "created", "LastModified"))
+
+
+def best_checkpoint(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The first ``ModelCheckpoint`` that monitors a metric and has written a best file."""
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and cb.best_model_path:
+            return cb
+    return None
+
+
+def load_best_weights(trainer: pl.Trainer, model: pl.LightningModule) -> str | None:
+    """Load the monitored best checkpoint's weights into ``model``; returns its path.
+
+    Returns None (and changes nothing) when no ``ModelCheckpoint`` monitors a metric.
+    Every rank loads the file (it must be visible to all of them, as for ``ckpt_path="best"``).
+    """
+    cb = best_checkpoint(trainer)
+    if cb is None:
+        return None
+    checkpoint = trainer.strategy.load_checkpoint(cb.best_model_path)
+    model.load_state_dict(checkpoint["state_dict"])
+    return cb.best_model_path

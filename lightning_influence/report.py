@@ -53,6 +53,8 @@ class UnlearnReport:
             final weights (class removal: the forgotten classes' accuracy), the target it
             must reach (``step.forget_target``) and whether it did; ``complete`` is ``None``
             where not measured (a report of an older version).
+        source: which weights ``on_fit_end`` unlearned: ``last`` or the best checkpoint's
+            path (empty for a manual ``unlearn``/``unlearn_model``).
     """
 
     task: str = ""
@@ -80,6 +82,7 @@ class UnlearnReport:
     forget_score: float = math.nan
     forget_target: float = math.nan
     complete: bool | None = None
+    source: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

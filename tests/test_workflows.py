@@ -198,3 +198,36 @@ def test_save_last_link_is_replaced_not_written_through(digits, tmp_path):
     for path in ckpt.best_k_models:  # the fit's own checkpoint still holds the fit's model
         state = torch.load(path, weights_only=False)
         assert state["callbacks"][cb.state_key]["report"] is None
+
+
+class _BestAtEpoch2(ImageClassifier):
+    """Logs a score that is best at epoch 2, so the best checkpoint is not the last."""
+
+    def on_validation_epoch_end(self):
+        self.log("score", -abs(self.current_epoch - 2.0))
+
+
+def test_weights_best_unlearns_the_monitored_best_checkpoint(digits, tmp_path):
+    train, val, _ = digits
+    L.seed_everything(0, verbose=False)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="score", mode="max")
+    unlearn = UnlearnCallback(forget_classes=[3], progress_bar=False, weights="best")
+    trainer = _trainer(tmp_path, [ckpt, unlearn])
+    model = _BestAtEpoch2()
+    with pytest.warns(UserWarning, match="still hold the model from before unlearning"):
+        trainer.fit(model, train, val)
+    best_file = unlearn.report.source
+    assert best_file.endswith(".ckpt") and "unlearned" not in best_file
+    assert "epoch=2-" in best_file
+    best = ImageClassifier()
+    best.load_state_dict(torch.load(best_file, weights_only=False)["state_dict"])
+    before = evaluate(best, val, [3])  # what the callback measured before unlearning
+    assert before["forget_acc"] == pytest.approx(unlearn.report.before["forget_acc"])
+    assert before["retain_acc"] == pytest.approx(unlearn.report.before["retain_acc"])
+    assert ckpt.best_model_path.endswith(UNLEARNED_CHECKPOINT)
+    assert unlearn.report.applied
+
+
+def test_weights_must_be_last_or_best():
+    with pytest.raises(ValueError, match="weights must be 'last'.*or 'best'"):
+        UnlearnCallback(forget_classes=[3], weights="final")
