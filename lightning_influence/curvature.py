@@ -10,7 +10,9 @@ from either with the same operator algebra.
 
 from __future__ import annotations
 
+import functools
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -31,6 +33,18 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 #: PyTorch's forward-mode AD levels are process-global, so two ``torch.func.jvp`` calls in two
 #: threads break each other ("no level exists"); every forward-mode product takes this lock.
 FORWARD_AD_LOCK = threading.Lock()
+
+
+@functools.cache
+def _load_jvp_decompositions() -> None:
+    """Import torch's forward-mode decompositions once, without the FutureWarning torch
+    raises about its own use of ``torch.jit.script`` there (a user cannot act on it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # another torch layout: the warning, if any, stays
+            pass
 
 
 def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -236,6 +250,7 @@ class HessianOperator(ParamOperator):
         out: ParamDict | None = None
         with torch.enable_grad():  # callers may sit under no_grad (e.g. Lightning hooks)
             for f in self.losses:
+                _load_jvp_decompositions()
                 with FORWARD_AD_LOCK:
                     _, hv = jvp(grad(f), (self.params,), (dict(v),))
                 out = self._add(out, hv)
@@ -275,6 +290,7 @@ class GaussNewtonOperator(HessianOperator):
         out: ParamDict | None = None
         with torch.enable_grad():
             for f in self.losses:
+                _load_jvp_decompositions()
                 with FORWARD_AD_LOCK:
                     z, jv = jvp(f.outputs, (self.params,), (dict(v),))
                     _, hjv = jvp(grad(f.loss_on), (z,), (jv,))

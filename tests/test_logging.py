@@ -273,3 +273,27 @@ def test_progress_bar_false_is_silent(digits, tmp_path, bars, capsys, bar):
     assert bars == []
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+def test_an_unlearning_run_raises_no_torch_jit_warning():
+    """torch warns about its own torch.jit use when forward-mode AD first loads; a user cannot
+    act on it, so the library loads that module quietly (fresh process: the import is once)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "import torch, lightning_influence as li\n"
+        "from torch import nn\n"
+        "from lightning_influence.curvature import HessianOperator\n"
+        "m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))\n"
+        "x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    H = HessianOperator(m, None, [(x, y)])\n"
+        "    H.matvec({k: torch.ones_like(p) for k, p in m.named_parameters()})\n"
+        "print(sum('torch.jit' in str(w.message) for w in caught))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
