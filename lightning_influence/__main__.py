@@ -1,4 +1,5 @@
-"""Console entry point: ``lightning-influence demo`` (also ``python -m lightning_influence``)."""
+"""Console entry point: ``lightning-influence demo`` and ``lightning-influence unlearn``
+(also ``python -m lightning_influence``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import warnings
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["unlearn"]:  # its own LightningCLI-style parser (class paths, YAML)
+        from lightning_influence.unlearn_command import main as main_unlearn
+
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        return main_unlearn(argv[1:])
     parser = argparse.ArgumentParser(
         prog="lightning-influence", description="Unlearning with generalized influence functions."
     )
@@ -19,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="train a small CNN, unlearn one class, compare with a retrain"
     )
     add_arguments(demo)
+    sub.add_parser(
+        "unlearn",
+        help="unlearn a saved checkpoint (see `lightning-influence unlearn --help`)",
+        add_help=False,
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -114,3 +114,55 @@ def test_every_setting_has_help_in_the_cli():
     parser.add_class_arguments(li.UnlearnCallback, "cb")
     text = " ".join(parser.format_help().split())
     assert "class labels to forget" in text and "logits_fn(output) -> logits" in text
+
+
+def _digits_checkpoint(path: Path) -> Path:
+    """A real Lightning checkpoint of the digits ImageClassifier (3 epochs)."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_influence.demos.models import DigitsDataModule, ImageClassifier
+
+    torch.set_num_threads(1)
+    L.seed_everything(0, verbose=False)
+    ckpt = ModelCheckpoint(dirpath=path, filename="trained")
+    trainer = L.Trainer(
+        max_epochs=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[ckpt], num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(ImageClassifier(), DigitsDataModule())
+    return Path(ckpt.best_model_path)
+
+
+def test_unlearn_command_unlearns_a_saved_checkpoint(tmp_path):
+    import torch
+
+    from lightning_influence.__main__ import main
+    from lightning_influence.demos.models import DigitsDataModule, ImageClassifier
+    from lightning_influence.metrics import evaluate
+
+    trained = _digits_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "out"
+    config = ROOT / "examples" / "unlearn_checkpoint.yaml"
+    args = ["unlearn", "--config", str(config), "--ckpt_path", str(trained)]
+    status = main([*args, "--output", str(out), "--accelerator", "cpu"])
+    report = json.loads((out / "report.json").read_text())
+    assert status == 0 and report["applied"] and report["complete"]
+    model = ImageClassifier()
+    state = torch.load(out / "unlearned.ckpt", weights_only=False)
+    model.load_state_dict(state["state_dict"])
+    dm = DigitsDataModule()
+    dm.setup()
+    assert evaluate(model, dm.val_dataloader(), [3])["forget_acc"] <= 0.05
+    assert any("UnlearnCallback" in k for k in state["callbacks"])
+    # a step that cannot forget: files written, exit status 3
+    status = main(
+        [*args, "--output", str(tmp_path / "none"), "--accelerator", "cpu",
+         "--unlearn.step", '{"steps": 2, "min_radius": 1e-9, "max_radius": 1e-8}']
+    )  # fmt: skip
+    assert status == 3 and (tmp_path / "none" / "report.json").exists()
+    # a missing checkpoint is an error (2)
+    assert (
+        main([*args[:3], "--ckpt_path", str(tmp_path / "missing.ckpt"), "--output", str(out)]) == 2
+    )
