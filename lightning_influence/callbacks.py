@@ -265,7 +265,7 @@ class UnlearnCallback(pl.Callback):
                     model, train, val, progress_bar=show, device=device, capture=capture
                 )
         assert self.report is not None
-        log_report(trainer, self.report)
+        log_report(trainer, self.report, self.settings)
         return self.report
 
     def unlearn_model(

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_influence.report import UnlearnReport
+from lightning_influence.settings import UnlearnSettings
 
-__all__ = ["log_report"]
+__all__ = ["log_report", "settings_hyperparameters"]
 
 
-def log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
+def log_report(
+    trainer: pl.Trainer, rep: UnlearnReport, settings: UnlearnSettings | None = None
+) -> None:
     """The report to every logger (rank 0; a logger that fails only warns).
 
     Every logger gets the before/after values and the run's key numbers as scalars at
@@ -27,7 +31,8 @@ def log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
     ``step = trainer.global_step + k`` for the k-th trial of ``report.trials`` (steps keep
     increasing, as loggers such as W&B require). Loggers that take a table also get
     the before/after table: ``log_table`` (e.g. WandbLogger) or ``experiment.add_text``
-    (TensorBoardLogger, as markdown).
+    (TensorBoardLogger, as markdown). ``settings`` go to ``log_hyperparams`` as flat
+    ``unlearn/<group>.<field>`` entries.
     """
     metrics = {f"unlearn/before_{k}": v for k, v in rep.before.items()}
     metrics.update({f"unlearn/after_{k}": v for k, v in rep.after.items()})
@@ -44,7 +49,10 @@ def log_report(trainer: pl.Trainer, rep: UnlearnReport) -> None:
     )
     if trainer.is_global_zero:
         step = trainer.global_step
+        params = None if settings is None else settings_hyperparameters(settings, rep.task)
         for logger in trainer.loggers:
+            if params is not None:
+                _guarded(logger, "the settings", lambda lg: lg.log_hyperparams(params))
             _guarded(logger, "the report", lambda lg: lg.log_metrics(metrics, step=step))
             _guarded(logger, "the step-search curve", lambda lg: _log_curve(lg, rep, step))
             _guarded(logger, "the before/after table", lambda lg: _log_table(lg, rep, step))
@@ -80,9 +88,29 @@ _CURVE = {
 
 
 def _log_curve(logger: Any, rep: UnlearnReport, start: int) -> None:
-    """One row per step-search trial, at ``step = start + k`` for the k-th trial."""
+    """One row per step-search trial, at ``step = start + k`` for the k-th trial, with the
+    trial's index and round as scalars of their own (an axis to plot the curve against)."""
     for k, trial in enumerate(rep.trials):
-        logger.log_metrics({key: float(trial[f]) for f, key in _CURVE.items()}, step=start + k)
+        row = {key: float(trial[f]) for f, key in _CURVE.items()}
+        row["unlearn/trial_index"] = float(k)
+        row["unlearn/trial_round"] = float(trial.get("round", 0))
+        logger.log_metrics(row, step=start + k)
+
+
+def settings_hyperparameters(settings: UnlearnSettings, task: str) -> dict[str, Any]:
+    """The run's settings as flat ``unlearn/<group>.<field>`` hyperparameters."""
+    flat: dict[str, Any] = {"unlearn/task": task}
+    for group, values in asdict(settings).items():
+        if isinstance(values, dict):
+            flat.update({f"unlearn/{group}.{k}": _plain(v) for k, v in values.items()})
+        else:
+            flat[f"unlearn/{group}"] = _plain(values)
+    return flat
+
+
+def _plain(value: Any) -> Any:
+    """A value every logger's hyperparameter store takes (lists as their text, None as 'None')."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def _report_rows(rep: UnlearnReport) -> list[list[Any]]:

@@ -718,7 +718,8 @@ def _merge_steps(steps: list[StepResult]) -> StepResult:
     """One record of all rounds: the first round's start, the last kept step, every trial."""
     kept = [s for s in steps if s.applied]
     last = kept[-1] if kept else steps[0]
-    merged = replace(last, before=steps[0].before, trials=[t for s in steps for t in s.trials])
+    trials = [replace(t, round=i) for i, s in enumerate(steps) for t in s.trials]
+    merged = replace(last, before=steps[0].before, trials=trials)
     merged.applied = bool(kept)
     merged.radius = sum(s.radius for s in kept)
     merged.step_norm = sum(s.step_norm for s in kept)

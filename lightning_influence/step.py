@@ -52,13 +52,15 @@ ScoreFn = Callable[[nn.Module], tuple[float, float]]
 
 @dataclass
 class StepTrial:
-    """One evaluated step: radius (relative to ‖θ_S‖), absolute step norm and its scores."""
+    """One evaluated step: radius (relative to ‖θ_S‖), absolute step norm and its scores;
+    ``round`` is the re-linearised round it belongs to (0 for the first or only one)."""
 
     radius: float
     step_norm: float
     forget_acc: float
     retain_acc: float
     f1: float
+    round: int = 0
 
 
 @dataclass

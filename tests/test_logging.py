@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -43,12 +44,13 @@ class _TableLogger(Logger):
         super().__init__()
         self.metrics: list[tuple[int | None, dict[str, float]]] = []
         self.tables: list[dict] = []
+        self.hparams: dict = {}
 
     def log_metrics(self, metrics, step=None):
         self.metrics.append((step, dict(metrics)))
 
     def log_hyperparams(self, params, *args, **kwargs):
-        pass
+        self.hparams.update(params)
 
     def log_table(self, key, columns=None, data=None, dataframe=None, step=None):
         self.tables.append({"key": key, "columns": columns, "data": data})
@@ -86,6 +88,9 @@ def test_csv_logger_holds_the_curve_and_before_after(logged):
         assert float(row["unlearn/trial_forget_score"]) == pytest.approx(trial["forget_acc"])
         assert float(row["unlearn/trial_retain_acc"]) == pytest.approx(trial["retain_acc"])
         assert float(row["unlearn/trial_f1"]) == pytest.approx(trial["f1"])
+    assert [float(r["unlearn/trial_index"]) for r in curve] == list(range(len(rep.trials)))
+    rounds = [float(r["unlearn/trial_round"]) for r in curve]
+    assert rounds == [t["round"] for t in rep.trials] and rounds == sorted(rounds)
     radii = [float(r["unlearn/trial_radius"]) for r in curve]
     assert len(set(radii)) == len(radii) > 1  # every trial its own radius
     summary = [r for r in rows if r.get("unlearn/after_forget_acc")]
@@ -297,3 +302,13 @@ def test_an_unlearning_run_raises_no_torch_jit_warning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_the_settings_reach_log_hyperparams(logged):
+    _, rep, (csv_logger, _, table) = logged
+    assert table.hparams["unlearn/task"] == "class"
+    assert table.hparams["unlearn/hessian.budget"] == 128
+    assert table.hparams["unlearn/hessian.sampler"] == "logit"
+    assert table.hparams["unlearn/seed"] == 0
+    hparams = (Path(csv_logger.log_dir) / "hparams.yaml").read_text()
+    assert "unlearn/solve.damping" in hparams
