@@ -179,7 +179,10 @@ def response_descent(
                 if trial.f1 < 0:
                     break
                 if trial.retain_acc < reference - max_retain_drop:
-                    result.reason = f"retained accuracy collapsed after {k + 1} steps"
+                    result.reason = (
+                        f"the descent stopped after {k + 1} steps, where retained accuracy fell "
+                        "below the floor"
+                    )
                     break
                 if trial.f1 > best_f1:
                     best_f1, best_trial = trial.f1, trial

@@ -287,7 +287,10 @@ def _walk(
     for radius in grid:
         t = search.trial(radius)
         if t.retain_acc < search.floor:
-            search.result.reason = f"retained accuracy collapsed at radius {radius:.3g}"
+            search.result.reason = (
+                f"the walk stopped at radius {radius:.3g}, where retained accuracy fell below "
+                f"the floor {search.floor:.4f}; the largest step above the floor was searched"
+            )
             return None, prev, radius
         if t.forget_acc <= forget_target:
             return radius, prev, None

@@ -128,3 +128,18 @@ def test_f1_tolerance_keeps_the_smallest_step_when_the_best_clears_the_unchanged
                       f1_tolerance=0.02)  # fmt: skip
     assert res.applied and res.radius == pytest.approx(0.1), res
     assert res.best.f1 == pytest.approx(0.515) and res.before.f1 == pytest.approx(0.5)
+
+
+def test_the_reason_says_where_the_walk_stopped_not_that_the_run_failed():
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    delta = {"weight": torch.ones(1, 1)}
+
+    def score(m):
+        moved = float(m.weight) - 1.0  # the step's size (relative to ||w|| = 1)
+        return max(0.0, 1.0 - moved), 1.0 if moved < 0.5 else 0.0
+
+    result = step_search(model, delta, score, steps=8, min_radius=1e-3, max_radius=5.0)
+    assert result.applied and 0 < result.radius < 0.5
+    assert "walk stopped at radius" in result.reason and "collapsed" not in result.reason
