@@ -294,7 +294,18 @@ def _fisher_trace(
 # ----------------------------------------------------------------------------- scores
 
 
-def _settings(kwargs: dict[str, Any]) -> ScoreArguments:
+def _settings(kwargs: dict[str, Any], score_args: Any = None) -> ScoreArguments:
+    """The settings from ``score_args`` (a ScoreArguments or a dict of its fields) and/or
+    keyword fields; a field given both ways takes the keyword's value."""
+    if score_args is not None:
+        if isinstance(score_args, ScoreArguments):
+            score_args = asdict(score_args)
+        if not isinstance(score_args, dict):
+            raise TypeError(
+                f"score_args must be a ScoreArguments or a dict of its fields, got "
+                f"{type(score_args).__name__}."
+            )
+        kwargs = {**score_args, **kwargs}
     unknown = sorted(set(kwargs) - set(ScoreArguments.__dataclass_fields__))
     if unknown:
         raise TypeError(
@@ -353,6 +364,7 @@ def influence_scores(
     hessian_data: Any = None,
     progress_bar: bool = False,
     return_ids: bool = False,
+    score_args: ScoreArguments | dict[str, Any] | None = None,
     **settings: Any,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """I(q, z) = g_qᵀ (H + λI)⁻¹ g_z for every query q and training sample z.
@@ -370,6 +382,8 @@ def influence_scores(
             subset of ``train_data`` (``sampler``, ``budget``, ``pool_size``).
         progress_bar: show a bar over the training samples.
         return_ids: also return the training ids of the columns.
+        score_args: the settings as one :class:`ScoreArguments` (or a dict of its fields),
+            as ``InfluenceCallback(scores=...)`` takes them; keyword fields override it.
         **settings: the fields of :class:`ScoreArguments` (``curvature``, ``damping``,
             ``fisher``, ``sampler``, ``budget``, ``batch_size``, ``solver`` ...).
 
@@ -378,7 +392,7 @@ def influence_scores(
         ``train_data``; with ``return_ids`` also the ``[n_train]`` ids (the batches' ids,
         else the dataset index of a DataLoader, else the position).
     """
-    args = _settings(settings)
+    args = _settings(settings, score_args)
     dtype = next(iter(trainable_params(model).values())).dtype
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
@@ -424,6 +438,7 @@ def self_influence(
     hessian_data: Any = None,
     progress_bar: bool = False,
     return_ids: bool = False,
+    score_args: ScoreArguments | dict[str, Any] | None = None,
     **settings: Any,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """g_zᵀ (H + λI)⁻¹ g_z for every training sample z; higher = more self-influential.
@@ -434,7 +449,7 @@ def self_influence(
     Returns:
         ``[n_train]`` scores in the model's dtype (with ``return_ids``: and their ids).
     """
-    args = _settings(settings)
+    args = _settings(settings, score_args)
     dtype = next(iter(trainable_params(model).values())).dtype
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)

@@ -312,3 +312,25 @@ def test_bad_input_raises_naming_the_fix(mlp_problem):
     bn_only = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4)).double().eval()
     with pytest.raises(ValueError, match="gauss_newton"):
         li.self_influence(bn_only, (train[0], train[1] % 4))
+
+
+def test_score_args_takes_the_settings_object_the_callback_takes():
+    from lightning_influence.scores import ScoreArguments, _settings
+
+    args = ScoreArguments(curvature="kfac", budget=64)
+    assert _settings({}, args) == args
+    assert _settings({"budget": 32}, args).budget == 32  # a keyword overrides
+    assert _settings({}, {"damping": 0.5}).damping == 0.5
+    with pytest.raises(TypeError, match="score_args must be a ScoreArguments"):
+        _settings({}, "kfac")
+
+
+def test_self_influence_with_score_args_equals_keywords():
+    from lightning_influence.scores import ScoreArguments
+
+    model = tiny_mlp()
+    data = data_for(model, 16, seed=1)
+    args = ScoreArguments(curvature="gauss_newton", damping=0.1)
+    a = li.self_influence(model, data, score_args=args)
+    b = li.self_influence(model, data, curvature="gauss_newton", damping=0.1)
+    assert torch.equal(a, b)
