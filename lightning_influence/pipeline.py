@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_influence.batches import Batch, BatchParser
@@ -161,9 +162,9 @@ def run_unlearning(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     h = settings.hessian
-    with timer("read"):
+    with timer("read"), progress_bar(show_progress, _length(train_loader), "unlearn: read") as bar:
         data = read_training_data(
-            train_loader,
+            _Counted(train_loader, bar, "training batches"),
             batch_parser,
             spec.forget_mask,
             h.pool_size,
@@ -176,7 +177,7 @@ def run_unlearning(
     _check_output(model, data.candidates, device)
     with timer("capture"):
         pool, report.capture_source = capture_candidates(
-            model, data.candidates, settings, device, capture
+            model, data.candidates, settings, device, capture, show_progress
         )
     _check_label_range(data.labels, val.y, int(pool.logits.shape[1]))
     _check_scalar_loss(loss_fn, pool.logits[:4].to(device), pool.labels[:4].to(device))
@@ -187,6 +188,8 @@ def run_unlearning(
         problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
     _warn_small_validation(len(val), settings.step.max_val_samples, problem.max_retain_drop)
+    if show_progress:
+        _announce(problem, settings, report, len(val))
     with timer("measure"):
         before = _with_mia(model, problem, problem.scorer.metrics(model))
     best, candidates = _search_candidates(
@@ -214,6 +217,48 @@ def _with_mia(model: nn.Module, problem: Problem, metrics: dict[str, float]) -> 
         **metrics,
         "mia_efficacy": mia_efficacy(model, problem.forget, problem.members, problem.val),
     }
+
+
+class _Counted:
+    """``loader`` (its attributes too) whose iteration advances ``bar`` batch by batch."""
+
+    def __init__(self, loader: Iterable[Any], bar: Any, unit: str) -> None:
+        self._loader, self._bar, self._unit = loader, bar, unit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __iter__(self) -> Any:
+        for k, batch in enumerate(self._loader, start=1):
+            yield batch
+            self._bar.advance(k, f"{k} {self._unit}")
+
+
+def _length(loader: Any) -> int | None:
+    """The number of batches of a loader (or of the DataLoader a pass wraps), if known."""
+    inner = getattr(loader, "loader", loader)
+    try:
+        return len(inner)
+    except TypeError:
+        return None
+
+
+def _announce(
+    problem: Problem, settings: UnlearnSettings, report: UnlearnReport, n_val: int
+) -> None:
+    """One line, before the solves, of what the run will cost (in HVPs and trials)."""
+    hessian_rows = sum(len(b) for b in problem.hessian)
+    s, st = settings.solve, settings.step
+    candidates = len(settings.selection.ratios or [problem.ratio]) * len(problem.dampings)
+    val = n_val if st.max_val_samples is None else min(n_val, st.max_val_samples)
+    iterations = "" if s.solver == "dense" else f", up to {s.max_iter} solver iterations each"
+    rank_zero_info(
+        f"unlearn: {report.forget_size} forgotten of {report.pool_size} training samples; "
+        f"Hessian on {hessian_rows} rows; {candidates} candidate(s) x {problem.rounds} "
+        f"round(s){iterations} (each iteration: two products with the Hessian over those rows); "
+        f"up to {st.steps + st.refine} step trials per round on {val} validation rows"
+        + (f"; then {problem.response_steps} response steps" if problem.response_steps else "")
+    )
 
 
 def _check_output(model: nn.Module, rows: Rows, device: torch.device) -> None:
@@ -291,6 +336,7 @@ def capture_candidates(
     settings: UnlearnSettings,
     device: torch.device,
     capture: CaptureResult | None = None,
+    show_progress: bool = False,
 ) -> tuple[CaptureResult, str]:
     """Logits (and features for the feature sampler) of the candidate pool, sorted by id.
 
@@ -320,13 +366,15 @@ def capture_candidates(
     mine = candidates
     if shards.split:
         mine = candidates.take(torch.arange(len(candidates))[shards.block(len(candidates))])
-    pool = capture_pool(
-        model,
-        mine.batches(settings.batch_size, device),
-        settings.hessian.feature_module,
-        device=device,
-        store_features=need_features,
-    )
+    batches = mine.batches(settings.batch_size, device)
+    with progress_bar(show_progress, len(batches), "unlearn: capture") as bar:
+        pool = capture_pool(
+            model,
+            _Counted(batches, bar, "candidate batches"),
+            settings.hessian.feature_module,
+            device=device,
+            store_features=need_features,
+        )
     if shards.split:
         pool = _gathered(pool, shards, len(candidates))
     if not bool(torch.isfinite(pool.logits).all()):
@@ -752,9 +800,11 @@ def _solve(
 ) -> tuple[dict[str, Tensor], InfluenceReport]:
     """One influence solve; an undamped run is early-stopped on purpose, so no warning."""
     s = settings.solve
-    # no total: a Krylov solve stops long before max_iter (the bar shows the residual vs tol)
-    desc = f"unlearn{label}: solve (damping {damping:g})"
-    with progress_bar(show, None, desc, tol=None if s.solver == "dense" else s.tol) as bar:
+    # total: max_iter, the most a Krylov solve takes (it usually stops early, at tol)
+    dense = s.solver == "dense"
+    desc = f"unlearn{label}: solve (damping {damping:g}" + (")" if dense else ", at most)")
+    total = None if dense else s.max_iter
+    with progress_bar(show, total, desc, tol=None if dense else s.tol) as bar:
         options: dict[str, Any] = {}
         if s.solver != "dense":
             options = {"tol": s.tol, "max_iter": s.max_iter, "progress": bar.solver_callback}

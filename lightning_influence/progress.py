@@ -6,8 +6,9 @@ Trainer's progress bar: :func:`trainer_progress` (entered by ``UnlearnCallback.u
 bars drawn with Rich when that is a :class:`~lightning.pytorch.callbacks.RichProgressBar` (on
 its live display while it runs, else on its console), with tqdm otherwise.
 
-A Krylov solve stops long before ``max_iter``, so the solve bar has no total (no ETA): it
-shows the iterations done and the residual against ``tol``.
+The solve bar's total is ``max_iter``, the most a Krylov solve takes (its ETA is an upper
+bound: the solve usually stops early, when the residual reaches ``tol``, which it shows).
+The read and capture passes have bars of their own (over batches).
 """
 
 from __future__ import annotations

@@ -202,16 +202,21 @@ def _check_bars(opened, kind: str, grid: int) -> None:
     solves = [(bar, shown) for _, bar, shown in opened if ": solve" in shown[0]]
     searches = [(bar, shown) for _, bar, shown in opened if ": step search" in shown[0]]
     assert solves and searches
+    reads = [bar for _, bar, shown in opened if shown[0] == "unlearn: read"]
+    assert len(reads) == 1 and reads[0].completed == reads[0].total  # every batch read
     for bar, shown in solves:
-        assert bar.total is None  # no ETA from max_iter: the solve stops early
+        assert bar.total == 100  # max_iter: the most it takes (it stops early at tol)
         assert bar.completed >= 1
         assert "residual" in shown[-1] and "/ tol 1.0e-02" in shown[-1]
     for bar, shown in searches:
         assert bar.completed >= 1 and "radius" in shown[-1]
+    searched = [
+        (k, b, s) for k, b, s in opened if s[0] not in ("unlearn: read", "unlearn: capture")
+    ]
     if grid > 1:  # "unlearn candidate 1/2 round 1/3: solve (damping 0)" (class removal: 3 rounds)
         label = rf"unlearn candidate \d/{grid}( round \d/\d)?: "
-        assert all(re.match(label, s[0]) for _, _, s in opened)
-        assert re.match(rf"unlearn candidate 1/{grid}( round 1/\d)?: solve", opened[0][2][0])
+        assert all(re.match(label, s[0]) for _, _, s in searched)
+        assert re.match(rf"unlearn candidate 1/{grid}( round 1/\d)?: solve", searched[0][2][0])
     else:
         assert all("candidate" not in shown[0] for _, _, shown in opened)
 
@@ -247,16 +252,20 @@ def test_rich_progress_bar_outside_fit_uses_its_own_display(digits, tmp_path, ba
     assert all(not bar.progress.live.is_started for _, bar, _ in bars)  # stopped
 
 
-def test_tqdm_otherwise(digits, tmp_path, bars, capsys):
+def test_tqdm_otherwise(digits, tmp_path, bars, capsys, caplog):
     train, val = digits
     L.seed_everything(0, verbose=False)
     model = ImageClassifier()
     _trainer(tmp_path, [], max_epochs=2).fit(model, train, val)
     capsys.readouterr()
     trainer = _trainer(tmp_path, [TQDMProgressBar()], enable_progress_bar=True)
-    UnlearnCallback(forget_classes=[3], step={"steps": 6}).unlearn(trainer, model, train, val)
+    with caplog.at_level("INFO"):
+        UnlearnCallback(forget_classes=[3], step={"steps": 6}).unlearn(trainer, model, train, val)
     _check_bars(bars, "tqdm", grid=1)
     assert "unlearn round 1/3: solve" in capsys.readouterr().err  # tqdm draws on stderr
+    plan = [r.getMessage() for r in caplog.records if "Hessian on" in r.getMessage()]
+    assert len(plan) == 1 and "up to 100 solver iterations" in plan[0]  # said up front
+    assert "up to 10 step trials per round" in plan[0]
 
 
 @pytest.mark.parametrize("bar", ["rich", "tqdm"])
