@@ -108,6 +108,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif all added": ({"hessian": {"added_budget": 1_000_000}}, {}),  # the default before 128
     "gif added 128": ({"hessian": {"added_budget": 128}}, {}),
     "gif added 128 rounds 3": ({"hessian": {"added_budget": 128}, "solve": {"rounds": 3}}, {}),
+    "gif second choice": ({}, {}),  # class removal: relabel the class to the 2nd choice
+    "gif second choice+response": ({"response": {"steps": 200}}, {}),
 }
 METHODS = METHODS + tuple(VARIANTS)
 BASELINES = ("fine-tune", "random relabel", "gradient ascent", "salun", "scrub", "ssd")
@@ -425,9 +427,22 @@ def ssd(model, task, objective, seed):
     model.load_state_dict(best_state)
 
 
+def second_choice_labels(model: nn.Module, task: Task) -> dict[int, int]:
+    """{forgotten id: the model's best class other than the forgotten one}: what a model
+    retrained without the class mostly predicts for it (class removal only)."""
+    x, _ = task.train.tensors
+    ids = task.forget_ids
+    logits = _logits(model, x[ids])
+    logits[:, task.forget_class] = -float("inf")
+    return {int(i): int(c) for i, c in zip(ids.tolist(), logits.argmax(-1).tolist(), strict=True)}
+
+
 def unlearn_default(model, task: Task, variant: str | None = None) -> dict[str, Any]:
     args, attrs = VARIANTS[variant] if variant else ({}, {})
-    cb = li.UnlearnCallback(seed=task.seed, progress_bar=False, **task.callback_args, **args)
+    task_args = task.callback_args
+    if variant and variant.startswith("gif second choice"):  # class removal as a label change to the 2nd choice
+        task_args = {"relabel": second_choice_labels(model, task)}
+    cb = li.UnlearnCallback(seed=task.seed, progress_bar=False, **task_args, **args)
     for key, value in attrs.items():
         if hasattr(cb.spec, key):
             setattr(cb.spec, key, value)

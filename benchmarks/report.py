@@ -1028,6 +1028,10 @@ def build() -> str:
         "Levers of the default on the same subset (response descent, sample removal's budget rule)",
     )
     lines += faithfulness_section(
+        load("faithfulness_fashion10k_class_levers.json"),
+        "Class removal as a label change to the second choice (a lever that did not work)",
+    )
+    lines += faithfulness_section(
         load("faithfulness_fashion10k_backdoor_cost.json"),
         "Backdoor cost on the same subset: how many added rows enter the Hessian subset",
     )
