@@ -108,6 +108,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif all added": ({"hessian": {"added_budget": 1_000_000}}, {}),  # the default before 128
     "gif added 128": ({"hessian": {"added_budget": 128}}, {}),
     "gif added 128 rounds 3": ({"hessian": {"added_budget": 128}, "solve": {"rounds": 3}}, {}),
+    "gif smallest step": ({"step": {"keep": "smallest"}}, {}),  # class default before
     "gif second choice": ({}, {}),  # class removal: relabel the class to the 2nd choice
     "gif second choice+response": ({"response": {"steps": 200}}, {}),
 }

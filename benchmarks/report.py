@@ -1028,6 +1028,14 @@ def build() -> str:
         "Levers of the default on the same subset (response descent, sample removal's budget rule)",
     )
     lines += faithfulness_section(
+        load("faithfulness_fashion_class_keep.json"),
+        "Class removal, full Fashion-MNIST: the largest step within the F1 tolerance (the default) vs the smallest",
+    )
+    lines += faithfulness_section(
+        load("faithfulness_fashion10k_class_keep.json"),
+        "The same on the 10,000-image subset",
+    )
+    lines += faithfulness_section(
         load("faithfulness_fashion10k_class_levers.json"),
         "Class removal as a label change to the second choice (a lever that did not work)",
     )

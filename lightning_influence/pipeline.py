@@ -88,6 +88,7 @@ class Problem:
     forget_target: float
     max_retain_drop: float
     f1_tolerance: float
+    keep: str
     dampings: list[float]
     curvature: str
     rounds: int
@@ -478,6 +479,7 @@ def _build_problem(
             spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
         ),
         f1_tolerance=spec.f1_tolerance if step.f1_tolerance is None else step.f1_tolerance,
+        keep=spec.keep_step if step.keep is None else step.keep,
         dampings=settings.solve.dampings or [spec.damping],
         curvature=settings.solve.curvature or spec.curvature,
         rounds=rounds,
@@ -877,6 +879,7 @@ def _search(
             progress=bar.step_callback,
             retain_reference=retain_reference,
             f1_tolerance=problem.f1_tolerance,
+            keep=problem.keep,
         )
 
 

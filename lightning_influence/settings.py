@@ -362,8 +362,20 @@ class StepArguments:
         ),
     )
 
+    keep: str | None = field(
+        default=None,
+        metadata=_help(
+            "Which step within f1_tolerance of the best is kept: 'smallest' or 'largest' (after "
+            "forgetting completes the walk goes on while the F1 holds). None: the task's own: "
+            "'largest' for class removal (the class's logit pushed as far down as retraining "
+            "pushes it, so a few fine-tuning steps do not bring it back), 'smallest' otherwise."
+        ),
+    )
+
     def __post_init__(self) -> None:
         _check_positive_int(self.steps, "step.steps")
+        if self.keep is not None:
+            _check_choice(self.keep, ("smallest", "largest"), "step.keep")
         if self.max_val_samples is not None:
             _check_positive_int(self.max_val_samples, "step.max_val_samples")
         if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:

@@ -150,6 +150,7 @@ def step_search(
     progress: Callable[[int, StepTrial], None] | None = None,
     retain_reference: float | None = None,
     f1_tolerance: float = 0.0,
+    keep: str = "smallest",
 ) -> StepResult:
     """Search a step along ``delta / ‖delta‖`` and keep the best by validation F1.
 
@@ -175,7 +176,14 @@ def step_search(
             the floor is measured from too.
         f1_tolerance: keep the smallest step whose validation F1 lies within this of the
             best (the unchanged model, radius 0, counts: no step is kept when it is within).
+        keep: ``'smallest'`` (the default) or ``'largest'``: which step within
+            ``f1_tolerance`` of the best is kept. With ``'largest'`` the walk goes on up the
+            grid after forgetting completes, while the F1 stays within the tolerance of the
+            best and retained accuracy above the floor (class removal: the class's logit is
+            pushed as far down as retraining pushes it, so it is not relearnt in a few steps).
     """
+    if keep not in ("smallest", "largest"):
+        raise ValueError(f"keep must be 'smallest' or 'largest', got {keep!r}.")
     start = time.perf_counter()
     direction, scale_ref = _unit_direction(model, delta)
     snapshot = weights_snapshot(model)
@@ -192,13 +200,15 @@ def step_search(
         if reached is not None:
             _bisect(search, prev, reached, refine, forget_target)
             result.reason = f"forgetting complete (forget score <= {forget_target:g})"
+            if keep == "largest":
+                _extend(search, [r for r in grid if r > reached], f1_tolerance)
         elif collapsed is not None:
             _bisect_floor(search, prev, collapsed, refine)
         elif not result.reason:
             result.reason = (
                 f"forget score stayed above {forget_target:g} up to max_radius={max_radius:g}"
             )
-        _keep_best(search, snapshot, f1_tolerance)
+        _keep_best(search, snapshot, f1_tolerance, keep)
         return result
     except BaseException:
         restore_weights(model, snapshot)
@@ -335,9 +345,22 @@ def _bisect_floor(search: _Search, lo: float, hi: float, refine: int) -> None:
             hi = mid
 
 
-def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], f1_tolerance: float) -> None:
+def _extend(search: _Search, radii: list[float], f1_tolerance: float) -> None:
+    """Walk on up ``radii`` while the F1 stays within ``f1_tolerance`` of the best so far and
+    retained accuracy above the floor (``keep='largest'``)."""
+    for radius in radii:
+        best = max(t.f1 for t in search.result.trials)
+        t = search.trial(radius)
+        if t.retain_acc < search.floor or t.f1 < best - f1_tolerance:
+            return
+
+
+def _keep_best(
+    search: _Search, snapshot: Mapping[str, Tensor], f1_tolerance: float, keep: str = "smallest"
+) -> None:
     """If the best valid trial beats the unchanged model by more than ``f1_tolerance``, apply
-    the smallest valid trial within ``f1_tolerance`` of it; else restore the weights."""
+    the smallest (``keep='largest'``: the largest) valid trial within ``f1_tolerance`` of it;
+    else restore the weights."""
     result = search.result
     assert result.before is not None
     # A step whose retained accuracy collapsed is never kept, whatever its F1.
@@ -354,7 +377,8 @@ def _keep_best(search: _Search, snapshot: Mapping[str, Tensor], f1_tolerance: fl
             f"{best.f1 if best else float('nan'):.4f}); {result.reason}"
         )
         return
-    best = min((t for t in valid if t.f1 >= best.f1 - f1_tolerance), key=lambda t: t.radius)
+    within = [t for t in valid if t.f1 >= best.f1 - f1_tolerance]
+    best = (min if keep == "smallest" else max)(within, key=lambda t: t.radius)
     apply_step(search.model, search.base, search.direction, best.step_norm)
     result.applied, result.best = True, best
     result.radius, result.step_norm = best.radius, best.step_norm

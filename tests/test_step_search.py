@@ -143,3 +143,37 @@ def test_the_reason_says_where_the_walk_stopped_not_that_the_run_failed():
     result = step_search(model, delta, score, steps=8, min_radius=1e-3, max_radius=5.0)
     assert result.applied and 0 < result.radius < 0.5
     assert "walk stopped at radius" in result.reason and "collapsed" not in result.reason
+
+
+@pytest.mark.parametrize("keep", ["smallest", "largest"])
+def test_keep_largest_walks_on_while_the_f1_holds(keep):
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+
+    def score(m):
+        moved = float(m.weight) - 1.0
+        retain = 1.0 if moved < 3.0 else 0.0  # a floor to stop at
+        return max(0.0, 1.0 - moved), retain
+
+    grid = radius_grid(8, 1e-3, 5.0)
+    result = step_search(
+        model, {"weight": torch.ones(1, 1)}, score, steps=8, max_radius=5.0, keep=keep
+    )
+    assert result.applied
+    if keep == "smallest":
+        assert 1.0 <= result.radius < 1.2  # the bisected edge of forgetting
+    else:
+        largest_below_floor = max(r for r in grid if r < 3.0)
+        assert result.radius == pytest.approx(largest_below_floor)
+        assert float(model.weight) == pytest.approx(1.0 + largest_below_floor)
+    with pytest.raises(ValueError, match="keep must be"):
+        step_search(model, {"weight": torch.ones(1, 1)}, score, keep="biggest")
+
+
+def test_step_keep_setting_is_checked():
+    from lightning_influence.settings import StepArguments
+
+    assert StepArguments(keep="largest").keep == "largest"
+    with pytest.raises(ValueError, match="step.keep"):
+        StepArguments(keep="biggest")
