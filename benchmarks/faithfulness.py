@@ -441,7 +441,9 @@ def second_choice_labels(model: nn.Module, task: Task) -> dict[int, int]:
 def unlearn_default(model, task: Task, variant: str | None = None) -> dict[str, Any]:
     args, attrs = VARIANTS[variant] if variant else ({}, {})
     task_args = task.callback_args
-    if variant and variant.startswith("gif second choice"):  # class removal as a label change to the 2nd choice
+    if variant and variant.startswith(
+        "gif second choice"
+    ):  # class removal as a label change to the 2nd choice
         task_args = {"relabel": second_choice_labels(model, task)}
     cb = li.UnlearnCallback(seed=task.seed, progress_bar=False, **task_args, **args)
     for key, value in attrs.items():

@@ -165,6 +165,33 @@ GOALS += [
 ]
 
 
+#: the faithfulness studies in docs/benchmarks.md, in order: (result file, section title)
+FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
+    ("faithfulness_fashion.json", None),
+    (
+        "faithfulness_fashion10k.json",
+        "Faithfulness on a 10,000-image Fashion-MNIST subset (a partial run, not the acceptance setting)",
+    ),
+    (
+        "faithfulness_fashion10k_levers.json",
+        "Levers of the default on the same subset (response descent, sample removal's budget rule)",
+    ),
+    (
+        "faithfulness_fashion_class_keep.json",
+        "Class removal, full Fashion-MNIST: the largest step within the F1 tolerance (the default) vs the smallest",
+    ),
+    ("faithfulness_fashion10k_class_keep.json", "The same on the 10,000-image subset"),
+    (
+        "faithfulness_fashion10k_class_levers.json",
+        "Class removal as a label change to the second choice (a lever that did not work)",
+    ),
+    (
+        "faithfulness_fashion10k_backdoor_cost.json",
+        "Backdoor cost on the same subset: how many added rows enter the Hessian subset",
+    ),
+]
+
+
 def load(name: str) -> dict[str, Any] | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else None
@@ -1018,31 +1045,8 @@ def build() -> str:
     lines += samplers_fashion_section(load("samplers_fashion.json"))
     lines += unlearning_section(load("unlearning_fashion10k.json"), suite="fashion10k")
     lines += selection_section(data["selection.json"])
-    lines += faithfulness_section(load("faithfulness_fashion.json"))
-    lines += faithfulness_section(
-        load("faithfulness_fashion10k.json"),
-        "Faithfulness on a 10,000-image Fashion-MNIST subset (a partial run, not the acceptance setting)",
-    )
-    lines += faithfulness_section(
-        load("faithfulness_fashion10k_levers.json"),
-        "Levers of the default on the same subset (response descent, sample removal's budget rule)",
-    )
-    lines += faithfulness_section(
-        load("faithfulness_fashion_class_keep.json"),
-        "Class removal, full Fashion-MNIST: the largest step within the F1 tolerance (the default) vs the smallest",
-    )
-    lines += faithfulness_section(
-        load("faithfulness_fashion10k_class_keep.json"),
-        "The same on the 10,000-image subset",
-    )
-    lines += faithfulness_section(
-        load("faithfulness_fashion10k_class_levers.json"),
-        "Class removal as a label change to the second choice (a lever that did not work)",
-    )
-    lines += faithfulness_section(
-        load("faithfulness_fashion10k_backdoor_cost.json"),
-        "Backdoor cost on the same subset: how many added rows enter the Hessian subset",
-    )
+    for name, title in FAITHFULNESS_STUDIES:
+        lines += faithfulness_section(load(name), *([title] if title else []))
     lines += corrections_section(
         load("corrections_backdoor.json"),
         "Backdoor repair on digits: the current defaults and their levers",

@@ -37,6 +37,7 @@ from lightning_influence.output_layer import moving_module
 from lightning_influence.pool import (
     Rows,
     TrainingData,
+    check_label_range,
     read_rows,
     read_training_data,
     stratified_rows,
@@ -180,7 +181,8 @@ def run_unlearning(
         pool, report.capture_source = capture_candidates(
             model, data.candidates, settings, device, capture, show_progress
         )
-    _check_label_range(data.labels, val.y, int(pool.logits.shape[1]))
+    check_label_range(data.labels, int(pool.logits.shape[1]), "training")
+    check_label_range(val.y, int(pool.logits.shape[1]), "validation")
     _check_scalar_loss(loss_fn, pool.logits[:4].to(device), pool.labels[:4].to(device))
     spec.check_labels(num_classes=int(pool.logits.shape[1]))
     with timer("sample"):
@@ -298,18 +300,6 @@ def _warn_small_validation(n: int, limit: int | None, budget: float) -> None:
             UserWarning,
             stacklevel=3,
         )
-
-
-def _check_label_range(train_labels: Tensor, val_labels: Tensor, num_classes: int) -> None:
-    """Raise, naming the label, if a label is not a class index of the model's logits."""
-    for what, y in (("training", train_labels), ("validation", val_labels)):
-        bad = y[(y < 0) | (y >= num_classes)]
-        if bad.numel():
-            raise ValueError(
-                f"A {what} label is {int(bad[0])}, outside the model's {num_classes} outputs "
-                f"(logits width): labels must be class indices 0..{num_classes - 1}. If the "
-                "model returns more than the logits, pass logits_fn."
-            )
 
 
 def _check_scalar_loss(loss_fn: LossFn, logits: Tensor, labels: Tensor) -> None:

@@ -164,6 +164,23 @@ def _parsed(
         yield b, ids
 
 
+def check_label_range(y: Tensor, num_classes: int, what: str) -> None:
+    """Raise, naming the label, if a label is not a class index of ``num_classes`` logits."""
+    labels = y.reshape(-1)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        raise ValueError(
+            f"A {what} label is {int(bad[0])}, outside the model's {num_classes} outputs "
+            f"(logits width): labels must be class indices 0..{num_classes - 1}. If the "
+            "model returns more than the logits, pass logits_fn."
+        )
+
+
+def parse_checked(parser: BatchParser, raw: Any, what: str) -> Batch:
+    """The batch parsed, checked (tensor inputs, one class index per row) and on the CPU."""
+    return _parse(parser, raw, what)
+
+
 def _parse(parser: BatchParser, raw: Any, what: str) -> Batch:
     """The batch parsed, checked and detached on the CPU."""
     try:

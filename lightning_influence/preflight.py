@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from lightning_influence._modules import compute_dtype, eval_mode, model_device
 from lightning_influence.batches import Batch, BatchParser, IndexedDataset, inputs_as
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.forward import call_model, inputs_to, is_inputs, logits_of
+from lightning_influence.forward import call_model, inputs_to, logits_of
+from lightning_influence.pool import check_label_range, parse_checked
 
 __all__ = ["preflight"]
 
@@ -50,11 +51,11 @@ def preflight(
         sample = _first_batch(loader)
         if sample is None:
             continue
-        batch = _parsed(batch_parser, sample, what)
+        batch = parse_checked(batch_parser, sample, what)
         if what == "training":
             _check_ids(spec, loader, batch)
         width = width or _logits_width(model, batch_parser, sample, logits_fn)
-        _check_label_range(batch.y, width, what)
+        check_label_range(batch.y, width, what)
     if width is None:
         return
     classes = [c for c in getattr(spec, "classes", []) if not 0 <= c < width]
@@ -76,36 +77,6 @@ def _first_batch(loader: Any) -> Any:
     except TypeError:
         return None
     return loader.collate_fn([loader.dataset[0]])
-
-
-def _parsed(parser: BatchParser, raw: Any, what: str) -> Batch:
-    try:
-        batch = parser(raw)
-    except ValueError as err:
-        raise ValueError(f"cannot parse a {what} batch: {err}") from err
-    if not is_inputs(batch.x):
-        raise ValueError(
-            f"unlearning needs tensor inputs (a tensor, or a tuple/dict of tensors); a {what} "
-            f"batch has x of type {type(batch.x).__name__} (pass a batch_parser that returns "
-            "such an x)."
-        )
-    y = torch.as_tensor(batch.y)
-    if y.is_floating_point() or y.ndim > 1:
-        raise ValueError(
-            f"{what} labels must be class indices, got {y.dtype} of shape {list(y.shape)} per "
-            "batch (one-hot or soft labels?): pass y.argmax(-1), or a batch_parser that does."
-        )
-    return Batch(batch.x, y.long(), batch.ids)
-
-
-def _check_label_range(y: Tensor, width: int, what: str) -> None:
-    labels = y.reshape(-1)
-    bad = labels[(labels < 0) | (labels >= width)]
-    if bad.numel():
-        raise ValueError(
-            f"A {what} label is {int(bad[0])}, outside the model's {width} outputs (logits "
-            f"width): labels must be class indices 0..{width - 1}."
-        )
 
 
 def _check_ids(spec: ForgetSpec, loader: DataLoader, batch: Batch) -> None:
