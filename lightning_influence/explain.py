@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import Batch, BatchParser, parse_batch
 from lightning_influence.curvature import LossFn, default_loss, per_sample_loss
+from lightning_influence.figures import log_gallery
 from lightning_influence.forward import call_model, inputs_cat, inputs_take, inputs_to, logits_of
 from lightning_influence.loaders import first_loader
 from lightning_influence.scores import ScoreArguments, chunks, influence_scores
@@ -353,24 +354,10 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 def log_grids(
     logger: Any, exp: Explanation, queries: Batch, inputs: dict[int, Any], step: int
 ) -> None:
-    """One image grid per query (query, proponents, opponents) where inputs are images."""
-    add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
-    log_image = getattr(logger, "log_image", None)
-    if not (callable(add_image) or callable(log_image)) or not _is_image(queries.x):
-        return
-    from torchvision.utils import make_grid
-
-    grids = []
-    for i in range(len(exp.query_ids)):
-        ids = exp.proponent_ids[i].tolist() + exp.opponent_ids[i].tolist()
-        images = [queries.x[i]] + [inputs[t] for t in ids]
-        grids.append(make_grid(torch.stack(images).float().cpu(), nrow=len(images), normalize=True))
-    for i, grid in enumerate(grids):
-        key = f"influence/query_{int(exp.query_ids[i])}"
-        if callable(add_image):
-            add_image(key, grid, global_step=step)
-        else:
-            log_image(key=key, images=[grid], step=step)
+    """The captioned top-k gallery (query, proponents, opponents; labels and scores) as one
+    image under ``influence/gallery``, where the inputs are images (module ``figures``)."""
+    if _is_image(queries.x):
+        log_gallery(logger, exp, queries, inputs, step)
 
 
 def _is_image(x: Any) -> bool:

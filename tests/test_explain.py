@@ -106,3 +106,61 @@ def test_find_then_fix_on_digits_with_flipped_labels():
     assert after[0] >= before[0] + 0.2  # the relabelled samples now get their true label
     assert after[1] > before[1]
     assert after[2] >= before[2] - 0.01  # test accuracy kept
+
+
+def _small_explanation():
+    from lightning_influence.batches import Batch
+    from lightning_influence.explain import Explanation
+
+    torch.manual_seed(0)
+    exp = Explanation(
+        query_ids=torch.tensor([7, 9]),
+        query_labels=torch.tensor([1, 2]),
+        query_predictions=torch.tensor([3, 2]),
+        query_losses=torch.tensor([2.0, 0.5]),
+        proponent_ids=torch.tensor([[0, 1], [2, 3]]),
+        proponent_scores=torch.tensor([[0.9, 0.5], [0.8, 0.1]]),
+        opponent_ids=torch.tensor([[4, 5], [6, 0]]),
+        opponent_scores=torch.tensor([[-0.9, -0.2], [-0.7, -0.3]]),
+        train_labels={i: i % 10 for i in range(7)},
+    )
+    queries = Batch(torch.rand(2, 1, 8, 8), torch.tensor([1, 2]))
+    inputs = {i: torch.rand(1, 8, 8) for i in range(7)}
+    return exp, queries, inputs
+
+
+def test_the_gallery_is_one_captioned_image_under_one_tag():
+    from lightning_influence.figures import GALLERY_TAG, gallery_figure, log_gallery
+
+    exp, queries, inputs = _small_explanation()
+    fig = gallery_figure(exp, queries, inputs)
+    axes = fig.get_axes()
+    assert len(axes) == 2 * (1 + 2 * 2)  # a row per query: query, 2 proponents, 2 opponents
+    titles = [ax.get_title() for ax in axes]
+    assert titles[0] == "query 7\ny=1 pred=3" and titles[1] == "+1: y=0\n0.9"
+    assert titles[3] == "-1: y=4\n-0.9"
+
+    class Writer:
+        def __init__(self):
+            self.calls = []
+
+        def add_image(self, tag, image, global_step=None, dataformats="CHW"):
+            self.calls.append((tag, image.shape, global_step, dataformats))
+
+    class TB:
+        experiment = Writer()
+
+    class Table:
+        def __init__(self):
+            self.calls = []
+
+        def log_image(self, key, images, step=None):
+            self.calls.append((key, images[0].shape, step))
+
+    tb, table = TB(), Table()
+    assert log_gallery(tb, exp, queries, inputs, step=12)
+    assert log_gallery(table, exp, queries, inputs, step=12)
+    ((tag, shape, step, fmt),) = tb.experiment.calls
+    assert (tag, step, fmt) == (GALLERY_TAG, 12, "HWC") and shape[2] == 3 and shape[1] > shape[0]
+    assert table.calls[0][0] == GALLERY_TAG and table.calls[0][2] == 12
+    assert not log_gallery(object(), exp, queries, inputs, step=12)  # no image API: nothing
