@@ -1,4 +1,5 @@
-"""Figures for the loggers: the captioned top-k gallery of an explanation.
+"""Figures for the loggers: the captioned top-k gallery of an explanation and the
+step-search curve of an unlearning run.
 
 Matplotlib is optional (the ``bench`` and ``dev`` extras install it): without it the gallery
 falls back to an uncaptioned torchvision grid, one row per query. Either way a logger gets
@@ -14,10 +15,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GALLERY_TAG", "gallery_array", "gallery_figure", "log_gallery"]
+__all__ = [
+    "GALLERY_TAG",
+    "STEP_SEARCH_TAG",
+    "gallery_array",
+    "gallery_figure",
+    "log_figure",
+    "log_gallery",
+    "step_search_array",
+    "step_search_figure",
+]
 
 #: the one tag every gallery is logged under
 GALLERY_TAG = "influence/gallery"
+#: the tag of the step-search curve of an unlearning run
+STEP_SEARCH_TAG = "unlearn/step_search"
 
 
 def _tile(image: Tensor) -> np.ndarray:
@@ -78,12 +90,7 @@ def gallery_array(exp: Any, queries: Any, inputs: dict[int, Tensor]) -> np.ndarr
         fig = gallery_figure(exp, queries, inputs)
     except ImportError:
         return _plain_grid(exp, queries, inputs)
-    import matplotlib.pyplot as plt
-
-    fig.canvas.draw()
-    array = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return array
+    return _array(fig)
 
 
 def _plain_grid(exp: Any, queries: Any, inputs: dict[int, Tensor]) -> np.ndarray:
@@ -104,9 +111,70 @@ def log_gallery(logger: Any, exp: Any, queries: Any, inputs: dict[int, Tensor], 
     log_image = getattr(logger, "log_image", None)
     if not (callable(add_image) or callable(log_image)):
         return False
-    array = gallery_array(exp, queries, inputs)
+    return log_figure(logger, GALLERY_TAG, gallery_array(exp, queries, inputs), step)
+
+
+def step_search_figure(trials: list[dict[str, Any]], kept_radius: float | None = None) -> Any:
+    """The step search as a figure: forget score, retained accuracy and F1 against the
+    radius (log scale), one marker style per round, the kept radius as a vertical line.
+
+    Args:
+        trials: ``report.trials`` (dicts with radius, forget_acc, retain_acc, f1, round).
+        kept_radius: the kept step's radius in its round (None: no step kept).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    rounds = sorted({int(t.get("round", 0)) for t in trials})
+    markers = "os^vD<>p*"
+    for key, color, name in (
+        ("forget_acc", "tab:red", "forget score"),
+        ("retain_acc", "tab:blue", "retained accuracy"),
+        ("f1", "tab:green", "F1"),
+    ):
+        for r in rounds:
+            pts = sorted((t["radius"], t[key]) for t in trials if int(t.get("round", 0)) == r)
+            if not pts:
+                continue
+            xs, ys = zip(*pts, strict=True)
+            label = name if r == rounds[0] else None
+            ax.plot(xs, ys, marker=markers[r % len(markers)], color=color, lw=1, ms=4, label=label)
+    if kept_radius is not None and kept_radius > 0:
+        ax.axvline(kept_radius, color="black", ls="--", lw=1, label="kept step")
+    ax.set_xscale("log")
+    ax.set_xlabel("radius (relative to the selected weights' norm)")
+    title = "step search" + (f" ({len(rounds)} rounds: one marker each)" if len(rounds) > 1 else "")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _array(fig: Any) -> np.ndarray:
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    array = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return array
+
+
+def log_figure(logger: Any, tag: str, array: np.ndarray, step: int) -> bool:
+    """An ``[H, W, 3]`` image to ``logger`` under ``tag``; False where it takes no image."""
+    add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
+    log_image = getattr(logger, "log_image", None)
     if callable(add_image):  # TensorBoard's SummaryWriter
-        add_image(GALLERY_TAG, array, global_step=step, dataformats="HWC")
-    else:  # WandbLogger and others with log_image
-        log_image(key=GALLERY_TAG, images=[array], step=step)
+        add_image(tag, array, global_step=step, dataformats="HWC")
+    elif callable(log_image):  # WandbLogger and others with log_image
+        log_image(key=tag, images=[array], step=step)
+    else:
+        return False
     return True
+
+
+def step_search_array(trials: list[dict[str, Any]], kept_radius: float | None) -> np.ndarray:
+    """:func:`step_search_figure` as an ``[H, W, 3]`` uint8 image (needs matplotlib)."""
+    return _array(step_search_figure(trials, kept_radius))

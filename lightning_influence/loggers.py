@@ -15,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_influence.figures import STEP_SEARCH_TAG, log_figure, step_search_array
 from lightning_influence.report import UnlearnReport
 from lightning_influence.settings import UnlearnSettings
 
@@ -55,6 +56,7 @@ def log_report(
                 _guarded(logger, "the settings", lambda lg: lg.log_hyperparams(params))
             _guarded(logger, "the report", lambda lg: lg.log_metrics(metrics, step=step))
             _guarded(logger, "the step-search curve", lambda lg: _log_curve(lg, rep, step))
+            _guarded(logger, "the step-search figure", lambda lg: _log_figure(lg, rep, step))
             _guarded(logger, "the before/after table", lambda lg: _log_table(lg, rep, step))
             _guarded(logger, "the report", lambda lg: lg.save())
     b, a = rep.before, rep.after
@@ -95,6 +97,28 @@ def _log_curve(logger: Any, rep: UnlearnReport, start: int) -> None:
         row["unlearn/trial_index"] = float(k)
         row["unlearn/trial_round"] = float(trial.get("round", 0))
         logger.log_metrics(row, step=start + k)
+
+
+def _log_figure(logger: Any, rep: UnlearnReport, step: int) -> None:
+    """The step-search curve as a figure, for loggers that take images (needs matplotlib)."""
+    if not rep.trials or not _takes_images(logger):
+        return
+    try:
+        array = step_search_array(rep.trials, _kept_radius(rep))
+    except ImportError:  # matplotlib is optional: the scalars above hold the same curve
+        return
+    log_figure(logger, STEP_SEARCH_TAG, array, step)
+
+
+def _takes_images(logger: Any) -> bool:
+    add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
+    return callable(add_image) or callable(getattr(logger, "log_image", None))
+
+
+def _kept_radius(rep: UnlearnReport) -> float | None:
+    """The kept step's radius for a one-round run (several rounds: the report sums them)."""
+    one_round = len({int(t.get("round", 0)) for t in rep.trials}) == 1
+    return rep.radius if rep.applied and one_round else None
 
 
 def settings_hyperparameters(settings: UnlearnSettings, task: str) -> dict[str, Any]:

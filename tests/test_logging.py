@@ -321,3 +321,17 @@ def test_the_settings_reach_log_hyperparams(logged):
     assert table.hparams["unlearn/seed"] == 0
     hparams = (Path(csv_logger.log_dir) / "hparams.yaml").read_text()
     assert "unlearn/solve.damping" in hparams
+
+
+def test_the_step_search_figure_reaches_image_loggers(logged):
+    from lightning_influence.figures import STEP_SEARCH_TAG, step_search_figure
+
+    trainer, rep, (_, tb_logger, _) = logged
+    fig = step_search_figure(rep.trials, rep.radius)
+    lines = fig.get_axes()[0].get_lines()
+    assert len(lines) >= 3 and fig.get_axes()[0].get_xscale() == "log"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(tb_logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert STEP_SEARCH_TAG in events.Tags()["images"]
