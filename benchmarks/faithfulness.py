@@ -428,6 +428,15 @@ def ssd(model, task, objective, seed):
     model.load_state_dict(best_state)
 
 
+#: methods that exist for class removal only
+CLASS_ONLY = ("logit mask", "gif second choice", "gif second choice+response")
+
+
+def applies(method: str, task: str) -> bool:
+    """Whether ``method`` runs on ``task`` (a logit mask or a second choice needs a class)."""
+    return task == "class" or method not in CLASS_ONLY
+
+
 def second_choice_labels(model: nn.Module, task: Task) -> dict[int, int]:
     """{forgotten id: the model's best class other than the forgotten one}: what a model
     retrained without the class mostly predicts for it (class removal only)."""
@@ -630,7 +639,7 @@ def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str
                 retrains[tag] = (model, info)
             objective = validation_objective(task, _acc(base, task.val))
             for method in ["retrain", "retrain'", *methods]:
-                if (name, seed, method) in done or (method == "logit mask" and name != "class"):
+                if (name, seed, method) in done or not applies(method, name):
                     continue
                 try:
                     if method in retrains:

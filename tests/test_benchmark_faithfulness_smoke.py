@@ -52,7 +52,7 @@ def test_every_method_runs_and_is_measured(base, task_name):
     rows = []
     response_levers = [v for v, (args, _) in B.VARIANTS.items() if "response" in args]
     for method in ["retrain", "nothing", *B.METHODS]:
-        if (method == "logit mask" and task_name != "class") or method in response_levers:
+        if not B.applies(method, task_name) or method in response_levers:
             continue
         if method == "retrain":
             model, extra = base, {"seconds": 10.0}
