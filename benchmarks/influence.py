@@ -18,6 +18,10 @@ of the top k, k = the number of flipped labels (= recall at k). Methods:
 - ``li_kfac``: the same with K-FAC's eigenvalues;
 - ``loss``: the training loss on the (noisy) label;
 - ``random``: a seeded random order;
+- ``aum``: the area under the margin (``li.MarginCallback``: the mean over every training
+  step of the sample's labelled logit minus the largest other), recorded during a second fit
+  with the same recipe and seed; its "seconds" are the recording's extra time (that fit's
+  seconds minus a plain fit's, both run here; ``recording_overhead`` is their ratio − 1);
 - ``kronfluence_ekfac``: kronfluence's EK-FAC self-influence (its defaults: factors on the
   whole training set, sampled-label Fisher, damping 0.1 × mean eigenvalue), if installed
   (``pip install kronfluence``, the ``compare`` extra).
@@ -56,7 +60,7 @@ from lightning_influence.demos.models import ImageClassifier, train_classifier
 FLIP_SHARE = 0.05
 FASHION_TRAIN = 10_000
 EPOCHS = {"digits": 15, "fashion": 8}
-METHODS = ("li_ekfac", "li_ekfac_all", "li_kfac", "loss", "random", "kronfluence_ekfac")
+METHODS = ("aum", "li_ekfac", "li_ekfac_all", "li_kfac", "loss", "random", "kronfluence_ekfac")
 #: The lever study's outputs (validation flip seeds), copied into influence.json.
 LEVER_FILES = ("influence_levers_digits.json", "influence_levers_fashion.json")
 
@@ -180,6 +184,30 @@ def rank(method: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     raise ValueError(method)
 
 
+def rank_aum(
+    dataset: str, train: TensorDataset, val: TensorDataset, seed: int
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """-AUM of every training sample, recorded by ``li.MarginCallback`` during a fit with the
+    same recipe and seed, and the fit's seconds with and without the recording."""
+    epochs = EPOCHS[dataset]
+    start = time.perf_counter()
+    train_classifier(train, val, epochs=epochs, seed=seed, num_classes=10)
+    plain = time.perf_counter() - start
+    cb = li.MarginCallback()
+    start = time.perf_counter()
+    train_classifier(train, val, epochs=epochs, seed=seed, num_classes=10, callbacks=[cb])
+    recording = time.perf_counter() - start
+    ids, aum = cb.aum()
+    scores = torch.full((len(train),), float("-inf"))
+    scores[ids] = -aum
+    timing = {
+        "fit_seconds_plain": plain,
+        "fit_seconds_recording": recording,
+        "recording_overhead": recording / plain - 1.0,
+    }
+    return scores, timing
+
+
 def run_one(dataset: str, seed: int, methods: list[str]) -> list[dict[str, Any]]:
     train, val = splits(dataset)
     x, y = train.tensors
@@ -193,8 +221,13 @@ def run_one(dataset: str, seed: int, methods: list[str]) -> list[dict[str, Any]]
         with PeakRSS() as mem, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             start = time.perf_counter()
-            scores = rank(method, model, x, noisy, seed)
-            seconds = time.perf_counter() - start
+            extra: dict[str, float] = {}
+            if method == "aum":  # recorded during a fit: its cost is the recording's share
+                scores, extra = rank_aum(dataset, TensorDataset(x, noisy), val, seed)
+                seconds = max(0.0, extra["fit_seconds_recording"] - extra["fit_seconds_plain"])
+            else:
+                scores = rank(method, model, x, noisy, seed)
+                seconds = time.perf_counter() - start
         hits = int(truth[torch.topk(scores.float(), k).indices].sum())
         rows.append(
             {
@@ -207,6 +240,7 @@ def run_one(dataset: str, seed: int, methods: list[str]) -> list[dict[str, Any]]
                 "precision": hits / k,
                 "seconds": seconds,
                 "peak_extra_rss_bytes": mem.extra_bytes,
+                **extra,
             }
         )
         print(
@@ -231,6 +265,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "peak_extra_rss_mb": mean_std([m / 2**20 for m in mem]) if mem else None,
             }
         out[dataset] = cells
+    for dataset, cells in list(out.items()):
+        if "aum" in cells and "loss" in cells:
+            out[f"{dataset}_aum_minus_loss_precision"] = (
+                cells["aum"]["precision"]["mean"] - cells["loss"]["precision"]["mean"]
+            )
+    overheads = [r["recording_overhead"] for r in rows if "recording_overhead" in r]
+    if overheads:
+        out["aum_recording_overhead_max"] = max(overheads)
     digits = out.get("digits", {})
     for method in ("li_ekfac", "li_ekfac_all"):
         if method in digits and "loss" in digits:

@@ -35,6 +35,7 @@ from lightning_influence.curvature import (
     default_loss,
     mean_gradient,
 )
+from lightning_influence.dynamics import MarginCallback
 from lightning_influence.ekfac import EKFACOperator, fit_ekfac
 from lightning_influence.estimators import ESTIMATORS
 from lightning_influence.explain import Explanation, InfluenceCallback
@@ -89,6 +90,7 @@ __all__ = [
     "EKFACOperator",
     "Explanation",
     "InfluenceCallback",
+    "MarginCallback",
     "ScoreArguments",
     "fit_ekfac",
     "influence_scores",

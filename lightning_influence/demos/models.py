@@ -268,6 +268,7 @@ def train_classifier(
     weight_decay: float = 5e-4,
     quiet: bool = True,
     num_threads: int | None = 1,
+    callbacks: list[L.Callback] | None = None,
 ) -> ImageClassifier:
     """Fit an :class:`ImageClassifier` on CPU quickly and deterministically; return it in eval mode.
 
@@ -277,6 +278,8 @@ def train_classifier(
     ``num_threads`` caps torch's intra-op threads during the fit (restored after): for a model
     this small one thread is fastest, and with several threads on a busy 2-core machine
     OpenMP contention made each step ~10x slower. ``None`` leaves the setting alone.
+    ``callbacks`` join the Trainer (e.g. a :class:`~lightning_influence.MarginCallback`);
+    with callbacks the batches carry sample ids (``IndexedDataset``), in the same order.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     x0, _ = _sample_xy(train[0])
@@ -293,7 +296,7 @@ def train_classifier(
         weight_decay=weight_decay,
     )
     train_loader = DataLoader(
-        train,
+        IndexedDataset(train) if callbacks else train,  # callbacks may need sample ids
         batch_size=batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
@@ -303,6 +306,8 @@ def train_classifier(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     with _quiet_lightning(quiet), _restore_threads(threads):
-        trainer = quiet_cpu_trainer(epochs, limit_val_batches=None if val is not None else 0)
+        trainer = quiet_cpu_trainer(
+            epochs, limit_val_batches=None if val is not None else 0, callbacks=callbacks or []
+        )
         trainer.fit(model, train_loader, val_loader)
     return model.eval()

@@ -1,0 +1,92 @@
+"""MarginCallback: the area under the margin recorded during fit finds flipped labels."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from trainer_fixtures import quiet_trainer
+
+import lightning_influence as li
+from lightning_influence.demos.datasets import digits_splits
+from lightning_influence.demos.models import ImageClassifier
+from lightning_influence.dynamics import margins
+
+torch.set_num_threads(1)
+
+
+def test_margins_against_a_loop():
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 3.5], [1.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1, 2])
+    expected = [2.0 - 1.0, 3.0 - 3.5, 0.0 - 1.0]
+    assert margins(logits, labels).tolist() == pytest.approx(expected)
+
+
+def _flipped_digits(seed: int):
+    train, val, _ = digits_splits(0)
+    x, y = train.tensors
+    gen = torch.Generator().manual_seed(seed)
+    k = round(0.05 * len(y))
+    flipped = torch.randperm(len(y), generator=gen)[:k]
+    noisy = y.clone()
+    noisy[flipped] = (y[flipped] + torch.randint(1, 10, (k,), generator=gen)) % 10
+    return x, noisy, flipped, val
+
+
+def _fit(x, y, val, seed, callbacks, tmp_path, epochs=15):
+    L.seed_everything(seed, verbose=False)
+    model = ImageClassifier()
+    loader = DataLoader(
+        li.IndexedDataset(TensorDataset(x, y)),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    trainer = quiet_trainer(tmp_path, callbacks, max_epochs=epochs)
+    trainer.fit(model, loader, DataLoader(val, batch_size=256))
+    return model.eval(), trainer
+
+
+def test_aum_finds_flipped_labels_far_better_than_the_final_loss(tmp_path):
+    """Digits, 5 % of the labels flipped, the demo recipe (15 epochs). Measured on flip seeds
+    0-4: AUM top-k precision 1.000, 0.966, 0.983, 0.948, 0.966; the final loss 0.362, 0.448,
+    0.448, 0.414, 0.759."""
+    x, noisy, flipped, val = _flipped_digits(seed=0)
+    cb = li.MarginCallback()
+    model, _ = _fit(x, noisy, val, 0, [cb], tmp_path)
+    ids, aum = cb.aum()
+    assert torch.equal(ids, torch.arange(len(noisy)))  # every sample seen
+    assert int(cb.counts.min()) == 15  # once per epoch
+    k = len(flipped)
+    truth = torch.zeros(len(noisy), dtype=torch.bool)
+    truth[flipped] = True
+    aum_precision = float(truth[torch.topk(-aum, k).indices].float().mean())
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), noisy, reduction="none")
+    loss_precision = float(truth[torch.topk(loss, k).indices].float().mean())
+    assert aum_precision >= 0.85
+    assert aum_precision >= loss_precision + 0.2
+
+
+def test_batches_without_ids_are_named(tmp_path):
+    x, noisy, _, val = _flipped_digits(seed=0)
+    trainer = quiet_trainer(tmp_path, [li.MarginCallback()], max_epochs=1)
+    loader = DataLoader(TensorDataset(x, noisy), batch_size=64)
+    with pytest.raises(ValueError, match="needs sample ids.*IndexedDataset"):
+        trainer.fit(ImageClassifier(), loader, DataLoader(val, batch_size=256))
+
+
+def test_the_records_are_state_and_a_resumed_fit_adds_to_them(tmp_path):
+    x, noisy, _, val = _flipped_digits(seed=0)
+    cb = li.MarginCallback()
+    _fit(x, noisy, val, 0, [cb], tmp_path, epochs=2)
+    state = {k: v.clone() for k, v in cb.state_dict().items()}
+    again = li.MarginCallback()
+    again.load_state_dict(state)
+    assert torch.equal(again.aum()[1], cb.aum()[1])
+    _fit(x, noisy, val, 0, [again], tmp_path, epochs=1)
+    assert int(again.counts.min()) == 3  # 2 epochs restored + 1 recorded
+    with pytest.raises(ValueError, match="start_epoch"):
+        li.MarginCallback(start_epoch=-1)
