@@ -139,6 +139,27 @@ GOALS = [  # (file, key path, comparison, goal, what)
         60,
         "digits, 5 % flipped: li.self_influence seconds (slowest seed)",
     ),
+    (
+        "influence.json",
+        ["summary", "digits_aum_minus_loss_precision"],
+        ">=",
+        0.05,
+        "digits, 5 % flipped: AUM (li.MarginCallback) top-k precision − the loss ranking's",
+    ),
+    (
+        "influence.json",
+        ["summary", "fashion_aum_minus_loss_precision"],
+        ">=",
+        0.05,
+        "Fashion-MNIST 10k, 5 % flipped: AUM top-k precision − the loss ranking's",
+    ),
+    (
+        "influence.json",
+        ["summary", "aum_recording_overhead_max"],
+        "<=",
+        0.10,
+        "AUM recording: extra fit time / plain fit time (worst run)",
+    ),
 ]
 
 
@@ -794,6 +815,7 @@ def scaling_section(d: dict | None) -> list[str]:
 
 
 _INFLUENCE_METHODS = {
+    "aum": "area under the margin (`li.MarginCallback`, recorded during fit)",
     "li_ekfac": '`li.self_influence` (EK-FAC, defaults: `layers="last"`)',
     "li_ekfac_all": '`li.self_influence(layers="all")` (EK-FAC, every layer)',
     "li_kfac": '`li.self_influence(curvature="kfac")`',
