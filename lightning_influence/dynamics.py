@@ -71,6 +71,10 @@ class MarginCallback(pl.Callback):
         self._pending: tuple[Tensor, Tensor] | None = None
         self._handle: Any = None
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(start_epoch=self.start_epoch)
+
     # ------------------------------------------------------------------ hooks
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

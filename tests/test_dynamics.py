@@ -90,3 +90,11 @@ def test_the_records_are_state_and_a_resumed_fit_adds_to_them(tmp_path):
     assert int(again.counts.min()) == 3  # 2 epochs restored + 1 recorded
     with pytest.raises(ValueError, match="start_epoch"):
         li.MarginCallback(start_epoch=-1)
+
+
+def test_two_margin_callbacks_with_different_start_epochs_fit_side_by_side(tmp_path):
+    x, noisy, _, val = _flipped_digits(seed=0)
+    early, late = li.MarginCallback(), li.MarginCallback(start_epoch=1)
+    assert early.state_key != late.state_key
+    _fit(x, noisy, val, 0, [early, late], tmp_path, epochs=2)
+    assert int(early.counts.min()) == 2 and int(late.counts.min()) == 1
