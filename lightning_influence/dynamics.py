@@ -17,6 +17,7 @@ adding to them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +71,8 @@ class MarginCallback(pl.Callback):
         self.counts = torch.zeros(0, dtype=torch.long)
         self._pending: tuple[Tensor, Tensor] | None = None
         self._handle: Any = None
+        #: wall-clock seconds spent recording (parsing ids, computing and adding margins)
+        self.seconds = 0.0
 
     @property
     def state_key(self) -> str:
@@ -91,6 +94,7 @@ class MarginCallback(pl.Callback):
         self._pending = None
         if trainer.current_epoch < self.start_epoch:
             return
+        start = time.perf_counter()
         parsed = self.batch_parser(batch)
         if parsed.ids is None:
             raise ValueError(
@@ -98,6 +102,7 @@ class MarginCallback(pl.Callback):
                 "with an id key): wrap the dataset in lightning_influence.IndexedDataset."
             )
         self._pending = (torch.as_tensor(parsed.ids).reshape(-1).cpu().long(), parsed.y)
+        self.seconds += time.perf_counter() - start
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         self._pending = None
@@ -114,6 +119,7 @@ class MarginCallback(pl.Callback):
     def _record(self, module: Any, args: Any, output: Any) -> None:
         if self._pending is None or not module.training:
             return
+        start = time.perf_counter()
         ids, labels = self._pending
         logits = self.logits_fn(output) if self.logits_fn is not None else logits_of(output)
         if logits.ndim != 2 or logits.shape[0] != ids.numel():
@@ -123,6 +129,7 @@ class MarginCallback(pl.Callback):
         self._grow(int(ids.max()) + 1)
         self.sums.index_add_(0, ids, m)
         self.counts.index_add_(0, ids, torch.ones_like(ids))
+        self.seconds += time.perf_counter() - start
 
     def _grow(self, size: int) -> None:
         if size > self.sums.numel():
