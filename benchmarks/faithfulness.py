@@ -12,7 +12,9 @@ and is reported on the forget set, the retained training data and the TEST data:
 - class removal: relearn accuracy on the class's test images after 5 Adam steps (lr 1e-3,
   batches of 32 with 4 forgotten images), measured after the class's output row and bias are
   reset to the other rows' mean, so only what the features hold can come back
-  (``relearn5``), and without the reset (``relearn5_no_reset``); TA is measured on the
+  (``relearn5``), and without the reset (``relearn5_no_reset``); ``probe50``: after the
+  reset, only the output layer trained for 50 steps on the frozen features (do the features
+  still hold the class?); TA is measured on the
   retained classes' test images;
 - backdoor repair: attack success rate on triggered test images and clean test accuracy;
 - label change: share of the flipped class's test accuracy gap recovered, other classes' drop.
@@ -518,6 +520,7 @@ def measures(model: nn.Module, task: Task) -> dict[str, Any]:
     if task.name == "class":
         out["relearn5"] = _relearn(model, task)
         out["relearn5_no_reset"] = _relearn(model, task, reset_row=False)
+        out["probe50"] = _probe(model, task)
     if task.name.startswith("backdoor"):
         out["asr"] = attack_success_rate(model, task.test, TRIGGER, TARGET)
     if task.name == "relabel":
@@ -553,6 +556,38 @@ def _relearn(model: nn.Module, task: Task, reset_row: bool = True) -> float:
     tx, ty = task.test.tensors
     keep = ty == task.forget_class
     return relearn_accuracy(reset, batches, [(tx[keep], ty[keep])], steps=5, lr=1e-3)
+
+
+def _probe(model: nn.Module, task: Task, steps: int = 50, lr: float = 1e-2) -> float:
+    """Do the features still hold the class? The class's output row is reset to the mean of
+    the others, then only the output layer is trained (features frozen, eval mode) for
+    ``steps`` Adam steps on batches of 4 class samples in 32; class test accuracy after."""
+    inner = model.model if isinstance(model, MaskedLogit) else model
+    head = [m for m in inner.modules() if isinstance(m, nn.Linear)][-1]
+    probe = reset_output_rows(inner, head, [task.forget_class]).eval()
+    names = {id(m): n for n, m in inner.named_modules()}
+    probe_head = probe.get_submodule(names[id(head)])
+    for p in probe.parameters():
+        p.requires_grad_(False)
+    params = [probe_head.weight] + ([probe_head.bias] if probe_head.bias is not None else [])
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(task.seed)
+    fx, fy = task.forget.tensors
+    rx, ry = task.retain.tensors
+    with torch.enable_grad():
+        for _ in range(steps):
+            f = torch.randint(0, len(fy), (4,), generator=gen)
+            r = torch.randint(0, len(ry), (28,), generator=gen)
+            loss = F.cross_entropy(probe(torch.cat([fx[f], rx[r]])), torch.cat([fy[f], ry[r]]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    tx, ty = task.test.tensors
+    keep = ty == task.forget_class
+    with torch.no_grad():
+        return float((probe(tx[keep]).argmax(-1) == task.forget_class).float().mean())
 
 
 # ----------------------------------------------------------------------------- study
@@ -674,7 +709,9 @@ def _print(r: dict[str, Any]) -> None:
         print(head, r["error"], flush=True)
         return
     cells = " ".join(f"{k} {r[k]:.4f}" for k in ("ua", "mia_efficacy", "ra", "ta"))
-    more = " ".join(f"{k} {r[k]:.4f}" for k in ("relearn5", "relearn5_no_reset", "asr") if k in r)
+    more = " ".join(
+        f"{k} {r[k]:.4f}" for k in ("relearn5", "relearn5_no_reset", "probe50", "asr") if k in r
+    )
     print(f"{head} {cells} {more} {r.get('seconds', 0):.1f}s", flush=True)
 
 
@@ -740,7 +777,7 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
             rs = [r for r in ok if r["task"] == t and r["method"] == m]
             keys = (
                 "avg_gap_pp", "ua", "mia_efficacy", "ra", "ta",
-                "relearn5", "relearn5_no_reset", "asr", "seconds",
+                "relearn5", "relearn5_no_reset", "probe50", "asr", "seconds",
             )  # fmt: skip
             cells.setdefault(t, {})[m] = {
                 k: mean_std([r[k] for r in rs if k in r]) for k in keys if any(k in r for r in rs)

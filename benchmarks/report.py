@@ -986,6 +986,7 @@ FAITHFULNESS_COLUMNS = [
     ("ta", "TA", 3),
     ("relearn5", "relearn@5", 3),
     ("relearn5_no_reset", "relearn@5 (no reset)", 3),
+    ("probe50", "probe@50", 3),
     ("asr", "ASR", 3),
     ("seconds", "seconds", 1),
 ]
