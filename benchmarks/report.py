@@ -203,6 +203,10 @@ FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
     ),
     ("faithfulness_fashion10k_class_keep.json", "The same on the 10,000-image subset"),
     (
+        "faithfulness_fashion10k_class_probe.json",
+        "Do the features still hold a removed class? A linear probe on the frozen features",
+    ),
+    (
         "faithfulness_fashion10k_class_levers.json",
         "Class removal as a label change to the second choice (a lever that did not work)",
     ),
