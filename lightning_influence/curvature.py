@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,11 +24,15 @@ from torch.func import grad, jacrev, jvp, vjp, vmap
 from lightning_influence._modules import model_device
 from lightning_influence.batches import Batch, as_batches
 from lightning_influence.distributed import Shards, active_shards
-from lightning_influence.forward import call_functional, inputs_float64, inputs_to, logits_of
+from lightning_influence.forward import (
+    LossFn,
+    call_functional,
+    inputs_float64,
+    inputs_to,
+    logits_of,
+)
 from lightning_influence.operators import DenseMatrixOperator, ParamOperator
 from lightning_influence.vectors import ParamDict, flatten, unflatten
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 #: PyTorch's forward-mode AD levels are process-global, so two ``torch.func.jvp`` calls in two
 #: threads break each other ("no level exists"); every forward-mode product takes this lock.

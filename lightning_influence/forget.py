@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from lightning_influence.forward import inputs_cat, inputs_rows, inputs_take, is_inputs
+from lightning_influence.forward import LossFn, inputs_cat, inputs_rows, inputs_take, is_inputs
 from lightning_influence.pool import Rows, TrainingData, stratified_rows
 from lightning_influence.scoring import FittedScorer, MembershipScorer, Scorer, SplitScorer
 
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 Trigger = Callable[[Tensor], Tensor]
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class ForgetSpec(ABC):

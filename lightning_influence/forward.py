@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "LogitsModel",
+    "LossFn",
     "call_model",
     "call_functional",
     "inputs_cat",
@@ -36,6 +37,9 @@ __all__ = [
 
 #: A batch's inputs: a tensor, a tuple/list of tensors or a dict of tensors.
 Inputs = Any
+
+#: ``loss_fn(logits, targets) -> scalar``, mean-reduced over the batch (the one definition).
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def call_model(model: nn.Module, x: Inputs) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -31,7 +31,7 @@ from lightning_influence.batches import Batch, BatchParser
 from lightning_influence.capture import CaptureResult, capture_pool
 from lightning_influence.distributed import Shards, active_shards
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.forward import call_model, inputs_finite, inputs_take, inputs_to
+from lightning_influence.forward import LossFn, call_model, inputs_finite, inputs_take, inputs_to
 from lightning_influence.influence import InfluenceReport, influence
 from lightning_influence.output_layer import moving_module
 from lightning_influence.pool import (
@@ -73,8 +73,6 @@ __all__ = [
     "sample_hessian_subset",
     "try_candidate",
 ]
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from lightning_influence._modules import eval_mode
 from lightning_influence.batches import Batch
-from lightning_influence.forward import call_model, logits_of
+from lightning_influence.forward import LossFn, call_model, logits_of
 from lightning_influence.metrics import forgetting_f1
 from lightning_influence.step import (
     ScoreFn,
@@ -48,8 +48,6 @@ from lightning_influence.step import (
 )
 
 __all__ = ["ResponseData", "response_descent"]
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass

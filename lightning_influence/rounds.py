@@ -26,20 +26,17 @@ A round costs one gradient over B and one over A on top of the solve's HVPs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_influence import vectors as V
 from lightning_influence._modules import eval_mode
 from lightning_influence.batches import Batch
 from lightning_influence.curvature import mean_gradient
+from lightning_influence.forward import LossFn
 from lightning_influence.influence import influence_gradient
 from lightning_influence.vectors import ParamDict
 
 __all__ = ["RoundGradient"]
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class RoundGradient:
