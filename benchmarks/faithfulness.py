@@ -111,6 +111,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif added 128": ({"hessian": {"added_budget": 128}}, {}),
     "gif added 128 rounds 3": ({"hessian": {"added_budget": 128}, "solve": {"rounds": 3}}, {}),
     "gif smallest step": ({"step": {"keep": "smallest"}}, {}),  # class default before
+    "gif all layers": ({"selection": {"layers": "all"}}, {}),
+    "gif all layers+response": ({"selection": {"layers": "all"}, "response": {"steps": 200}}, {}),
     "gif second choice": ({}, {}),  # class removal: relabel the class to the 2nd choice
     "gif second choice+response": ({"response": {"steps": 200}}, {}),
 }
