@@ -198,10 +198,15 @@ FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
         "Levers of the default on the same subset (response descent, sample removal's budget rule)",
     ),
     (
-        "faithfulness_fashion_class_keep.json",
-        "Class removal, full Fashion-MNIST: the largest step within the F1 tolerance (the default) vs the smallest",
+        "faithfulness_fashion_class_keep2.json",
+        "Class removal, full Fashion-MNIST: the largest step within the F1 tolerance, up to 2x the smallest that forgets (the default), vs the smallest",
     ),
-    ("faithfulness_fashion10k_class_keep.json", "The same on the 10,000-image subset"),
+    ("faithfulness_fashion10k_class_keep2.json", "The same on the 10,000-image subset"),
+    (
+        "faithfulness_fashion_class_keep.json",
+        "Superseded: the unbounded extension (to max_radius), full Fashion-MNIST",
+    ),
+    ("faithfulness_fashion10k_class_keep.json", "Superseded: the same on the 10,000-image subset"),
     (
         "faithfulness_fashion10k_class_probe.json",
         "Do the features still hold a removed class? A linear probe on the frozen features",

@@ -366,7 +366,8 @@ class StepArguments:
         default=None,
         metadata=_help(
             "Which step within f1_tolerance of the best is kept: 'smallest' or 'largest' (after "
-            "forgetting completes the walk goes on while the F1 holds). None: the task's own: "
+            "forgetting completes the walk goes on, to at most twice the smallest radius that "
+            "forgets, while the F1 holds). None: the task's own: "
             "'largest' for class removal (the class's logit pushed as far down as retraining "
             "pushes it, so a few fine-tuning steps do not bring it back), 'smallest' otherwise."
         ),

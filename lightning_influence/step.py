@@ -177,10 +177,11 @@ def step_search(
         f1_tolerance: keep the smallest step whose validation F1 lies within this of the
             best (the unchanged model, radius 0, counts: no step is kept when it is within).
         keep: ``'smallest'`` (the default) or ``'largest'``: which step within
-            ``f1_tolerance`` of the best is kept. With ``'largest'`` the walk goes on up the
-            grid after forgetting completes, while the F1 stays within the tolerance of the
-            best and retained accuracy above the floor (class removal: the class's logit is
-            pushed as far down as retraining pushes it, so it is not relearnt in a few steps).
+            ``f1_tolerance`` of the best is kept. With ``'largest'`` the walk goes on after
+            forgetting completes, up to :data:`EXTEND_LIMIT` (2) times the smallest radius
+            that forgets, while the F1 stays within the tolerance of the best and retained
+            accuracy above the floor (class removal: the class's logit is pushed about as far
+            down as retraining pushes it, so it is not relearnt in a few steps).
     """
     if keep not in ("smallest", "largest"):
         raise ValueError(f"keep must be 'smallest' or 'largest', got {keep!r}.")
@@ -201,7 +202,10 @@ def step_search(
             _bisect(search, prev, reached, refine, forget_target)
             result.reason = f"forgetting complete (forget score <= {forget_target:g})"
             if keep == "largest":
-                _extend(search, [r for r in grid if r > reached], f1_tolerance)
+                edge = min(t.radius for t in result.trials if t.forget_acc <= forget_target)
+                limit = min(max_radius, EXTEND_LIMIT * edge)
+                radii = sorted({r for r in grid if reached < r < limit} | {limit} - {reached})
+                _extend(search, [r for r in radii if r > reached], f1_tolerance)
         elif collapsed is not None:
             _bisect_floor(search, prev, collapsed, refine)
         elif not result.reason:
@@ -343,6 +347,10 @@ def _bisect_floor(search: _Search, lo: float, hi: float, refine: int) -> None:
             lo = mid
         else:
             hi = mid
+
+
+#: ``keep='largest'`` walks on to at most this many times the smallest radius that forgets
+EXTEND_LIMIT = 2.0
 
 
 def _extend(search: _Search, radii: list[float], f1_tolerance: float) -> None:

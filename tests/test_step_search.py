@@ -156,17 +156,17 @@ def test_keep_largest_walks_on_while_the_f1_holds(keep):
         retain = 1.0 if moved < 3.0 else 0.0  # a floor to stop at
         return max(0.0, 1.0 - moved), retain
 
-    grid = radius_grid(8, 1e-3, 5.0)
     result = step_search(
         model, {"weight": torch.ones(1, 1)}, score, steps=8, max_radius=5.0, keep=keep
     )
     assert result.applied
+    edge = min(t.radius for t in result.trials if t.forget_acc <= 0.0)
+    assert 1.0 <= edge < 1.2  # the bisected edge of forgetting
     if keep == "smallest":
-        assert 1.0 <= result.radius < 1.2  # the bisected edge of forgetting
-    else:
-        largest_below_floor = max(r for r in grid if r < 3.0)
-        assert result.radius == pytest.approx(largest_below_floor)
-        assert float(model.weight) == pytest.approx(1.0 + largest_below_floor)
+        assert result.radius == edge
+    else:  # on to EXTEND_LIMIT (2) x the edge: below the floor at 3, so kept
+        assert result.radius == pytest.approx(2.0 * edge)
+        assert float(model.weight) == pytest.approx(1.0 + 2.0 * edge)
     with pytest.raises(ValueError, match="keep must be"):
         step_search(model, {"weight": torch.ones(1, 1)}, score, keep="biggest")
 
