@@ -94,8 +94,9 @@ def _save(trainer: pl.Trainer, path: str) -> None:
     error: str | None = None
     try:
         trainer.save_checkpoint(path)
-    except OSError as err:
+    except OSError as err:  # raised on rank 0 by the write, before the save's own barrier
         error = f"{type(err).__name__}: {err}"
+        trainer.strategy.barrier("Trainer.save_checkpoint")  # the one the other ranks wait at
     if error is None and trainer.is_global_zero:
         after = _stamp(fs, path)
         if after is None or after == before:

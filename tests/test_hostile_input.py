@@ -465,3 +465,30 @@ def test_a_validation_label_outside_the_logits_fails_before_training(digits, tmp
     with pytest.raises(ValueError, match="A validation label is 10, outside"):
         trainer.fit(ImageClassifier(), train, val)
     assert trainer.global_step == 0
+
+
+def test_a_failed_write_on_rank_zero_still_meets_the_other_ranks_barrier(tmp_path):
+    """Only rank 0 writes; if the write raises, rank 0 skips Trainer.save_checkpoint's barrier,
+    which the other ranks wait at: the check must take that barrier before its broadcast."""
+    from lightning_influence.checkpoints import _save
+
+    calls = []
+
+    class Strategy:
+        def barrier(self, name):
+            calls.append(("barrier", name))
+
+        def broadcast(self, obj, src=0):
+            calls.append(("broadcast", obj is not None))
+            return obj
+
+    class Trainer:
+        is_global_zero = True
+        strategy = Strategy()
+
+        def save_checkpoint(self, path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CheckpointWriteError, match="No space left"):
+        _save(Trainer(), str(tmp_path / "unlearned.ckpt"))
+    assert calls == [("barrier", "Trainer.save_checkpoint"), ("broadcast", True)]
