@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_influence.forward import inputs_rows, is_inputs
+from lightning_influence.forward import inputs_float_as, inputs_rows, is_inputs
 
 __all__ = [
     "Batch",
@@ -319,15 +319,6 @@ def inputs_as(parser: BatchParser, dtype: torch.dtype) -> BatchParser:
         b = parser(raw)
         if not is_inputs(b.x):
             return b  # the pipeline names the problem
-        x = _cast_floating(b.x, dtype)
-        return b if x is b.x else replace(b, x=x)
+        return replace(b, x=inputs_float_as(b.x, dtype))
 
     return parse
-
-
-def _cast_floating(x: Any, dtype: torch.dtype) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
-    if isinstance(x, Mapping):
-        return {k: _cast_floating(v, dtype) for k, v in x.items()}
-    return type(x)(_cast_floating(v, dtype) for v in x)

@@ -238,6 +238,7 @@ class HessianOperator(ParamOperator):
         self.losses = batch_losses(model, self.loss_fn, batches, self.shards)
         check_finite_loss(self.losses, self.params, "hessian_data")
         self.hvp_count = 0
+        _load_jvp_decompositions()  # before the first forward-mode product
 
     @property
     def num_params(self) -> int:
@@ -254,7 +255,6 @@ class HessianOperator(ParamOperator):
         out: ParamDict | None = None
         with torch.enable_grad():  # callers may sit under no_grad (e.g. Lightning hooks)
             for f in self.losses:
-                _load_jvp_decompositions()
                 with FORWARD_AD_LOCK:
                     _, hv = jvp(grad(f), (self.params,), (dict(v),))
                 out = self._add(out, hv)
@@ -294,7 +294,6 @@ class GaussNewtonOperator(HessianOperator):
         out: ParamDict | None = None
         with torch.enable_grad():
             for f in self.losses:
-                _load_jvp_decompositions()
                 with FORWARD_AD_LOCK:
                     z, jv = jvp(f.outputs, (self.params,), (dict(v),))
                     _, hjv = jvp(grad(f.loss_on), (z,), (jv,))

@@ -219,13 +219,15 @@ class InfluenceCallback(pl.Callback):
     ) -> None:
         _check_positive_int(top_k, "InfluenceCallback top_k")
         _check_positive_int(num_queries, "InfluenceCallback num_queries")
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int):
+        if (
+            isinstance(every_n_epochs, bool)
+            or not isinstance(every_n_epochs, int)
+            or every_n_epochs < 0
+        ):
             raise ValueError(
                 f"InfluenceCallback every_n_epochs must be an integer >= 0 (0: never), got "
                 f"{every_n_epochs!r}."
             )
-        if every_n_epochs < 0:
-            raise ValueError(f"every_n_epochs must be >= 0 (0: never), got {every_n_epochs}.")
         if scores is not None and not isinstance(scores, (ScoreArguments, dict)):
             raise ValueError(
                 f"InfluenceCallback scores must be a ScoreArguments or a dict of its fields "
@@ -235,8 +237,7 @@ class InfluenceCallback(pl.Callback):
             raise ValueError("InfluenceCallback loss_fn and batch_parser must be callables.")
         self.top_k, self.num_queries, self.every_n_epochs = top_k, num_queries, every_n_epochs
         self.scores = ScoreArguments(**scores) if isinstance(scores, dict) else scores
-        self.log_images = bool(log_images)
-        self.loss_fn, self.batch_parser, self.log_images = loss_fn, batch_parser, log_images
+        self.loss_fn, self.batch_parser, self.log_images = loss_fn, batch_parser, bool(log_images)
         self.explanation: Explanation | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "log_gallery",
     "step_search_array",
     "step_search_figure",
+    "takes_images",
 ]
 
 #: the one tag every gallery is logged under
@@ -107,10 +108,8 @@ def _plain_grid(exp: Any, queries: Any, inputs: dict[int, Tensor]) -> np.ndarray
 
 def log_gallery(logger: Any, exp: Any, queries: Any, inputs: dict[int, Tensor], step: int) -> bool:
     """The gallery to ``logger`` under :data:`GALLERY_TAG`; False where it takes no image."""
-    add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
-    log_image = getattr(logger, "log_image", None)
-    if not (callable(add_image) or callable(log_image)):
-        return False
+    if not takes_images(logger):
+        return False  # drawn only for a logger that takes it
     return log_figure(logger, GALLERY_TAG, gallery_array(exp, queries, inputs), step)
 
 
@@ -162,13 +161,26 @@ def _array(fig: Any) -> np.ndarray:
     return array
 
 
-def log_figure(logger: Any, tag: str, array: np.ndarray, step: int) -> bool:
-    """An ``[H, W, 3]`` image to ``logger`` under ``tag``; False where it takes no image."""
+def _image_api(logger: Any) -> tuple[Any, Any]:
+    """(``experiment.add_image`` of TensorBoard, ``log_image`` of W&B and others), each or None."""
     add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
     log_image = getattr(logger, "log_image", None)
-    if callable(add_image):  # TensorBoard's SummaryWriter
+    return (add_image if callable(add_image) else None), (
+        log_image if callable(log_image) else None
+    )
+
+
+def takes_images(logger: Any) -> bool:
+    """Whether ``logger`` takes images (``experiment.add_image`` or ``log_image``)."""
+    return any(f is not None for f in _image_api(logger))
+
+
+def log_figure(logger: Any, tag: str, array: np.ndarray, step: int) -> bool:
+    """An ``[H, W, 3]`` image to ``logger`` under ``tag``; False where it takes no image."""
+    add_image, log_image = _image_api(logger)
+    if add_image is not None:  # TensorBoard's SummaryWriter
         add_image(tag, array, global_step=step, dataformats="HWC")
-    elif callable(log_image):  # WandbLogger and others with log_image
+    elif log_image is not None:  # WandbLogger and others with log_image
         log_image(key=tag, images=[array], step=step)
     else:
         return False

@@ -252,6 +252,14 @@ class ClassRemoval(ForgetSpec):
             )
         super().check(data)
 
+    def check_labels(self, num_classes: int) -> None:
+        outside = [c for c in self.classes if not 0 <= c < num_classes]
+        if outside:
+            raise ValueError(
+                f"forget_classes {outside} are outside the model's {num_classes} outputs "
+                f"(classes 0..{num_classes - 1})."
+            )
+
     def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
         mask = torch.isin(val.y, torch.tensor(self.classes, device=val.y.device))
         if not bool(mask.any()):

@@ -28,6 +28,7 @@ __all__ = [
     "inputs_cat",
     "inputs_detach_cpu",
     "inputs_finite",
+    "inputs_float_as",
     "inputs_rows",
     "inputs_take",
     "inputs_to",
@@ -147,9 +148,14 @@ def inputs_rows(x: Inputs) -> int:
     return int(x.shape[0]) if x.dim() > 0 else -1
 
 
+def inputs_float_as(x: Inputs, dtype: torch.dtype) -> Inputs:
+    """Floating-point tensors of ``x`` cast to ``dtype`` (integer inputs, e.g. token ids, kept)."""
+    return _map(x, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
 def inputs_float64(x: Inputs) -> Inputs:
     """Floating-point tensors of ``x`` cast to float64 (integer inputs, e.g. token ids, kept)."""
-    return _map(x, lambda t: t.double() if t.is_floating_point() else t)
+    return inputs_float_as(x, torch.float64)
 
 
 def inputs_to(x: Inputs, device: torch.device | str | None = None, **kwargs: Any) -> Inputs:

@@ -15,7 +15,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_influence.figures import STEP_SEARCH_TAG, log_figure, step_search_array
+from lightning_influence.figures import (
+    STEP_SEARCH_TAG,
+    log_figure,
+    step_search_array,
+    takes_images,
+)
 from lightning_influence.report import UnlearnReport
 from lightning_influence.settings import UnlearnSettings
 
@@ -101,18 +106,13 @@ def _log_curve(logger: Any, rep: UnlearnReport, start: int) -> None:
 
 def _log_figure(logger: Any, rep: UnlearnReport, step: int) -> None:
     """The step-search curve as a figure, for loggers that take images (needs matplotlib)."""
-    if not rep.trials or not _takes_images(logger):
+    if not rep.trials or not takes_images(logger):
         return
     try:
         array = step_search_array(rep.trials, _kept_radius(rep))
     except ImportError:  # matplotlib is optional: the scalars above hold the same curve
         return
     log_figure(logger, STEP_SEARCH_TAG, array, step)
-
-
-def _takes_images(logger: Any) -> bool:
-    add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
-    return callable(add_image) or callable(getattr(logger, "log_image", None))
 
 
 def _kept_radius(rep: UnlearnReport) -> float | None:

@@ -536,14 +536,11 @@ def _corrected_hessian_batches(
     share = per_sample
     if limit is not None and len(add) > limit:  # a seeded draw standing for every added row
         share = per_sample * len(add) / limit
-        add = add.take(torch.sort(torch.randperm(len(add), generator=_seeded(seed))[:limit]).values)
+        draw = torch.randperm(len(add), generator=torch.Generator().manual_seed(seed))[:limit]
+        add = add.take(torch.sort(draw).values)
     rows = Rows.cat([rows, add])
     weights = torch.cat([weights, torch.full((len(add),), share)])
     return rows.batches(size, device, weights)
-
-
-def _seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _fill_sizes(report: UnlearnReport, data: TrainingData, subset: SubsetSelection) -> None:

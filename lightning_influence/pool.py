@@ -149,7 +149,7 @@ def _parsed(
     known = getattr(loader, "position_ids", None)
     position = 0
     for raw in loader:
-        b = _parse(parser, raw, what)
+        b = parse_checked(parser, raw, what)
         if b.ids is None and known is not None:
             b.ids = known[position : position + len(b)]
         elif b.ids is None and needs_ids and not getattr(loader, "stable", True):
@@ -177,12 +177,8 @@ def check_label_range(y: Tensor, num_classes: int, what: str) -> None:
 
 
 def parse_checked(parser: BatchParser, raw: Any, what: str) -> Batch:
-    """The batch parsed, checked (tensor inputs, one class index per row) and on the CPU."""
-    return _parse(parser, raw, what)
-
-
-def _parse(parser: BatchParser, raw: Any, what: str) -> Batch:
-    """The batch parsed, checked and detached on the CPU."""
+    """The batch parsed, checked (tensor inputs, one class index per row), detached on the
+    CPU."""
     try:
         b = parser(raw)
     except ValueError as err:

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_influence._modules import compute_dtype, eval_mode, model_device
-from lightning_influence.batches import Batch, BatchParser, IndexedDataset, inputs_as
+from lightning_influence.batches import Batch, BatchParser, IndexedDataset
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.forward import call_model, inputs_to, logits_of
+from lightning_influence.forward import call_model, inputs_float_as, inputs_to, logits_of
 from lightning_influence.pool import check_label_range, parse_checked
 
 __all__ = ["preflight"]
@@ -54,17 +54,10 @@ def preflight(
         batch = parse_checked(batch_parser, sample, what)
         if what == "training":
             _check_ids(spec, loader, batch)
-        width = width or _logits_width(model, batch_parser, sample, logits_fn)
+        width = width or _logits_width(model, batch.x, logits_fn)
         check_label_range(batch.y, width, what)
-    if width is None:
-        return
-    classes = [c for c in getattr(spec, "classes", []) if not 0 <= c < width]
-    if classes:
-        raise ValueError(
-            f"forget_classes {classes} are outside the model's {width} outputs (classes "
-            f"0..{width - 1})."
-        )
-    spec.check_labels(num_classes=width)
+    if width is not None:
+        spec.check_labels(num_classes=width)
 
 
 def _first_batch(loader: Any) -> Any:
@@ -93,16 +86,11 @@ def _check_ids(spec: ForgetSpec, loader: DataLoader, batch: Batch) -> None:
         )
 
 
-def _logits_width(
-    model: nn.Module,
-    parser: BatchParser,
-    raw: Any,
-    logits_fn: Callable[[Any], Tensor] | None,
-) -> int:
-    """The number of classes the model's logits hold, from one no-grad forward."""
+def _logits_width(model: nn.Module, x: Any, logits_fn: Callable[[Any], Tensor] | None) -> int:
+    """The number of classes the model's logits hold, from one no-grad forward on ``x``."""
     with eval_mode(model), compute_dtype(model) as dtype, torch.no_grad():
-        x = inputs_as(parser, dtype)(raw).x
-        output = call_model(model, inputs_to(x, model_device(model)))
+        x = inputs_to(inputs_float_as(x, dtype), model_device(model))
+        output = call_model(model, x)
         logits = logits_fn(output) if logits_fn is not None else logits_of(output)
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__

@@ -113,8 +113,6 @@ def restore_weights(model: nn.Module, snapshot: Mapping[str, Tensor]) -> None:
     """Copy ``snapshot`` back in place (bit for bit; same tensors, so optimisers stay valid)."""
     state = named_tensors(model)
     for k, v in snapshot.items():
-        if state[k].dtype != v.dtype:
-            state[k].data = state[k].data.to(v.dtype)
         state[k].data.copy_(v)
 
 
@@ -204,8 +202,10 @@ def step_search(
             if keep == "largest":
                 edge = min(t.radius for t in result.trials if t.forget_acc <= forget_target)
                 limit = min(max_radius, EXTEND_LIMIT * edge)
-                radii = sorted({r for r in grid if reached < r < limit} | {limit} - {reached})
-                _extend(search, [r for r in radii if r > reached], f1_tolerance)
+                radii = [r for r in grid if reached < r < limit]
+                if limit > reached:
+                    radii.append(limit)
+                _extend(search, radii, f1_tolerance)
         elif collapsed is not None:
             _bisect_floor(search, prev, collapsed, refine)
         elif not result.reason:
