@@ -38,6 +38,7 @@ from lightning_influence.demos.corruptions import (
     class_accuracies,
     corner_trigger,
     flip_labels,
+    flip_uniform,
     poison,
 )
 from lightning_influence.demos.datasets import digits_splits
@@ -126,11 +127,8 @@ def relabel_rows(seed: int, variants: dict[str, dict], splits, clean) -> list[di
 def find_fix_rows(seed: int, variants: dict[str, dict], splits) -> list[dict]:
     train, val, test = splits
     x, y = train.tensors
-    g = torch.Generator().manual_seed(seed)
-    k = round(0.05 * len(y))
-    flipped = torch.randperm(len(y), generator=g)[:k]
-    noisy = y.clone()
-    noisy[flipped] = (y[flipped] + torch.randint(1, 10, (k,), generator=g)) % 10
+    noisy, flipped = flip_uniform(y, 0.05, seed)
+    k = len(flipped)
     data = TensorDataset(x, noisy)
     model = _fit(data, val, epochs=15)
     top = torch.topk(li.self_influence(model, (x, noisy)), k).indices

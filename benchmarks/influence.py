@@ -56,6 +56,7 @@ from torch.utils.data import TensorDataset
 import lightning_influence as li
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, write_json
 from benchmarks.unlearning import PeakRSS
+from lightning_influence.demos.corruptions import flip_uniform
 from lightning_influence.demos.models import ImageClassifier, train_classifier
 
 FLIP_SHARE = 0.05
@@ -81,12 +82,7 @@ def splits(dataset: str) -> tuple[TensorDataset, TensorDataset]:
 
 def flip_labels(y: torch.Tensor, seed: int, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """(noisy labels, flipped positions): ``FLIP_SHARE`` of them moved to another class."""
-    g = torch.Generator().manual_seed(seed)
-    k = round(FLIP_SHARE * len(y))
-    flipped = torch.randperm(len(y), generator=g)[:k]
-    noisy = y.clone()
-    noisy[flipped] = (y[flipped] + torch.randint(1, classes, (k,), generator=g)) % classes
-    return noisy, flipped
+    return flip_uniform(y, FLIP_SHARE, seed, classes)
 
 
 def trained(

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer_fixtures import quiet_trainer
 
 import lightning_influence as li
+from lightning_influence.demos.corruptions import flip_uniform
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier
 from lightning_influence.dynamics import margins
@@ -27,11 +28,7 @@ def test_margins_against_a_loop():
 def _flipped_digits(seed: int):
     train, val, _ = digits_splits(0)
     x, y = train.tensors
-    gen = torch.Generator().manual_seed(seed)
-    k = round(0.05 * len(y))
-    flipped = torch.randperm(len(y), generator=gen)[:k]
-    noisy = y.clone()
-    noisy[flipped] = (y[flipped] + torch.randint(1, 10, (k,), generator=gen)) % 10
+    noisy, flipped = flip_uniform(y, 0.05, seed)
     return x, noisy, flipped, val
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer_fixtures import digits_loaders, quiet_trainer
 
 import lightning_influence as li
+from lightning_influence.demos.corruptions import flip_uniform
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier, train_classifier
 
@@ -72,11 +73,8 @@ def test_find_then_fix_on_digits_with_flipped_labels():
     torch.set_num_threads(1)
     train, val, test = digits_splits(0)
     x, y = train.tensors
-    g = torch.Generator().manual_seed(0)
-    k = round(0.05 * len(y))
-    flipped = torch.randperm(len(y), generator=g)[:k]
-    noisy = y.clone()
-    noisy[flipped] = (y[flipped] + torch.randint(1, 10, (k,), generator=g)) % 10
+    noisy, flipped = flip_uniform(y, 0.05, seed=0)
+    k = len(flipped)
     model = train_classifier(TensorDataset(x, noisy), val, epochs=15, seed=0)
 
     scores = li.self_influence(model, (x, noisy))

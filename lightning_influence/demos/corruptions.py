@@ -26,6 +26,7 @@ __all__ = [
     "class_accuracies",
     "corner_trigger",
     "flip_labels",
+    "flip_uniform",
     "poison",
     "predictions",
     "random_ids",
@@ -101,6 +102,21 @@ def flip_labels(
     noisy = y.clone()
     noisy[torch.tensor(ids, dtype=torch.long)] = dest
     return TensorDataset(dataset.tensors[0], noisy), {i: source for i in ids}
+
+
+def flip_uniform(
+    labels: Tensor, share: float, seed: int = 0, classes: int = 10
+) -> tuple[Tensor, Tensor]:
+    """Label noise: ``share`` of the labels (rounded, seeded) moved to another class, uniformly.
+
+    Returns ``(noisy labels, flipped positions)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    k = round(share * len(labels))
+    flipped = torch.randperm(len(labels), generator=g)[:k]
+    noisy = labels.clone()
+    noisy[flipped] = (labels[flipped] + torch.randint(1, classes, (k,), generator=g)) % classes
+    return noisy, flipped
 
 
 def without_classes(dataset: TensorDataset, classes: Sequence[int]) -> TensorDataset:
