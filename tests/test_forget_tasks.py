@@ -27,7 +27,6 @@ from lightning_influence.demos.corruptions import (
     without_classes,
     without_ids,
 )
-from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import train_classifier
 from lightning_influence.metrics import evaluate
 from lightning_influence.selection import output_layer
@@ -62,11 +61,6 @@ def class_f1(model, test: TensorDataset, c: int) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_splits(0)
 
 
 @pytest.fixture(scope="module")

@@ -18,20 +18,15 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
-from trainer_fixtures import quiet_trainer
+from trainer_fixtures import quiet_trainer, split_loaders
 
 import lightning_influence as li
-from lightning_influence import IndexedDataset, UnlearnCallback
+from lightning_influence import UnlearnCallback
 from lightning_influence.checkpoints import CheckpointWriteError
-from lightning_influence.demos.datasets import digits_splits, read_idx
+from lightning_influence.demos.datasets import read_idx
 from lightning_influence.demos.models import ImageClassifier, train_classifier
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_splits(0)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +41,7 @@ def model(trained):
 
 
 def _loaders(digits):
-    train, val, _ = digits
-    return DataLoader(IndexedDataset(train), batch_size=64), DataLoader(val, batch_size=256)
+    return split_loaders(digits)[:2]
 
 
 def _tensors(dataset):

@@ -23,15 +23,9 @@ from torch.utils.data import (
 )
 
 from lightning_influence import IndexedDataset, UnlearnCallback
-from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import train_classifier
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_splits(0)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_influence import IndexedDataset, UnlearnCallback
-from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import train_classifier
 
 torch.set_num_threads(1)
@@ -77,11 +76,6 @@ class DictInputs(Dataset):
         if self.with_ids:
             item["idx"] = i
         return item
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_splits(0)
 
 
 @pytest.fixture(scope="module")

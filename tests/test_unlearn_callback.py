@@ -12,20 +12,15 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from trainer_fixtures import split_loaders
 
 from lightning_influence.batches import IndexedDataset
 from lightning_influence.callbacks import UnlearnCallback
-from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier, train_classifier
 from lightning_influence.metrics import evaluate
 from lightning_influence.step import step_search
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_splits(0)
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +35,7 @@ def model(trained):
 
 
 def loaders(digits):
-    train, val, test = digits
-    return (
-        DataLoader(IndexedDataset(train), batch_size=64),
-        DataLoader(val, batch_size=256),
-        DataLoader(test, batch_size=512),
-    )
+    return split_loaders(digits)
 
 
 def snapshot(model):

@@ -27,6 +27,16 @@ def digits_loaders() -> tuple[DataLoader, DataLoader, DataLoader]:
     )
 
 
+def split_loaders(splits: tuple) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """(training loader with ids, in order; validation loader; test loader) of given splits."""
+    train, val, test = splits
+    return (
+        DataLoader(IndexedDataset(train), batch_size=64),
+        DataLoader(val, batch_size=256),
+        DataLoader(test, batch_size=512),
+    )
+
+
 def quiet_trainer(tmp_path: Any, callbacks: list, max_epochs: int, **kwargs: Any) -> L.Trainer:
     """A CPU Trainer without logger, progress bar or model summary (``kwargs`` override)."""
     options = dict(
