@@ -222,7 +222,9 @@ def _scored(
             sum(float((p - start[n]).double().pow(2).sum()) for n, p in named.items())
         )
     f, r = score_fn(model)
-    trial = _ResponseTrial(moved / size, moved, f, r, float(forgetting_f1(f, r)), taken)
+    trial = _ResponseTrial(
+        moved / size, moved, f, r, float(forgetting_f1(f, r)), radius_steps=taken
+    )
     if not (math.isfinite(f) and math.isfinite(r)):
         trial.f1 = -1.0
     return trial

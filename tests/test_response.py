@@ -54,6 +54,9 @@ def test_descent_fits_the_correction_and_keeps_the_best_point(seed):
     assert (forget, retain) == (res.best.forget_acc, res.best.retain_acc)  # the kept point
     assert res.best.f1 == max(t.f1 for t in res.trials if t.retain_acc >= 0.95)
     assert forget <= 0.2 and retain >= 0.95
+    # the reason and the trial name the optimiser steps taken; the round index stays 0
+    assert res.best.radius_steps % 10 == 0 and res.best.radius_steps > 0
+    assert f"kept step {res.best.radius_steps} of 200" in res.reason and res.best.round == 0
 
 
 def test_nothing_kept_restores_the_weights_bit_for_bit():
