@@ -64,6 +64,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
             **PREVIOUS_RELABEL,
             "step": {"max_retain_drop": 0.03, "f1_tolerance": 0.02},
         },
+        "keep largest": {"step": {"keep": "largest"}},
+        "tolerance 0.005": {"step": {"f1_tolerance": 0.005}},
     },
     "backdoor": {
         "default": {},

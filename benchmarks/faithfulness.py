@@ -115,6 +115,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif all layers+response": ({"selection": {"layers": "all"}, "response": {"steps": 200}}, {}),
     "gif second choice": ({}, {}),  # class removal: relabel the class to the 2nd choice
     "gif second choice+response": ({"response": {"steps": 200}}, {}),
+    "gif keep largest": ({"step": {"keep": "largest"}}, {}),
+    "gif rounds 8": ({"solve": {"rounds": 8}}, {}),
+    "gif smallest tol 0.005": ({"step": {"f1_tolerance": 0.005}}, {}),
+    "gif best step": ({"step": {"f1_tolerance": 0.0}}, {}),
+    "gif largest tol 0.005": ({"step": {"keep": "largest", "f1_tolerance": 0.005}}, {}),
+    "gif no polish": ({"solve": {"polish": False}}, {}),
+    "gif target 0": ({"step": {"forget_target": 0.0}, "response": {"always": True}}, {}),
+    "gif rounds 2": ({"solve": {"rounds": 2}}, {}),
+    "gif every 20": ({"response": {"every": 20}}, {}),
+    "gif rounds 2 every 20": ({"solve": {"rounds": 2}, "response": {"every": 20}}, {}),
+    "gif no response": ({"response": {"steps": 0}}, {}),
+    "gif no polish no response": ({"solve": {"polish": False}, "response": {"steps": 0}}, {}),
 }
 METHODS = METHODS + tuple(VARIANTS)
 BASELINES = ("fine-tune", "random relabel", "gradient ascent", "salun", "scrub", "ssd")

@@ -219,6 +219,14 @@ FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
         "faithfulness_fashion10k_backdoor_cost.json",
         "Backdoor cost on the same subset: how many added rows enter the Hessian subset",
     ),
+    (
+        "faithfulness_fashion_relabel_keep.json",
+        "Label change, full Fashion-MNIST: which step is kept",
+    ),
+    (
+        "faithfulness_fashion_backdoor_levers.json",
+        "Backdoor repair, full Fashion-MNIST: what the time goes to (response descent, rounds)",
+    ),
 ]
 
 
@@ -1085,6 +1093,13 @@ def build() -> str:
         "corrections_backdoor.png",
         "The backdoor rows of the next section are the defaults before this study "
         "(damping 0.1, budget 0.01, no repair rows, no response descent).",
+    )
+    lines += corrections_section(
+        load("corrections_relabel_keep.json"),
+        "Label change on digits, 5 flip seeds: which step is kept",
+        "corrections_relabel_keep.png",
+        "'default' is keep='smallest' as it was when this ran; 'keep largest' is the default "
+        "now (chosen on full Fashion-MNIST, where the smallest step is a token step).",
     )
     lines += corrections_section(load("corrections.json"))
     lines += scaling_section(load("scaling.json"))

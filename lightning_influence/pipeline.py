@@ -462,7 +462,11 @@ def _build_problem(
         ).batches(size, device),
         scorer=scorer,
         search_scorer=search_scorer,
-        forget_target=0.0 if step.forget_target is None else step.forget_target,
+        forget_target=(
+            spec.completion_target(model, val_on_device)
+            if step.forget_target is None
+            else step.forget_target
+        ),
         max_retain_drop=(
             spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
         ),
@@ -680,13 +684,26 @@ def try_candidate(
         peak = best_retained(steps)
         if step.best.retain_acc <= peak - problem.max_retain_drop:
             break  # the budget below the best retained accuracy seen is spent
-    if anchors is not None:
+    if anchors is not None and not _complete_without_response(steps, problem, settings):
         reference = steps[0].before.retain_acc if steps[0].before is not None else None
         with timer("response"):
             steps.append(
                 _respond(model, problem, settings, anchors, masks, loss_fn, show, label, reference)
             )
     return _outcome(model, problem, _merge_steps(steps), _merge_solves(solves), ratio, damping)
+
+
+def _complete_without_response(
+    steps: list[StepResult], problem: Problem, settings: UnlearnSettings
+) -> bool:
+    """Whether the rounds left forgetting complete, so the response descent is skipped
+    (unless ``response.always`` or ``solve.polish``)."""
+    if settings.response.always or problem.polish:
+        return False
+    kept = [s.best for s in steps if s.applied and s.best is not None]
+    before = steps[0].before
+    score = kept[-1].forget_acc if kept else (before.forget_acc if before else math.inf)
+    return score <= problem.forget_target
 
 
 def _respond(

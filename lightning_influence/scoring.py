@@ -88,6 +88,13 @@ class _ShardedInputs:
         return self.gather(predict_logits(model, self.local))
 
 
+def share_predicted(model: nn.Module, x: Tensor, label: int) -> float:
+    """Share of the inputs ``x`` that the model classifies as ``label`` (split over the
+    processes like every scorer)."""
+    logits = _ShardedInputs(x, active_shards()).logits(model)
+    return float((logits.argmax(-1) == label).float().mean())
+
+
 class Scorer(ABC):
     """Validation scoring of one forget task (see the module doc)."""
 

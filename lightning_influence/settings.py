@@ -340,8 +340,9 @@ class StepArguments:
     forget_target: float | None = field(
         default=None,
         metadata=_help(
-            "Forget score at which forgetting is complete (None: the task's own, 0 for every "
-            "built-in task; see the task's scoring)."
+            "Forget score at which forgetting is complete (None: the task's own: for backdoor "
+            "repair the share of clean validation victims the trained model calls the target, "
+            "0 for the other tasks; see the task's scoring)."
         ),
     )
     max_retain_drop: float | None = field(
@@ -369,7 +370,8 @@ class StepArguments:
             "forgetting completes the walk goes on, to at most twice the smallest radius that "
             "forgets, while the F1 holds). None: the task's own: "
             "'largest' for class removal (the class's logit pushed as far down as retraining "
-            "pushes it, so a few fine-tuning steps do not bring it back), 'smallest' otherwise."
+            "pushes it, so a few fine-tuning steps do not bring it back) and label change (the "
+            "relabelled rows fitted as retraining fits them), 'smallest' otherwise."
         ),
     )
 
@@ -420,6 +422,13 @@ class ResponseArguments:
             "predictions (repair steps on retained data; 0: the KL term alone, as in the PBRF)."
         ),
     )
+    always: bool = field(
+        default=False,
+        metadata=_help(
+            "Run the descent even when the influence rounds already completed forgetting "
+            "(False: only when they left it incomplete, e.g. a backdoor still working)."
+        ),
+    )
     selected_only: bool = field(
         default=False,
         metadata=_help(
@@ -442,6 +451,7 @@ class ResponseArguments:
             raise ValueError(f"response.steps must be an integer >= 0 or None, got {self.steps!r}.")
         _check_positive_int(self.every, "response.every")
         _check_bool(self.selected_only, "response.selected_only")
+        _check_bool(self.always, "response.always")
         for name in ("lr", "remove_weight", "retain_weight"):
             value = getattr(self, name)
             _check_number(value, f"response.{name}")

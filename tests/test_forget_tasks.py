@@ -206,6 +206,21 @@ def test_sample_removal_keeps_test_accuracy(digits, clean_model, n_forget):
         assert 0.0 <= side["mia_efficacy"] <= 1.0, side
 
 
+def test_response_descent_runs_only_when_the_rounds_leave_forgetting_incomplete(
+    digits, clean_model
+):
+    """Class removal completes in its rounds: the response descent is skipped unless asked
+    for with response.always (it then starts from the completed step)."""
+    train, val, _ = digits
+    _, skipped = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS],
+                         response={"steps": 8})  # fmt: skip
+    assert skipped.applied and skipped.after["forget_acc"] == 0.0
+    assert "response" not in skipped.seconds
+    _, ran = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS],
+                     response={"steps": 8, "always": True})  # fmt: skip
+    assert ran.seconds["response"] > 0.0 and ran.after["forget_acc"] == 0.0
+
+
 def test_mia_efficacy_is_reported_for_the_budget_completion_too(digits, clean_model):
     """The pipeline adds MIA-efficacy to before/after whatever the sample-removal scorer."""
     train, val, _ = digits

@@ -301,3 +301,20 @@ def test_added_rows_in_the_hessian_subset_are_capped_and_weigh_for_all():
     assert torch.isclose(cw[8:].sum(), fw[8:].sum()) and torch.isclose(fw[8], torch.tensor(1.0))
     with pytest.raises(ValueError, match="hessian.added_budget"):
         HessianArguments(added_budget=0)
+
+
+def test_backdoor_completion_target_is_the_clean_victims_target_rate():
+    """Forgetting a backdoor is complete once triggered inputs are called the target no more
+    often than the same inputs without the trigger; other tasks aim at 0."""
+
+    class Model(nn.Module):  # class 0 exactly where the first feature is positive
+        def forward(self, x):
+            return torch.stack([x[:, 0], torch.zeros(len(x)), torch.zeros(len(x))], -1)
+
+    x = torch.tensor([[1.0], [-1.0], [-1.0], [1.0], [-1.0], [1.0]])
+    y = torch.tensor([0, 1, 1, 2, 2, 1])  # victims: rows 1..5; called 0: rows 3 and 5
+    val = Rows(x, y, torch.arange(6))
+    spec = BackdoorRepair([0], lambda t: t, target=0)
+    assert spec.completion_target(Model(), val) == pytest.approx(2 / 5)
+    assert spec.completion_target(Model(), val.take(y == 0)) == 0.0  # no victims
+    assert SampleRemoval([0]).completion_target(Model(), val) == 0.0
