@@ -72,7 +72,7 @@ from lightning_influence.scores import ScoreArguments, influence_scores, self_in
 from lightning_influence.selection import select_parameters, selectable_layers
 from lightning_influence.settings import *  # noqa: F403  (the settings groups, settings.__all__)
 from lightning_influence.solvers import ConvergenceWarning, SolveReport
-from lightning_influence.step import StepResult, step_search
+from lightning_influence.step import StepOutcome, StepResult, step_search
 
 __version__ = "0.1.0"
 
@@ -113,6 +113,7 @@ __all__ = [
     "Sampler",
     "SelfLoss",
     "SolveReport",
+    "StepOutcome",
     "StepResult",
     "SubsetSelection",
     "UnlearnCallback",

@@ -778,6 +778,7 @@ def _merge_steps(steps: list[StepResult]) -> StepResult:
     merged.seconds = sum(s.seconds for s in steps)
     if len(steps) > 1:
         merged.reason = f"{len(kept)} of {len(steps)} rounds kept a step; last: {steps[-1].reason}"
+        merged.outcome = steps[-1].outcome
     return merged
 
 
@@ -897,6 +898,7 @@ def _fill_outcome(
     report.selected_params = best.solve.selected_params
     report.total_params = best.solve.total_params
     report.applied, report.reason = best.step.applied, best.step.reason
+    report.outcome = "" if best.step.outcome is None else best.step.outcome.value
     report.radius, report.step_norm = best.step.radius, best.step.step_norm
     report.trials = [asdict(t) for t in best.step.trials]
     report.before = before

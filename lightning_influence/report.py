@@ -36,7 +36,11 @@ class UnlearnReport:
 
     Attributes:
         task: ``class``, ``samples``, ``relabel`` or ``backdoor``.
-        applied: whether the weights changed; ``reason`` says why (not).
+        applied: whether the weights changed; ``reason`` says why (not), in words;
+            ``outcome`` names the last search's end as a
+            :class:`~lightning_influence.step.StepOutcome` value (``complete``,
+            ``already_complete``, ``floor``, ``max_radius``, ``no_improvement``,
+            ``response_kept``; empty where not recorded).
         before, after: validation metrics (``forget_acc``, ``retain_acc``, ``f1`` and the
             task's own, e.g. ``attack_success_rate``, ``relabel_acc``, ``familiarity``).
         radius: the chosen step relative to the norm of the selected weights;
@@ -60,6 +64,7 @@ class UnlearnReport:
     task: str = ""
     applied: bool = False
     reason: str = ""
+    outcome: str = ""
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     radius: float = 0.0

@@ -41,6 +41,7 @@ from lightning_influence.forward import LossFn, call_model, logits_of
 from lightning_influence.metrics import forgetting_f1
 from lightning_influence.step import (
     ScoreFn,
+    StepOutcome,
     StepResult,
     StepTrial,
     restore_weights,
@@ -177,6 +178,7 @@ def response_descent(
                 if trial.f1 < 0:
                     break
                 if trial.retain_acc < reference - max_retain_drop:
+                    result.outcome = StepOutcome.FLOOR
                     result.reason = (
                         f"the descent stopped after {k + 1} steps, where retained accuracy fell "
                         "below the floor"
@@ -188,6 +190,7 @@ def response_descent(
         # a point below the floor ends the descent before it can become the best
         if best_trial is None or best_state is None:
             restore_weights(model, snapshot)
+            result.outcome = StepOutcome.NO_IMPROVEMENT
             result.reason = (
                 f"no response step improved the validation F1 over its start "
                 f"({result.before.f1:.4f}); {result.reason}".rstrip("; ")
@@ -198,6 +201,7 @@ def response_descent(
                 p.copy_(best_state[n])
         result.applied, result.best = True, best_trial
         result.radius, result.step_norm = best_trial.radius, best_trial.step_norm
+        result.outcome = StepOutcome.RESPONSE_KEPT
         result.reason = f"response descent kept step {int(best_trial.radius_steps)} of {steps}"
         return result
     except BaseException:

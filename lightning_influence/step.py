@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from lightning_influence._modules import named_tensors
 from lightning_influence.metrics import forgetting_f1
 
 __all__ = [
+    "StepOutcome",
     "StepResult",
     "best_retained",
     "StepTrial",
@@ -48,6 +50,25 @@ __all__ = [
 
 #: ``score_fn(model) -> (forget_acc, retain_acc)`` on validation data.
 ScoreFn = Callable[[nn.Module], tuple[float, float]]
+
+
+class StepOutcome(str, Enum):
+    """Why a step search (or a response descent) ended; ``StepResult.reason`` says it in
+    words with the numbers. A ``str`` enum: it compares equal to its value and goes into
+    checkpoints and JSON as that string."""
+
+    #: a kept step brought the forget score to the target
+    COMPLETE = "complete"
+    #: the forget score was at the target before the step; the step improves retained accuracy
+    ALREADY_COMPLETE = "already_complete"
+    #: the walk (or the descent) stopped where retained accuracy fell below the floor
+    FLOOR = "floor"
+    #: the forget score stayed above the target up to the largest radius
+    MAX_RADIUS = "max_radius"
+    #: no step beat the unchanged model on validation F1: the weights were restored
+    NO_IMPROVEMENT = "no_improvement"
+    #: the response descent kept one of its points
+    RESPONSE_KEPT = "response_kept"
 
 
 @dataclass
@@ -75,6 +96,7 @@ class StepResult:
     trials: list[StepTrial] = field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
+    outcome: StepOutcome | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Plain python (floats, lists, dicts): safe for checkpoints and JSON."""
@@ -199,6 +221,7 @@ def step_search(
         if reached is not None:
             _bisect(search, prev, reached, refine, forget_target)
             result.reason = f"forgetting complete (forget score <= {forget_target:g})"
+            result.outcome = StepOutcome.COMPLETE
             if keep == "largest":
                 edge = min(t.radius for t in result.trials if t.forget_acc <= forget_target)
                 limit = min(max_radius, EXTEND_LIMIT * edge)
@@ -209,6 +232,7 @@ def step_search(
         elif collapsed is not None:
             _bisect_floor(search, prev, collapsed, refine)
         elif not result.reason:
+            result.outcome = StepOutcome.MAX_RADIUS
             result.reason = (
                 f"forget score stayed above {forget_target:g} up to max_radius={max_radius:g}"
             )
@@ -301,6 +325,7 @@ def _walk(
     for radius in grid:
         t = search.trial(radius)
         if t.retain_acc < search.floor:
+            search.result.outcome = StepOutcome.FLOOR
             search.result.reason = (
                 f"the walk stopped at radius {radius:.3g}, where retained accuracy fell below "
                 f"the floor {search.floor:.4f}; the largest step above the floor was searched"
@@ -336,6 +361,7 @@ def _polish(search: _Search, grid: list[float]) -> None:
         if worse >= 2:
             break
     search.result.reason = "forgetting was complete; the step improves retained accuracy"
+    search.result.outcome = StepOutcome.ALREADY_COMPLETE
 
 
 def _bisect_floor(search: _Search, lo: float, hi: float, refine: int) -> None:
@@ -379,6 +405,7 @@ def _keep_best(
     if best is None or best.f1 - f1_tolerance <= result.before.f1:
         restore_weights(search.model, snapshot)
         within = f" + tolerance {f1_tolerance:g}" if f1_tolerance else ""
+        result.outcome = StepOutcome.NO_IMPROVEMENT
         result.reason = (
             f"no step improved the validation F1 over the unchanged model "
             f"({result.before.f1:.4f}{within}; best tried "

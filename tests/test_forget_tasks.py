@@ -215,10 +215,11 @@ def test_response_descent_runs_only_when_the_rounds_leave_forgetting_incomplete(
     _, skipped = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS],
                          response={"steps": 8})  # fmt: skip
     assert skipped.applied and skipped.after["forget_acc"] == 0.0
-    assert "response" not in skipped.seconds
+    assert "response" not in skipped.seconds and skipped.outcome == "complete"
     _, ran = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS],
                      response={"steps": 8, "always": True})  # fmt: skip
     assert ran.seconds["response"] > 0.0 and ran.after["forget_acc"] == 0.0
+    assert ran.outcome in ("response_kept", "no_improvement")  # the last search: the descent
 
 
 def test_mia_efficacy_is_reported_for_the_budget_completion_too(digits, clean_model):

@@ -57,6 +57,7 @@ def test_descent_fits_the_correction_and_keeps_the_best_point(seed):
     # the reason and the trial name the optimiser steps taken; the round index stays 0
     assert res.best.radius_steps % 10 == 0 and res.best.radius_steps > 0
     assert f"kept step {res.best.radius_steps} of 200" in res.reason and res.best.round == 0
+    assert res.outcome == "response_kept"
 
 
 def test_nothing_kept_restores_the_weights_bit_for_bit():
@@ -71,6 +72,7 @@ def test_nothing_kept_restores_the_weights_bit_for_bit():
         nn.functional.cross_entropy, steps=20, lr=0.05, every=5, max_retain_drop=0.01,
     )  # fmt: skip
     assert not res.applied and "stopped after 5 steps, where retained accuracy fell" in res.reason
+    assert res.outcome == "no_improvement"  # the floor ended it before any point improved
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 

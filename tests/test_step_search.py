@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_influence.step import radius_grid, step_search
+from lightning_influence.step import StepOutcome, radius_grid, step_search
 
 
 def _toy(score_of_radius):
@@ -33,6 +33,7 @@ def test_reaches_the_target_then_bisects_to_a_smaller_radius():
     grid = radius_grid(8, 1e-3, 5.0)
     first = next(r for r in grid if r >= 0.3)
     assert 0.3 <= res.radius < first  # bisection found a smaller radius that still forgets
+    assert res.outcome is StepOutcome.COMPLETE and res.outcome == "complete"
 
 
 def test_collapse_bisects_for_the_largest_radius_inside_the_budget():
@@ -44,6 +45,7 @@ def test_collapse_bisects_for_the_largest_radius_inside_the_budget():
     grid = radius_grid(8, 1e-3, 5.0)
     below = max(r for r in grid if r <= 0.05)
     assert res.applied and below < res.radius <= 0.05  # beyond the last grid point inside
+    assert res.outcome is StepOutcome.FLOOR
 
 
 def test_polish_when_forgetting_is_already_complete():
@@ -53,6 +55,7 @@ def test_polish_when_forgetting_is_already_complete():
     )
     res = step_search(model, delta, score, steps=8, min_radius=1e-3, max_radius=5.0, refine=0)
     assert res.applied and "improves retained accuracy" in res.reason
+    assert res.outcome is StepOutcome.ALREADY_COMPLETE
     assert 0.02 < res.radius < 0.5
     assert len(res.trials) < 8  # stopped after two trials without improvement
 
@@ -112,6 +115,7 @@ def test_f1_tolerance_keeps_nothing_when_no_step_beats_the_unchanged_model_by_mo
     before = model.weight.detach().clone()
     res = step_search(model, delta, score, steps=6, max_radius=1.0, f1_tolerance=0.05)
     assert not res.applied and "tolerance 0.05" in res.reason
+    assert res.outcome is StepOutcome.NO_IMPROVEMENT
     assert torch.equal(model.weight, before)
 
 
@@ -177,3 +181,9 @@ def test_step_keep_setting_is_checked():
     assert StepArguments(keep="largest").keep == "largest"
     with pytest.raises(ValueError, match="step.keep"):
         StepArguments(keep="biggest")
+
+
+def test_the_outcome_names_a_walk_that_never_reached_the_target():
+    model, delta, score = _toy(lambda r: (0.5, 0.9 + 0.01 * min(r, 1.0)))
+    res = step_search(model, delta, score, steps=4, min_radius=1e-3, max_radius=1.0)
+    assert res.outcome is StepOutcome.MAX_RADIUS and "stayed above" in res.reason
