@@ -441,6 +441,11 @@ def _plain_module(trainer: pl.Trainer) -> bool:
     return isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
 
 
+# The one private Lightning state read here: the loaders given to ``fit`` before its loops
+# set them up. Lightning has no public accessor for them, and the loops' public
+# ``setup_data`` would also wrap them for the strategy (a DistributedSampler under DDP),
+# which the unlearning pass must not inherit. Both readers return None on another layout,
+# and the callers then fall back to the datamodule or to an error naming the fix.
 def _train_source(trainer: pl.Trainer) -> Any:
     return getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
 

@@ -82,7 +82,7 @@ class RichBar(ProgressBar):
         progress = getattr(trainer_bar, "progress", None)
         self.shared = bool(getattr(getattr(progress, "live", None), "is_started", False))
         if not self.shared:
-            progress = _rich_progress(getattr(trainer_bar, "_console", None))
+            progress = _rich_progress()  # our own transient display, on rich's console
             progress.start()
         self.progress = progress
         if total is None and self.shared:  # Lightning's Progress: inf is "unknown" (no ETA)
@@ -103,7 +103,7 @@ class RichBar(ProgressBar):
             self.progress.stop()
 
 
-def _rich_progress(console: Any) -> Any:
+def _rich_progress() -> Any:
     from rich import progress as rp
 
     return rp.Progress(
@@ -111,7 +111,6 @@ def _rich_progress(console: Any) -> Any:
         rp.BarColumn(),
         rp.MofNCompleteColumn(),
         rp.TimeElapsedColumn(),
-        console=console,
         transient=True,
     )
 
