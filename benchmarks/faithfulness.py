@@ -121,10 +121,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif best step": ({"step": {"f1_tolerance": 0.0}}, {}),
     "gif largest tol 0.005": ({"step": {"keep": "largest", "f1_tolerance": 0.005}}, {}),
     "gif no polish": ({"solve": {"polish": False}}, {}),
-    "gif target 0": ({"step": {"forget_target": 0.0}, "response": {"always": True}}, {}),
+    "gif target 0": ({"step": {"forget_target": 0.0}}, {}),
     "gif rounds 2": ({"solve": {"rounds": 2}}, {}),
     "gif every 20": ({"response": {"every": 20}}, {}),
     "gif rounds 2 every 20": ({"solve": {"rounds": 2}, "response": {"every": 20}}, {}),
+    "gif skip response": ({"response": {"skip_when_complete": True}}, {}),
     "gif no response": ({"response": {"steps": 0}}, {}),
     "gif no polish no response": ({"solve": {"polish": False}, "response": {"steps": 0}}, {}),
 }

@@ -684,7 +684,7 @@ def try_candidate(
         peak = best_retained(steps)
         if step.best.retain_acc <= peak - problem.max_retain_drop:
             break  # the budget below the best retained accuracy seen is spent
-    if anchors is not None and not _complete_without_response(steps, problem, settings):
+    if anchors is not None and not _skip_response(steps, problem, settings):
         reference = steps[0].before.retain_acc if steps[0].before is not None else None
         with timer("response"):
             steps.append(
@@ -693,12 +693,9 @@ def try_candidate(
     return _outcome(model, problem, _merge_steps(steps), _merge_solves(solves), ratio, damping)
 
 
-def _complete_without_response(
-    steps: list[StepResult], problem: Problem, settings: UnlearnSettings
-) -> bool:
-    """Whether the rounds left forgetting complete, so the response descent is skipped
-    (unless ``response.always`` or ``solve.polish``)."""
-    if settings.response.always or problem.polish:
+def _skip_response(steps: list[StepResult], problem: Problem, settings: UnlearnSettings) -> bool:
+    """``response.skip_when_complete`` and the rounds left forgetting complete."""
+    if not settings.response.skip_when_complete or problem.polish:
         return False
     kept = [s.best for s in steps if s.applied and s.best is not None]
     before = steps[0].before

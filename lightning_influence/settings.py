@@ -422,11 +422,12 @@ class ResponseArguments:
             "predictions (repair steps on retained data; 0: the KL term alone, as in the PBRF)."
         ),
     )
-    always: bool = field(
+    skip_when_complete: bool = field(
         default=False,
         metadata=_help(
-            "Run the descent even when the influence rounds already completed forgetting "
-            "(False: only when they left it incomplete, e.g. a backdoor still working)."
+            "Skip the descent when the influence rounds already completed forgetting: saves "
+            "its time, but the descent also repairs retained accuracy (full Fashion-MNIST "
+            "backdoor with true labels: 0.010 more clean test accuracy lost without it)."
         ),
     )
     selected_only: bool = field(
@@ -451,7 +452,7 @@ class ResponseArguments:
             raise ValueError(f"response.steps must be an integer >= 0 or None, got {self.steps!r}.")
         _check_positive_int(self.every, "response.every")
         _check_bool(self.selected_only, "response.selected_only")
-        _check_bool(self.always, "response.always")
+        _check_bool(self.skip_when_complete, "response.skip_when_complete")
         for name in ("lr", "remove_weight", "retain_weight"):
             value = getattr(self, name)
             _check_number(value, f"response.{name}")

@@ -206,18 +206,18 @@ def test_sample_removal_keeps_test_accuracy(digits, clean_model, n_forget):
         assert 0.0 <= side["mia_efficacy"] <= 1.0, side
 
 
-def test_response_descent_runs_only_when_the_rounds_leave_forgetting_incomplete(
+def test_response_descent_is_skipped_when_asked_and_the_rounds_completed_forgetting(
     digits, clean_model
 ):
-    """Class removal completes in its rounds: the response descent is skipped unless asked
-    for with response.always (it then starts from the completed step)."""
+    """Class removal completes in its rounds: with response.skip_when_complete the descent
+    is skipped; by default it runs, from the completed step."""
     train, val, _ = digits
     _, skipped = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS],
-                         response={"steps": 8})  # fmt: skip
+                         response={"steps": 8, "skip_when_complete": True})  # fmt: skip
     assert skipped.applied and skipped.after["forget_acc"] == 0.0
     assert "response" not in skipped.seconds and skipped.outcome == "complete"
     _, ran = unlearn(clean_model, train, val, forget_classes=[FORGET_CLASS],
-                     response={"steps": 8, "always": True})  # fmt: skip
+                     response={"steps": 8})  # fmt: skip
     assert ran.seconds["response"] > 0.0 and ran.after["forget_acc"] == 0.0
     assert ran.outcome in ("response_kept", "no_improvement")  # the last search: the descent
 

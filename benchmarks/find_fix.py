@@ -1,0 +1,190 @@
+"""Find-then-fix end to end on full Fashion-MNIST: detect flipped labels, relabel, unlearn.
+
+``python -m benchmarks.find_fix [--seeds 0] [--resume]`` (needs the Debian
+``dataset-fashion-mnist`` files; models cached under benchmarks/cache)
+
+For each flip seed, 5 % of the 54,000 training labels are moved to another class (uniformly,
+:func:`~lightning_influence.demos.corruptions.flip_uniform`), and the demo's SmallCNN is
+trained on them with the recipe of :mod:`benchmarks.influence` (``train_classifier``, 8
+epochs, seed = flip seed) with a :class:`~lightning_influence.MarginCallback` recording the
+area under the margin (AUM) in that same fit. A second model trained on the clean labels by
+the same recipe is the reference (the clean-label retrain).
+
+- **Find**: the k training samples (k = the number of flips) ranked highest by the plain
+  loss of the noisy model, and by -AUM; precision at k for both.
+- **Fix**: the top k by -AUM are reviewed, i.e. relabelled with their true label (a review
+  that keeps the labels of the samples that were not flipped), or, without a review, with
+  the model's second choice (its best class other than the given label); then
+  ``UnlearnCallback(relabel=...)`` with its defaults, the step chosen on validation data.
+- **Measure** (test data): accuracy of the noisy model, of each fix and of the clean
+  retrain; ``recovered`` = (fixed - noisy) / (clean - noisy), the share of the gap to the
+  clean retrain won back; seconds of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_influence as li
+from benchmarks.common import CACHE, RESULTS, machine, write_json
+from lightning_influence.demos.corruptions import flip_uniform
+from lightning_influence.demos.models import ImageClassifier, train_classifier
+
+RESULT = "find_fix_fashion.json"
+FLIP_SHARE, EPOCHS = 0.05, 8
+
+
+def _fit(train, val, seed: int, name: str, margins: bool):
+    """(model, seconds, AUM or None), cached under benchmarks/cache (the AUM with it)."""
+    path = CACHE / f"find_fix_{name}_n{len(train)}_seed{seed}.pt"
+    if path.exists():
+        state = torch.load(path, weights_only=True)
+        model = ImageClassifier(num_classes=10, image_size=28)
+        model.load_state_dict(state["model"])
+        return model.eval(), state["seconds"], state.get("aum")
+    cb = li.MarginCallback() if margins else None
+    start = time.perf_counter()
+    model = train_classifier(train, val, epochs=EPOCHS, seed=seed, num_classes=10,
+                             callbacks=[cb] if cb else None)  # fmt: skip
+    seconds = time.perf_counter() - start
+    aum = None
+    if cb is not None:
+        ids, values = cb.aum()
+        aum = torch.full((len(train),), float("nan"))
+        aum[ids] = values
+        aum = {"values": aum, "recording_seconds": cb.seconds}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "seconds": seconds, "aum": aum}, path)
+    return model.eval(), seconds, aum
+
+
+@torch.no_grad()
+def _logits(model, x):
+    model.eval()
+    return torch.cat([model(x[i : i + 2048]) for i in range(0, len(x), 2048)])
+
+
+def _acc(model, ds: TensorDataset) -> float:
+    x, y = ds.tensors
+    return float((_logits(model, x).argmax(-1) == y).float().mean())
+
+
+def _unlearn(model, train: TensorDataset, val: TensorDataset, relabel: dict[int, int], seed: int):
+    cb = li.UnlearnCallback(relabel=relabel, seed=seed, progress_bar=False)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = cb.unlearn_model(
+            model,
+            DataLoader(li.IndexedDataset(train), batch_size=256),
+            DataLoader(val, batch_size=1024),
+        )
+    return report, time.perf_counter() - start
+
+
+def run_seed(seed: int, train_samples: int | None = None) -> dict[str, Any]:
+    import copy
+
+    from lightning_influence.demos.datasets import fashion_mnist_splits
+
+    torch.set_num_threads(1)
+    train, val, test = fashion_mnist_splits(seed=0, max_train_samples=train_samples)
+    x, y = train.tensors
+    noisy_y, flipped = flip_uniform(y, FLIP_SHARE, seed)
+    noisy_train = TensorDataset(x, noisy_y)
+    noisy, noisy_seconds, aum = _fit(noisy_train, val, seed, "noisy", margins=True)
+    clean, clean_seconds, _ = _fit(train, val, seed, "clean", margins=False)
+    truth = torch.zeros(len(y), dtype=torch.bool)
+    truth[flipped] = True
+    k = len(flipped)
+    start = time.perf_counter()
+    loss = F.cross_entropy(_logits(noisy, x), noisy_y, reduction="none")
+    loss_seconds = time.perf_counter() - start
+    found = {
+        "loss": torch.topk(loss, k).indices,
+        "aum": torch.topk(-aum["values"].nan_to_num(float("inf")), k).indices,
+    }
+    row: dict[str, Any] = {
+        "seed": seed,
+        "n_train": len(y),
+        "k": k,
+        "precision": {m: float(truth[i].float().mean()) for m, i in found.items()},
+        "seconds": {
+            "fit_noisy_with_margins": noisy_seconds,
+            "margin_recording": aum["recording_seconds"],
+            "fit_clean": clean_seconds,
+            "loss_ranking": loss_seconds,
+        },
+        "test_acc": {"noisy": _acc(noisy, test), "clean": _acc(clean, test)},
+    }
+    top = found["aum"]
+    logits = _logits(noisy, x[top])
+    logits[torch.arange(len(top)), noisy_y[top]] = -float("inf")
+    fixes = {
+        "reviewed": {int(i): int(y[i]) for i in top.tolist() if bool(truth[i])},
+        "second_choice": {int(i): int(c) for i, c in zip(top.tolist(), logits.argmax(-1).tolist(), strict=True)},
+    }  # fmt: skip
+    for name, relabel in fixes.items():
+        model = copy.deepcopy(noisy)
+        report, seconds = _unlearn(model, noisy_train, val, relabel, seed)
+        acc = _acc(model, test)
+        gap = row["test_acc"]["clean"] - row["test_acc"]["noisy"]
+        row["test_acc"][name] = acc
+        row[f"{name}_recovered"] = (acc - row["test_acc"]["noisy"]) / gap if gap > 0 else None
+        row[f"{name}_relabelled"] = len(relabel)
+        row["seconds"][f"unlearn_{name}"] = seconds
+        row[f"{name}_report"] = {"applied": report.applied, "outcome": report.outcome,
+                                 "reason": report.reason, "stages": report.seconds}  # fmt: skip
+        print(f"seed {seed} {name}: test acc {acc:.4f} (noisy {row['test_acc']['noisy']:.4f}, "
+              f"clean {row['test_acc']['clean']:.4f}) in {seconds:.1f} s", flush=True)  # fmt: skip
+    return row
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(key, sub=None):
+        vals = [r[key] if sub is None else r[key][sub] for r in rows]
+        vals = [v for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    return {
+        "seeds": len(rows),
+        "fashion_full_aum_precision": mean("precision", "aum"),
+        "fashion_full_loss_precision": mean("precision", "loss"),
+        "fashion_full_aum_minus_loss_precision": (
+            mean("precision", "aum") - mean("precision", "loss") if rows else None
+        ),
+        "find_fix_reviewed_recovered": mean("reviewed_recovered"),
+        "find_fix_second_choice_recovered": mean("second_choice_recovered"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--train-samples", type=int, default=None, help="a subset (smoke runs)")
+    p.add_argument("--out", default=RESULT)
+    a = p.parse_args(argv)
+    path = RESULTS / a.out
+    old = json.loads(path.read_text()) if a.resume and path.exists() else {}
+    rows = [r for r in old.get("rows", []) if r["seed"] not in a.seeds]
+    commands = old.get("commands", []) + ["python -m benchmarks.find_fix " + " ".join(sys.argv[1:])]
+    for seed in a.seeds:
+        rows.append(run_seed(seed, a.train_samples))
+        result = {"benchmark": "find_fix_fashion", "commands": commands, "setup": __doc__,
+                  "machine": machine(), "summary": summarise(rows), "rows": rows}  # fmt: skip
+        write_json(a.out, result)
+    print(json.dumps(summarise(rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
