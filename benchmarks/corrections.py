@@ -64,8 +64,11 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
             **PREVIOUS_RELABEL,
             "step": {"max_retain_drop": 0.03, "f1_tolerance": 0.02},
         },
-        "keep largest": {"step": {"keep": "largest"}},
-        "tolerance 0.005": {"step": {"f1_tolerance": 0.005}},
+        "no old-class floor": {"spec": {"old_class_drop": None}},
+        "smallest step, no old-class floor": {
+            "step": {"keep": "smallest"},
+            "spec": {"old_class_drop": None},
+        },
     },
     "backdoor": {
         "default": {},
@@ -82,9 +85,13 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _unlearn(model, train, val, **task) -> tuple[torch.nn.Module, float]:
+def _unlearn(model, train, val, spec=None, **task) -> tuple[torch.nn.Module, float]:
+    """A copy of ``model`` unlearned with ``UnlearnCallback(**task)`` (``spec``: task
+    attributes set on ``callback.spec``, e.g. ``old_class_drop``), and the seconds."""
     model = copy.deepcopy(model)
     cb = li.UnlearnCallback(progress_bar=False, **task)
+    for key, value in (spec or {}).items():
+        setattr(cb.spec, key, value)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

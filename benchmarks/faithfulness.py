@@ -125,6 +125,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif rounds 2": ({"solve": {"rounds": 2}}, {}),
     "gif every 20": ({"response": {"every": 20}}, {}),
     "gif rounds 2 every 20": ({"solve": {"rounds": 2}, "response": {"every": 20}}, {}),
+    "gif no old-class floor": ({}, {"old_class_drop": None}),
     "gif skip response": ({"response": {"skip_when_complete": True}}, {}),
     "gif no response": ({"response": {"steps": 0}}, {}),
     "gif no polish no response": ({"solve": {"polish": False}, "response": {"steps": 0}}, {}),

@@ -353,6 +353,15 @@ class LabelChange(ForgetSpec):
     keep_step: ClassVar[str] = "largest"
     curvature: ClassVar[str] = "gauss_newton"
     rounds: ClassVar[int] = 5
+    # The correction takes probability from the old labels' classes; a step that fits the
+    # relabelled rows can take it from their true members too, which the overall validation
+    # accuracy dilutes (digits: class 8 lost 0.20 of its test accuracy, the other classes
+    # 0.022 on average; full Fashion-MNIST: shirt -0.07). So the old classes' validation
+    # accuracy has a floor of its own, this far below its value before unlearning (None: no
+    # such floor). Measured: digits other classes' drop 0.011 (max 0.019) over 5 flip seeds,
+    # was 0.014 (max 0.022); full Fashion-MNIST: recovered 1.16 of the class's gap, other
+    # classes -0.0066 (was 1.75, -0.011), Avg. Gap 0.61 pp (was 0.135).
+    old_class_drop: ClassVar[float | None] = 0.05
     selection: ClassVar[str] = "highest_gradients"
 
     def __post_init__(self) -> None:
@@ -394,7 +403,12 @@ class LabelChange(ForgetSpec):
         x = inputs_cat([forget.x, val.x])
         y = torch.cat([forget.y, val.y])
         mask = torch.arange(len(y), device=y.device) < len(forget)
-        return SplitScorer(x, y, mask, new_labels=self._new_y(forget).to(y.device))
+        guarded = None
+        if self.old_class_drop is not None:
+            old = torch.unique(forget.y).to(y.device)
+            guarded = ~mask & torch.isin(y, old)
+        return SplitScorer(x, y, mask, new_labels=self._new_y(forget).to(y.device),
+                           guarded=guarded, guarded_drop=self.old_class_drop or 0.0)  # fmt: skip
 
 
 @dataclass

@@ -125,6 +125,12 @@ class SplitScorer(Scorer):
             ``relabel_acc`` (share of them now predicted as the new label) to the metrics.
         forget_name: an extra metric key under which the forget accuracy is also reported
             (e.g. ``attack_success_rate`` for backdoor repair).
+        guarded: bool ``[N]``, retained rows with a floor of their own (label change: the
+            validation rows of the relabelled rows' old classes). The first :meth:`score`
+            (the unchanged model, before any step) sets their reference accuracy; a later
+            score whose guarded accuracy falls more than ``guarded_drop`` below it reports
+            retained accuracy 0, below any floor, so the step is never kept.
+        guarded_drop: the guarded rows' budget.
     """
 
     def __init__(
@@ -134,8 +140,14 @@ class SplitScorer(Scorer):
         forget_mask: Tensor,
         new_labels: Tensor | None = None,
         forget_name: str | None = None,
+        guarded: Tensor | None = None,
+        guarded_drop: float = 0.05,
     ) -> None:
         self.x, self.y, self.mask = x, y.long(), forget_mask.to(torch.bool)
+        has_rows = guarded is not None and bool(guarded.any())
+        self.guarded = guarded.to(torch.bool) if has_rows else None
+        self.guarded_drop = guarded_drop
+        self.guarded_reference: float | None = None
         self._inputs = _ShardedInputs(x, active_shards())
         self.new_labels, self.forget_name = new_labels, forget_name
         self._recorded: OutputLayerInputs | None = None
@@ -156,7 +168,14 @@ class SplitScorer(Scorer):
 
     def score(self, model: nn.Module) -> tuple[float, float]:
         ok = self._logits(model).argmax(-1) == self.y
-        return float(ok[self.mask].float().mean()), float(ok[~self.mask].float().mean())
+        retained = float(ok[~self.mask].float().mean())
+        if self.guarded is not None:
+            guarded = float(ok[self.guarded].float().mean())
+            if self.guarded_reference is None:  # the first score: the unchanged model
+                self.guarded_reference = guarded
+            elif guarded < self.guarded_reference - self.guarded_drop:
+                retained = 0.0  # below any floor: the step search never keeps it
+        return float(ok[self.mask].float().mean()), retained
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         logits = self._inputs.logits(model)

@@ -318,3 +318,33 @@ def test_backdoor_completion_target_is_the_clean_victims_target_rate():
     assert spec.completion_target(Model(), val) == pytest.approx(2 / 5)
     assert spec.completion_target(Model(), val.take(y == 0)) == 0.0  # no victims
     assert SampleRemoval([0]).completion_target(Model(), val) == 0.0
+
+
+def test_label_change_floors_the_old_classes_validation_accuracy():
+    """The first score (the unchanged model) sets the old classes' reference accuracy; a
+    later one that costs them more than old_class_drop reports retained accuracy 0, below
+    any floor, while a step that costs other classes as much is judged as before."""
+    forget = Rows(torch.zeros(2, 1), torch.tensor([1, 1]), torch.tensor([0, 1]))  # old label 1
+    val = Rows(torch.zeros(8, 1), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.arange(10, 18))
+    spec = LabelChange({0: 2, 1: 2})
+    scorer = spec.scorer(val, forget)
+
+    class Fixed(nn.Module):  # predicts the given labels, whatever the input
+        def __init__(self, labels):
+            super().__init__()
+            self.labels = labels
+
+        def forward(self, x):
+            return nn.functional.one_hot(self.labels[: len(x)], 3).float()
+
+    start = torch.tensor([1, 1, 0, 0, 0, 0, 1, 1, 1, 1])  # forget rows, then val rows
+    assert scorer.score(Fixed(start)) == (1.0, 1.0)
+    one_old_lost = torch.tensor([2, 2, 0, 0, 0, 0, 2, 1, 1, 1])  # class 1: 1.0 -> 0.75
+    assert scorer.score(Fixed(one_old_lost)) == (0.0, 0.0)
+    one_other_lost = torch.tensor([2, 2, 2, 0, 0, 0, 1, 1, 1, 1])  # class 0 pays instead
+    assert scorer.score(Fixed(one_other_lost)) == (0.0, 0.875)
+    unguarded = LabelChange({0: 2, 1: 2})
+    unguarded.old_class_drop = None
+    plain = unguarded.scorer(val, forget)
+    assert plain.score(Fixed(start)) == (1.0, 1.0)
+    assert plain.score(Fixed(one_old_lost)) == (0.0, 0.875)
