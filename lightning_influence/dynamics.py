@@ -23,9 +23,16 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from lightning_influence.batches import BatchParser, parse_batch
+from lightning_influence.figures import (
+    AUM_HISTOGRAM_TAG,
+    log_figure,
+    score_histogram_array,
+    takes_images,
+)
 from lightning_influence.forward import logits_of
 
 __all__ = ["MarginCallback", "margins"]
@@ -56,6 +63,9 @@ class MarginCallback(pl.Callback):
         batch_parser: turns a training batch into a :class:`~lightning_influence.Batch`.
         logits_fn: ``logits_fn(output) -> logits`` where the forward returns something else.
         start_epoch: the first epoch recorded (0: from the start).
+        flag_share: the share of recorded samples :meth:`flagged` returns (the lowest AUM),
+            also the cut drawn on the AUM histogram that the end of training logs to every
+            logger that takes images (``dynamics/aum_histogram``; needs matplotlib).
     """
 
     def __init__(
@@ -63,9 +73,17 @@ class MarginCallback(pl.Callback):
         batch_parser: BatchParser = parse_batch,
         logits_fn: Callable[[Any], Tensor] | None = None,
         start_epoch: int = 0,
+        flag_share: float = 0.05,
     ) -> None:
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}.")
+        if (
+            isinstance(flag_share, bool)
+            or not isinstance(flag_share, (int, float))
+            or not (0.0 < flag_share <= 1.0)
+        ):
+            raise ValueError(f"flag_share must be a number in (0, 1], got {flag_share!r}.")
+        self.flag_share = float(flag_share)
         self.batch_parser, self.logits_fn, self.start_epoch = batch_parser, logits_fn, start_epoch
         self.sums = torch.zeros(0, dtype=torch.float64)
         self.counts = torch.zeros(0, dtype=torch.long)
@@ -87,6 +105,19 @@ class MarginCallback(pl.Callback):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if any(takes_images(lg) for lg in trainer.loggers):
+            _, aum = self.aum(trainer)  # every rank takes part in the sum
+            if aum.numel() > 0:
+                self._log_histogram(trainer, aum)
+
+    @rank_zero_only
+    def _log_histogram(self, trainer: pl.Trainer, aum: Tensor) -> None:
+        try:
+            array = score_histogram_array(aum, self._cut(aum), "area under the margin", "below")
+        except ImportError:  # matplotlib is optional
+            return
+        for logger in trainer.loggers:
+            log_figure(logger, AUM_HISTOGRAM_TAG, array, trainer.global_step)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -154,3 +185,19 @@ class MarginCallback(pl.Callback):
             counts = trainer.strategy.reduce(self.counts.clone(), reduce_op="sum")
         seen = torch.nonzero(counts > 0).reshape(-1)
         return seen, (sums[seen] / counts[seen]).float()
+
+    def _k(self, n: int) -> int:
+        return max(1, round(self.flag_share * n))
+
+    def _cut(self, aum: Tensor) -> float:
+        """The largest AUM among the ``flag_share`` lowest (flagged: AUM <= cut)."""
+        return float(torch.sort(aum).values[self._k(aum.numel()) - 1])
+
+    def flagged(self, trainer: pl.Trainer | None = None) -> Tensor:
+        """Ids of the ``flag_share`` of recorded samples with the lowest AUM, most suspicious
+        first (``trainer``: as in :meth:`aum`)."""
+        ids, aum = self.aum(trainer)
+        if ids.numel() == 0:
+            return ids
+        order = torch.argsort(aum)[: self._k(aum.numel())]
+        return ids[order]

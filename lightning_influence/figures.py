@@ -16,12 +16,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AUM_HISTOGRAM_TAG",
     "GALLERY_TAG",
     "STEP_SEARCH_TAG",
     "gallery_array",
     "gallery_figure",
     "log_figure",
     "log_gallery",
+    "score_histogram_array",
+    "score_histogram_figure",
     "step_search_array",
     "step_search_figure",
     "takes_images",
@@ -31,6 +34,8 @@ __all__ = [
 GALLERY_TAG = "influence/gallery"
 #: the tag of the step-search curve of an unlearning run
 STEP_SEARCH_TAG = "unlearn/step_search"
+#: the tag of the AUM histogram a MarginCallback logs at the end of training
+AUM_HISTOGRAM_TAG = "dynamics/aum_histogram"
 
 
 def _tile(image: Tensor) -> np.ndarray:
@@ -190,3 +195,44 @@ def log_figure(logger: Any, tag: str, array: np.ndarray, step: int) -> bool:
 def step_search_array(trials: list[dict[str, Any]], kept_radius: float | None) -> np.ndarray:
     """:func:`step_search_figure` as an ``[H, W, 3]`` uint8 image (needs matplotlib)."""
     return _array(step_search_figure(trials, kept_radius))
+
+
+def score_histogram_figure(
+    scores: Tensor, cut: float | None = None, xlabel: str = "score", flag: str = "below"
+) -> Any:
+    """A histogram of per-sample scores (log counts) with the cut as a vertical line and how
+    many samples it flags (AUM, self-influence or a loss).
+
+    Args:
+        scores: ``[n]`` scores.
+        cut: the flagging threshold (None: no line).
+        xlabel: what the scores are.
+        flag: ``'below'`` (AUM: low is suspicious) or ``'above'`` (self-influence, loss).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    values = scores.detach().double().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.hist(values, bins=60, color="tab:blue", alpha=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    title = f"{len(values)} samples"
+    if cut is not None:
+        flagged = int((values <= cut).sum() if flag == "below" else (values >= cut).sum())
+        ax.axvline(cut, color="tab:red", ls="--", lw=1, label=f"cut {cut:.3g}: {flagged} flagged")
+        ax.legend(fontsize=7)
+        title += f", {flagged} at or {flag} the cut"
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def score_histogram_array(
+    scores: Tensor, cut: float | None = None, xlabel: str = "score", flag: str = "below"
+) -> np.ndarray:
+    """:func:`score_histogram_figure` as an ``[H, W, 3]`` uint8 image (needs matplotlib)."""
+    return _array(score_histogram_figure(scores, cut, xlabel, flag))

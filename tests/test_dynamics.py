@@ -65,6 +65,9 @@ def test_aum_finds_flipped_labels_far_better_than_the_final_loss(tmp_path):
     loss_precision = float(truth[torch.topk(loss, k).indices].float().mean())
     assert aum_precision >= 0.85
     assert aum_precision >= loss_precision + 0.2
+    flagged = cb.flagged()  # flag_share 0.05 of 1168: the 58 lowest AUM, lowest first
+    assert len(flagged) == round(0.05 * len(noisy)) and float(truth[flagged].float().mean()) >= 0.85
+    assert torch.equal(flagged[:5], ids[torch.argsort(aum)[:5]])
 
 
 def test_batches_without_ids_are_named(tmp_path):
@@ -104,3 +107,41 @@ def test_the_recording_time_is_measured_and_small(tmp_path):
     _fit(x, noisy, val, 0, [cb], tmp_path, epochs=3)
     fit = __import__("time").perf_counter() - start
     assert 0 < cb.seconds < 0.25 * fit  # measured: about 1-3 % of a digits fit
+
+
+class _ImageLogger(L.pytorch.loggers.CSVLogger):
+    """A CSV logger that also takes images (the figure API of W&B-style loggers)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.images = []
+
+    def log_image(self, key, images, step=None):
+        self.images.append((key, images[0].shape, step))
+
+
+def test_the_aum_histogram_is_logged_with_the_flagging_cut(tmp_path):
+    pytest.importorskip("matplotlib")
+    x, noisy, _, val = _flipped_digits(seed=0)
+    logger = _ImageLogger(tmp_path)
+    cb = li.MarginCallback(flag_share=0.1)
+    L.seed_everything(0, verbose=False)
+    loader = DataLoader(li.IndexedDataset(TensorDataset(x, noisy)), batch_size=64)
+    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[cb], enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    trainer.fit(ImageClassifier(), loader, DataLoader(val, batch_size=256))
+    assert [(k, s[-1]) for k, s, _ in logger.images] == [("dynamics/aum_histogram", 3)]
+    assert len(cb.flagged()) == round(0.1 * len(noisy))
+    for bad in (0.0, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="flag_share"):
+            li.MarginCallback(flag_share=bad)
+
+
+def test_score_histogram_counts_the_flagged_side():
+    pytest.importorskip("matplotlib")
+    from lightning_influence.figures import score_histogram_figure
+
+    fig = score_histogram_figure(torch.arange(10.0), cut=2.0, flag="below")
+    assert "3 at or below the cut" in fig.axes[0].get_title()
+    fig = score_histogram_figure(torch.arange(10.0), cut=7.0, xlabel="self-influence", flag="above")
+    assert "3 at or above the cut" in fig.axes[0].get_title()
