@@ -264,6 +264,29 @@ def test_label_change_recovers_flipped_class(digits, clean_model, flipped):
     assert other_drop <= 0.02, msg
 
 
+def test_label_change_holds_on_five_flip_seeds(digits, clean_model):
+    """The label change's acceptance on flip seeds 0-4 (each its own corrupted model):
+    every seed wins back at least half of class 3's gap, no seed costs the other classes more
+    than 0.03 and the mean cost stays within the single-seed bound 0.02. Measured
+    (benchmarks/results/corrections_relabel_keep.json, default): recovered 0.97-1.17, other
+    classes 0.0063, 0.0127, 0.0063, 0.0095, 0.0190 (mean 0.0108); without the old-class
+    floor seed 3 cost 0.0222."""
+    train, val, test = digits
+    clean = class_accuracies(clean_model, test)
+    others = torch.arange(10) != FLIP_SOURCE
+    drops = []
+    for seed in range(5):
+        noisy, relabel = flip_labels(train, FLIP_SOURCE, FLIP_DEST, FLIP_FRACTION, seed=seed)
+        corrupted = fit(noisy, val)
+        model, _ = unlearn(corrupted, noisy, val, relabel=relabel)
+        before, after = class_accuracies(corrupted, test), class_accuracies(model, test)
+        gap = float(clean[FLIP_SOURCE] - before[FLIP_SOURCE])
+        recovered = float(after[FLIP_SOURCE] - before[FLIP_SOURCE]) / gap
+        drops.append(float(before[others].mean() - after[others].mean()))
+        assert recovered >= 0.5 and drops[-1] <= 0.03, (seed, recovered, drops)
+    assert sum(drops) / len(drops) <= 0.02, drops
+
+
 @pytest.mark.parametrize("with_true_labels", [True, False], ids=["true_labels", "no_labels"])
 def test_backdoor_repair(digits, clean_model, poisoned, with_true_labels):
     _, val, test = digits
