@@ -492,7 +492,7 @@ def unlearn_default(model, task: Task, variant: str | None = None) -> dict[str, 
 def run_method(name: str, base: nn.Module, task: Task, objective) -> tuple[nn.Module, dict]:
     model = copy.deepcopy(base).eval()
     extra: dict[str, Any] = {}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name == "default":
@@ -517,6 +517,9 @@ def run_method(name: str, base: nn.Module, task: Task, objective) -> tuple[nn.Mo
         elif name != "nothing":
             raise ValueError(name)
     extra["seconds"] = time.perf_counter() - start
+    # one thread (torch.set_num_threads(1)): CPU seconds do not grow when other jobs share
+    # the cores, wall seconds do
+    extra["cpu_seconds"] = time.process_time() - cpu
     return model.eval(), extra
 
 
@@ -695,7 +698,9 @@ def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str
                 try:
                     if method in retrains:
                         model, info = retrains[method]
-                        extra = {"seconds": info["seconds"], "epochs": info["epochs"]}
+                        extra = {
+                            k: info[k] for k in ("seconds", "cpu_seconds", "epochs") if k in info
+                        }
                     else:
                         model, extra = run_method(method, base, task, objective)
                     row = {"task": name, "seed": seed, "method": method, **measures(model, task)}
@@ -741,6 +746,8 @@ def _with_gaps(rows: list[dict[str, Any]]) -> None:
         if k in ref:
             r["avg_gap_pp"] = avg_gap(r, ref[k])
             r["seconds_over_retrain"] = r.get("seconds", 0.0) / ref[k]["seconds"]
+            if "cpu_seconds" in r and "cpu_seconds" in ref[k]:
+                r["cpu_seconds_over_retrain"] = r["cpu_seconds"] / ref[k]["cpu_seconds"]
 
 
 def _task_goals(rows: list[dict[str, Any]], task: str, seed: int) -> dict[str, float] | None:
@@ -750,6 +757,8 @@ def _task_goals(rows: list[dict[str, Any]], task: str, seed: int) -> dict[str, f
     if d is None or ref is None:
         return None
     out = {"avg_gap_pp": d["avg_gap_pp"], "seconds_over_retrain": d["seconds_over_retrain"]}
+    if "cpu_seconds_over_retrain" in d:
+        out["cpu_seconds_over_retrain"] = d["cpu_seconds_over_retrain"]
     if task == "class":
         out["relearn5_minus_retrain"] = d["relearn5"] - ref["relearn5"]
         out["relearn5_no_reset_minus_retrain"] = d["relearn5_no_reset"] - ref["relearn5_no_reset"]
@@ -814,6 +823,8 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
     ]
     retrain2 = [r["avg_gap_pp"] for r in ok if r["method"] == "retrain'" and "avg_gap_pp" in r]
     ratios = [g["seconds_over_retrain"] for gs in goals.values() for g in gs]
+    cpu_ratios = [g["cpu_seconds_over_retrain"] for gs in goals.values() for g in gs
+                  if "cpu_seconds_over_retrain" in g]  # fmt: skip
     summary = {
         "train_samples": train_samples or "full (54000)",
         "seeds": len(seeds),
@@ -832,6 +843,8 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
         "relabel_recovered_share": mean("relabel", "recovered_share"),
         "relabel_other_classes_drop": mean("relabel", "other_classes_drop"),
         "max_seconds_over_retrain": max(ratios) if ratios else None,
+        # the same in CPU seconds (rows run since the 2026-12-07 session), immune to other jobs
+        "max_cpu_seconds_over_retrain": max(cpu_ratios) if cpu_ratios else None,
         "seeds_passing_every_task": len(passing),
         "retrain_vs_retrain_avg_gap_pp": statistics.fmean(retrain2) if retrain2 else None,
         "best_baseline_avg_gap_pp": {

@@ -55,14 +55,15 @@ def test_every_method_runs_and_is_measured(base, task_name):
         if not B.applies(method, task_name) or method in response_levers:
             continue
         if method == "retrain":
-            model, extra = base, {"seconds": 10.0}
+            model, extra = base, {"seconds": 10.0, "cpu_seconds": 10.0}
         else:
             model, extra = B.run_method(method, base, task, objective)
         row = {"task": task_name, "seed": 0, "method": method, **B.measures(model, task), **extra}
-        assert {"ua", "mia_efficacy", "ra", "ta", "seconds"} <= set(row)
+        assert {"ua", "mia_efficacy", "ra", "ta", "seconds", "cpu_seconds"} <= set(row)
         rows.append(row)
     summary = B.summarise(rows, ["test"], 240)["summary"]
     assert summary["seeds"] == 1
+    assert summary["max_cpu_seconds_over_retrain"] >= 0.0  # the default's CPU seconds / 10
     if task_name == "class":
         assert summary["class_avg_gap_pp"] is not None
     else:
