@@ -730,6 +730,7 @@ def _respond(
             steps=total,
             lr=r.lr,
             every=r.every,
+            patience=r.patience,
             max_retain_drop=problem.max_retain_drop,
             retain_reference=retain_reference,
             masks=masks if r.selected_only else None,

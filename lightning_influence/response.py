@@ -121,6 +121,7 @@ def response_descent(
     retain_reference: float | None = None,
     masks: Mapping[str, Tensor] | None = None,
     progress: Callable[[int, StepTrial], None] | None = None,
+    patience: int | None = None,
 ) -> StepResult:
     """Run ``steps`` Adam steps on J from the current weights; keep the best scored point.
 
@@ -139,11 +140,15 @@ def response_descent(
         every: score every this many steps (and after the last).
         max_retain_drop: points whose retained accuracy falls more than this below the
             reference (the larger of the start's and ``retain_reference``) are never kept,
-            and the descent stops at the first one.
+            and with ``patience`` the descent stops at the ``patience``-th such point in a row.
         retain_reference: the retained accuracy before unlearning began.
         masks: bool masks of the entries that may move, keyed by parameter name (None: every
             trainable parameter).
         progress: called with (trial number, trial) after every scored point.
+        patience: scored points below the floor in a row that end the descent (None: it
+            runs all ``steps``). The retained rows' own loss can repair a dip of the first
+            steps: digits backdoor, poison seed 5, a dip of 10 scored points (40 steps), after
+            which the attack success fell from 0.38 to 0.004 at a higher retained accuracy.
     """
     start_time = time.perf_counter()
     snapshot = weights_snapshot(model)
@@ -160,6 +165,7 @@ def response_descent(
             reference = max(r0, retain_reference if retain_reference is not None else -math.inf)
             best_f1, best_state, best_trial = result.before.f1, None, None
             opt = torch.optim.Adam(list(named.values()), lr=lr)
+            below = 0  # scored points below the floor in a row
             for k in range(steps):
                 opt.zero_grad(set_to_none=True)
                 with torch.enable_grad():
@@ -178,12 +184,16 @@ def response_descent(
                 if trial.f1 < 0:
                     break
                 if trial.retain_acc < reference - max_retain_drop:
-                    result.outcome = StepOutcome.FLOOR
-                    result.reason = (
-                        f"the descent stopped after {k + 1} steps, where retained accuracy fell "
-                        "below the floor"
-                    )
-                    break
+                    below += 1
+                    if patience is not None and below >= patience:
+                        result.outcome = StepOutcome.FLOOR
+                        result.reason = (
+                            f"the descent stopped after {k + 1} steps, where retained accuracy "
+                            f"fell below the floor ({below} scored point(s) in a row)"
+                        )
+                        break
+                    continue  # never kept; the next points may recover
+                below = 0
                 if trial.f1 > best_f1:
                     best_f1, best_trial = trial.f1, trial
                     best_state = {n: p.detach().clone() for n, p in named.items()}

@@ -415,6 +415,15 @@ class ResponseArguments:
     )
     lr: float = field(default=3e-4, metadata=_help("Adam's learning rate."))
     every: int = field(default=4, metadata=_help("Score on validation data every this many steps."))
+    patience: int | None = field(
+        default=None,
+        metadata=_help(
+            "Scored points below the retained-accuracy floor in a row that end the descent "
+            "(None: all steps run). Such points are never kept; the retained rows' loss can "
+            "repair an early dip (digits backdoor: 40 steps below the floor, then the attack "
+            "gone at a higher retained accuracy)."
+        ),
+    )
     retain_weight: float = field(
         default=1.0,
         metadata=_help(
@@ -451,6 +460,8 @@ class ResponseArguments:
         ):
             raise ValueError(f"response.steps must be an integer >= 0 or None, got {self.steps!r}.")
         _check_positive_int(self.every, "response.every")
+        if self.patience is not None:
+            _check_positive_int(self.patience, "response.patience")
         _check_bool(self.selected_only, "response.selected_only")
         _check_bool(self.skip_when_complete, "response.skip_when_complete")
         for name in ("lr", "remove_weight", "retain_weight"):

@@ -322,3 +322,22 @@ def test_backdoor_repair(digits, clean_model, poisoned, with_true_labels):
     # benchmarks/results/corrections_backdoor.json: this acceptance holds on 6 of 6 poison
     # seeds without labels (ASR <= 0.074) and 5 of 6 with them (seed 5: 0.39).
     assert asr_after <= 0.10, msg
+
+
+def test_backdoor_repair_holds_on_five_more_poison_seeds(digits):
+    """The backdoor acceptance (attack success <= 0.10 on unseen test inputs, clean test
+    accuracy lost <= 0.03) on poison seeds 1-5, with and without true labels. Measured
+    (benchmarks/results/corrections_backdoor.json): attack success at most 0.0093, accuracy
+    lost at most 0.0223. Seed 5 with true labels failed (0.39) while the response descent
+    stopped at its first point below the retained-accuracy floor."""
+    train, val, test = digits
+    for seed in range(1, 6):
+        data, ids, true_labels = poison(train, TRIGGER, BACKDOOR_TARGET, POISON_FRACTION, seed=seed)
+        backdoored = fit(data, val)
+        acc_before = accuracy(backdoored, test)
+        for extra in ({"backdoor_true_labels": true_labels}, {}):
+            model, _ = unlearn(backdoored, data, val, backdoor_trigger=TRIGGER,
+                               backdoor_target=BACKDOOR_TARGET, forget_ids=ids, **extra)  # fmt: skip
+            asr = attack_success_rate(model, test, TRIGGER, BACKDOOR_TARGET)
+            drop = acc_before - accuracy(model, test)
+            assert asr <= 0.10 and drop <= 0.03, (seed, bool(extra), asr, drop)

@@ -70,6 +70,7 @@ def test_nothing_kept_restores_the_weights_bit_for_bit():
     res = response_descent(
         model, data, response_anchors(model, data.retained), hopeless,
         nn.functional.cross_entropy, steps=20, lr=0.05, every=5, max_retain_drop=0.01,
+        patience=1,
     )  # fmt: skip
     assert not res.applied and "stopped after 5 steps, where retained accuracy fell" in res.reason
     assert res.outcome == "no_improvement"  # the floor ended it before any point improved
@@ -116,3 +117,29 @@ def test_masks_keep_unselected_entries_fixed_and_errors_restore():
 def test_response_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ResponseArguments(**kwargs)
+
+
+def test_a_dip_below_the_floor_is_never_kept_but_the_descent_goes_on():
+    """Retained accuracy below the floor for the first 3 scored points, then above it with
+    forgetting done: by default the descent goes on and keeps a later point; with patience
+    2 it stops in the dip and keeps nothing."""
+    model, data, add_x, x, y = _problem()
+    calls = []
+
+    def dip(m):
+        calls.append(1)
+        n = len(calls) - 1  # 0: the start
+        if n == 0:
+            return 1.0, 1.0
+        return (1.0, 0.5) if n <= 3 else (0.0, 1.0)
+
+    args = (data, response_anchors(model, data.retained), dip, nn.functional.cross_entropy)
+    res = response_descent(model, *args, steps=30, lr=0.05, every=5, max_retain_drop=0.01)
+    assert res.applied and res.best.radius_steps == 20 and res.best.retain_acc == 1.0
+    assert all(t.retain_acc == 0.5 for t in res.trials[:3])  # scored, never kept
+    calls.clear()
+    model2, data2, *_ = _problem()
+    args = (data2, response_anchors(model2, data2.retained), dip, nn.functional.cross_entropy)
+    stopped = response_descent(model2, *args, steps=30, lr=0.05, every=5, max_retain_drop=0.01,
+                               patience=2)  # fmt: skip
+    assert not stopped.applied and "2 scored point(s) in a row" in stopped.reason
