@@ -293,7 +293,8 @@ def _partial(d: dict | None) -> str:
     if "seeds" not in summary or summary["seeds"] >= 5:
         return ""
     tasks = ", ".join(summary.get("tasks", []))
-    return f" (partial: {summary['seeds']} seed(s) of 5; tasks measured: {tasks})"
+    measured = f"; tasks measured: {tasks}" if tasks else ""
+    return f" (partial: {summary['seeds']} seed(s) of 5{measured})"
 
 
 def solvers_section(d: dict | None) -> list[str]:
