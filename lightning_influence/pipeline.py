@@ -193,6 +193,8 @@ def run_unlearning(
         _announce(problem, settings, report, len(val))
     with timer("measure"):
         before = _with_mia(model, problem, problem.scorer.metrics(model))
+        for scorer in dict.fromkeys((problem.scorer, problem.search_scorer)):
+            scorer.remember_reference(model)  # a scorer's own floor, from the unchanged model
     best, candidates = _search_candidates(
         model, problem, settings, loss_fn, timer, show_progress, before
     )

@@ -44,6 +44,7 @@ from lightning_influence.step import (
     StepOutcome,
     StepResult,
     StepTrial,
+    guard_broken,
     restore_weights,
     weights_snapshot,
 )
@@ -160,8 +161,10 @@ def response_descent(
     result = StepResult(applied=False)
     try:
         with eval_mode(model):
-            f0, r0 = score_fn(model)
+            score = score_fn(model)
+            f0, r0 = score
             result.before = StepTrial(0.0, 0.0, f0, r0, float(forgetting_f1(f0, r0)))
+            result.before.guard_broken = guard_broken(score)
             reference = max(r0, retain_reference if retain_reference is not None else -math.inf)
             best_f1, best_state, best_trial = result.before.f1, None, None
             opt = torch.optim.Adam(list(named.values()), lr=lr)
@@ -183,7 +186,7 @@ def response_descent(
                     progress(len(result.trials), trial)
                 if trial.f1 < 0:
                     break
-                if trial.retain_acc < reference - max_retain_drop:
+                if trial.below(reference - max_retain_drop):
                     below += 1
                     if patience is not None and below >= patience:
                         result.outcome = StepOutcome.FLOOR
@@ -235,10 +238,12 @@ def _scored(
         moved = math.sqrt(
             sum(float((p - start[n]).double().pow(2).sum()) for n, p in named.items())
         )
-    f, r = score_fn(model)
+    score = score_fn(model)
+    f, r = score
     trial = _ResponseTrial(
         moved / size, moved, f, r, float(forgetting_f1(f, r)), radius_steps=taken
     )
+    trial.guard_broken = guard_broken(score)
     if not (math.isfinite(f) and math.isfinite(r)):
         trial.f1 = -1.0
     return trial

@@ -42,6 +42,7 @@ from lightning_influence.metrics import (
 )
 from lightning_influence.output_layer import OutputLayerInputs
 from lightning_influence.pool import Rows
+from lightning_influence.step import Score
 
 __all__ = [
     "FittedScorer",
@@ -106,6 +107,11 @@ class Scorer(ABC):
     def metrics(self, model: nn.Module) -> dict[str, float]:
         """The named values reported before and after unlearning."""
 
+    def remember_reference(self, model: nn.Module) -> None:
+        """Record what a floor of the scorer's own is measured from, at the unchanged
+        weights; called once before any step. The base class has no such floor."""
+        return None
+
     @contextmanager
     def only_moving(self, model: nn.Module, layer_name: str) -> Iterator[bool]:
         """Within the block, only ``layer_name``'s parameters change: a scorer may score
@@ -126,10 +132,11 @@ class SplitScorer(Scorer):
         forget_name: an extra metric key under which the forget accuracy is also reported
             (e.g. ``attack_success_rate`` for backdoor repair).
         guarded: bool ``[N]``, retained rows with a floor of their own (label change: the
-            validation rows of the relabelled rows' old classes). The first :meth:`score`
-            (the unchanged model, before any step) sets their reference accuracy; a later
-            score whose guarded accuracy falls more than ``guarded_drop`` below it reports
-            retained accuracy 0, below any floor, so the step is never kept.
+            validation rows of the relabelled rows' old classes).
+            :meth:`remember_reference` (the unchanged model, before any step) records their
+            accuracy; a later score whose guarded accuracy falls more than ``guarded_drop``
+            below it is a :class:`~lightning_influence.step.Score` with ``guard_broken``,
+            which the step search and the response descent never keep.
         guarded_drop: the guarded rows' budget.
     """
 
@@ -166,16 +173,20 @@ class SplitScorer(Scorer):
             return self._inputs.gather(self._recorded.logits())
         return self._inputs.logits(model)
 
-    def score(self, model: nn.Module) -> tuple[float, float]:
-        ok = self._logits(model).argmax(-1) == self.y
-        retained = float(ok[~self.mask].float().mean())
+    def _correct(self, model: nn.Module) -> Tensor:
+        return self._logits(model).argmax(-1) == self.y
+
+    def remember_reference(self, model: nn.Module) -> None:
         if self.guarded is not None:
+            self.guarded_reference = float(self._correct(model)[self.guarded].float().mean())
+
+    def score(self, model: nn.Module) -> Score:
+        ok = self._correct(model)
+        broken = False
+        if self.guarded is not None and self.guarded_reference is not None:
             guarded = float(ok[self.guarded].float().mean())
-            if self.guarded_reference is None:  # the first score: the unchanged model
-                self.guarded_reference = guarded
-            elif guarded < self.guarded_reference - self.guarded_drop:
-                retained = 0.0  # below any floor: the step search never keeps it
-        return float(ok[self.mask].float().mean()), retained
+            broken = guarded < self.guarded_reference - self.guarded_drop
+        return Score(ok[self.mask].float().mean(), ok[~self.mask].float().mean(), broken)
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         logits = self._inputs.logits(model)

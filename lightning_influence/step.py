@@ -37,6 +37,7 @@ from lightning_influence._modules import named_tensors
 from lightning_influence.metrics import forgetting_f1
 
 __all__ = [
+    "Score",
     "StepOutcome",
     "StepResult",
     "best_retained",
@@ -48,8 +49,30 @@ __all__ = [
     "restore_weights",
 ]
 
-#: ``score_fn(model) -> (forget_acc, retain_acc)`` on validation data.
+
+class Score(tuple):
+    """``(forget score, retained accuracy)``, unpacked as a pair, plus ``guard_broken``:
+    True when a floor of the scorer's own was broken (label change: the old labels' classes
+    fell more than their budget below their accuracy before). Such a point is treated as
+    below the retained-accuracy floor: never kept, and it ends a walk as the floor does,
+    while its true retained accuracy is recorded and logged."""
+
+    guard_broken: bool
+
+    def __new__(cls, forget: float, retained: float, guard_broken: bool = False) -> Score:
+        score = super().__new__(cls, (float(forget), float(retained)))
+        score.guard_broken = bool(guard_broken)
+        return score
+
+
+#: ``score_fn(model) -> (forget_acc, retain_acc)`` on validation data (a plain pair or a
+#: :class:`Score`).
 ScoreFn = Callable[[nn.Module], tuple[float, float]]
+
+
+def guard_broken(score: tuple[float, float]) -> bool:
+    """Whether a score function's answer broke a floor of the scorer's own (:class:`Score`)."""
+    return bool(getattr(score, "guard_broken", False))
 
 
 class StepOutcome(str, Enum):
@@ -82,6 +105,13 @@ class StepTrial:
     retain_acc: float
     f1: float
     round: int = 0
+    #: a floor of the scorer's own was broken (:class:`Score`): treated as below the floor
+    guard_broken: bool = False
+
+    def below(self, floor: float) -> bool:
+        """Whether this trial may not be kept: retained accuracy below ``floor``, or a
+        floor of the scorer's own broken."""
+        return self.retain_acc < floor or self.guard_broken
 
 
 @dataclass
@@ -109,7 +139,7 @@ def best_retained(results: Iterable[StepResult]) -> float:
     """The best finite retained accuracy of searches so far (before a step or at a trial):
     the floor of a search, and of every later round, is measured from it."""
     seen = [r.before.retain_acc for r in results if r.before is not None]
-    seen += [t.retain_acc for r in results for t in r.trials if t.f1 >= 0]
+    seen += [t.retain_acc for r in results for t in r.trials if t.f1 >= 0 and not t.guard_broken]
     return max(seen, default=-math.inf)
 
 
@@ -297,8 +327,11 @@ class _Search:
         return max(best_retained([self.result]), self.reference) - self.max_retain_drop
 
     def score_unchanged(self, reference: float | None = None) -> StepTrial:
-        fa, ra = self.score_fn(self.model)
-        self.result.before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
+        score = self.score_fn(self.model)
+        fa, ra = score
+        before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
+        before.guard_broken = guard_broken(score)
+        self.result.before = before
         if reference is not None:
             self.reference = reference
         return self.result.before
@@ -306,8 +339,10 @@ class _Search:
     def trial(self, radius: float) -> StepTrial:
         scale = radius * self.scale_ref
         apply_step(self.model, self.base, self.direction, scale)
-        f, r = self.score_fn(self.model)
+        score = self.score_fn(self.model)
+        f, r = score
         t = StepTrial(radius, scale, f, r, float(forgetting_f1(f, r)))
+        t.guard_broken = guard_broken(score)
         if not (math.isfinite(f) and math.isfinite(r)):
             t.f1 = -1.0
         self.result.trials.append(t)
@@ -324,11 +359,16 @@ def _walk(
     prev = 0.0
     for radius in grid:
         t = search.trial(radius)
-        if t.retain_acc < search.floor:
+        if t.below(search.floor):
             search.result.outcome = StepOutcome.FLOOR
+            what = (
+                f"retained accuracy fell below the floor {search.floor:.4f}"
+                if t.retain_acc < search.floor
+                else "the scorer's own floor was broken (label change: the old labels' classes)"
+            )
             search.result.reason = (
-                f"the walk stopped at radius {radius:.3g}, where retained accuracy fell below "
-                f"the floor {search.floor:.4f}; the largest step above the floor was searched"
+                f"the walk stopped at radius {radius:.3g}, where {what}; the largest step "
+                "above the floor was searched"
             )
             return None, prev, radius
         if t.forget_acc <= forget_target:
@@ -354,7 +394,7 @@ def _polish(search: _Search, grid: list[float]) -> None:
     best, worse = search.result.before.f1, 0
     for radius in grid:
         t = search.trial(radius)
-        if t.retain_acc < search.floor:
+        if t.below(search.floor):
             break
         worse = 0 if t.f1 > best else worse + 1
         best = max(best, t.f1)
@@ -369,7 +409,7 @@ def _bisect_floor(search: _Search, lo: float, hi: float, refine: int) -> None:
     stays above it, ``hi`` falls below): the most forgetting the budget allows."""
     for _ in range(refine):
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
-        if search.trial(mid).retain_acc >= search.floor:
+        if not search.trial(mid).below(search.floor):
             lo = mid
         else:
             hi = mid
@@ -383,9 +423,9 @@ def _extend(search: _Search, radii: list[float], f1_tolerance: float) -> None:
     """Walk on up ``radii`` while the F1 stays within ``f1_tolerance`` of the best so far and
     retained accuracy above the floor (``keep='largest'``)."""
     for radius in radii:
-        best = max(t.f1 for t in search.result.trials)
+        best = max(t.f1 for t in search.result.trials if not t.guard_broken)
         t = search.trial(radius)
-        if t.retain_acc < search.floor or t.f1 < best - f1_tolerance:
+        if t.below(search.floor) or t.f1 < best - f1_tolerance:
             return
 
 
@@ -399,7 +439,7 @@ def _keep_best(
     assert result.before is not None
     # A step whose retained accuracy collapsed is never kept, whatever its F1.
     floor = search.floor
-    valid = [t for t in result.trials if t.f1 >= 0 and t.retain_acc >= floor]
+    valid = [t for t in result.trials if t.f1 >= 0 and not t.below(floor)]
     best = max(valid, key=lambda t: (t.f1, -t.radius), default=None)
     # The unchanged model is the radius-0 candidate: within the tolerance of the best, it wins.
     if best is None or best.f1 - f1_tolerance <= result.before.f1:

@@ -321,9 +321,9 @@ def test_backdoor_completion_target_is_the_clean_victims_target_rate():
 
 
 def test_label_change_floors_the_old_classes_validation_accuracy():
-    """The first score (the unchanged model) sets the old classes' reference accuracy; a
-    later one that costs them more than old_class_drop reports retained accuracy 0, below
-    any floor, while a step that costs other classes as much is judged as before."""
+    """remember_reference (the unchanged model) records the old classes' accuracy; a later
+    score that costs them more than old_class_drop keeps its true retained accuracy and is
+    flagged guard_broken (never kept), while a step that costs other classes as much is not."""
     forget = Rows(torch.zeros(2, 1), torch.tensor([1, 1]), torch.tensor([0, 1]))  # old label 1
     val = Rows(torch.zeros(8, 1), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), torch.arange(10, 18))
     spec = LabelChange({0: 2, 1: 2})
@@ -338,11 +338,15 @@ def test_label_change_floors_the_old_classes_validation_accuracy():
             return nn.functional.one_hot(self.labels[: len(x)], 3).float()
 
     start = torch.tensor([1, 1, 0, 0, 0, 0, 1, 1, 1, 1])  # forget rows, then val rows
+    scorer.remember_reference(Fixed(start))
     assert scorer.score(Fixed(start)) == (1.0, 1.0)
+    assert not scorer.score(Fixed(start)).guard_broken
     one_old_lost = torch.tensor([2, 2, 0, 0, 0, 0, 2, 1, 1, 1])  # class 1: 1.0 -> 0.75
-    assert scorer.score(Fixed(one_old_lost)) == (0.0, 0.0)
+    lost = scorer.score(Fixed(one_old_lost))
+    assert lost == (0.0, 0.875) and lost.guard_broken  # the true retained accuracy, flagged
     one_other_lost = torch.tensor([2, 2, 2, 0, 0, 0, 1, 1, 1, 1])  # class 0 pays instead
-    assert scorer.score(Fixed(one_other_lost)) == (0.0, 0.875)
+    other = scorer.score(Fixed(one_other_lost))
+    assert other == (0.0, 0.875) and not other.guard_broken
     unguarded = LabelChange({0: 2, 1: 2})
     unguarded.old_class_drop = None
     plain = unguarded.scorer(val, forget)

@@ -9,6 +9,7 @@ from torch import nn
 from lightning_influence.batches import Batch
 from lightning_influence.response import ResponseData, response_anchors, response_descent
 from lightning_influence.settings import ResponseArguments
+from lightning_influence.step import Score
 
 
 def _problem(seed: int = 0):
@@ -143,3 +144,23 @@ def test_a_dip_below_the_floor_is_never_kept_but_the_descent_goes_on():
     stopped = response_descent(model2, *args, steps=30, lr=0.05, every=5, max_retain_drop=0.01,
                                patience=2)  # fmt: skip
     assert not stopped.applied and "2 scored point(s) in a row" in stopped.reason
+
+
+def test_a_point_that_breaks_the_scorers_own_floor_is_never_kept():
+    """The later points forget completely and raise retained accuracy but break the
+    scorer's own floor (a :class:`Score` with guard_broken): the descent keeps the best
+    unbroken point, and records the broken ones with their true retained accuracy."""
+    model, data, *_ = _problem()
+    calls = []
+
+    def guarded(m):
+        calls.append(1)
+        n = len(calls) - 1  # 0: the start
+        if n == 0:
+            return Score(1.0, 0.9)
+        return Score(0.5, 0.9) if n <= 2 else Score(0.0, 0.95, guard_broken=True)
+
+    args = (data, response_anchors(model, data.retained), guarded, nn.functional.cross_entropy)
+    res = response_descent(model, *args, steps=30, lr=0.05, every=5, max_retain_drop=0.01)
+    assert res.applied and res.best.radius_steps == 5 and not res.best.guard_broken
+    assert all(t.guard_broken and t.retain_acc == 0.95 for t in res.trials[2:])

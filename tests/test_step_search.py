@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_influence.step import StepOutcome, radius_grid, step_search
+from lightning_influence.step import Score, StepOutcome, radius_grid, step_search
 
 
 def _toy(score_of_radius):
@@ -80,6 +80,25 @@ def test_floor_is_measured_from_the_best_retained_accuracy_seen():
     # the best F1 of all trials, but lies below the floor measured from the peak
     full = max(res.trials, key=lambda t: t.f1)
     assert full.radius == pytest.approx(1.0) and full.f1 > res.best.f1 and res.radius < 0.75
+
+
+def test_a_scorers_own_floor_acts_as_the_retained_floor():
+    """Past radius 0.05 the scorer flags its own floor broken (label change: the old labels'
+    classes) while retained accuracy rises: the walk stops there as at the floor, the largest
+    unbroken step is kept, the flagged trials keep their true retained accuracy, and they do
+    not raise the floor of later trials."""
+
+    def score(r):
+        return Score(max(0.0, 1.0 - r), 0.9 + 0.05 * (r > 0.05), guard_broken=r > 0.05)
+
+    model, delta, _ = _toy(lambda r: (0.0, 0.0))
+    res = step_search(model, delta, lambda m: score(float(m.weight) - 1.0), steps=8,
+                      min_radius=1e-3, max_radius=5.0, refine=4, max_retain_drop=0.02)  # fmt: skip
+    broken = [t for t in res.trials if t.guard_broken]
+    assert broken and all(t.retain_acc == pytest.approx(0.95) for t in broken)
+    assert res.applied and not res.best.guard_broken and res.radius <= 0.05
+    assert res.outcome is StepOutcome.FLOOR and "scorer's own floor" in res.reason
+    assert float(model.weight) - 1.0 == pytest.approx(res.step_norm)
 
 
 def test_floor_is_measured_from_an_earlier_rounds_reference():
