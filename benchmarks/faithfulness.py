@@ -182,6 +182,11 @@ class Task:
         return TensorDataset(x, self.true_labels)
 
 
+#: tasks whose data, base model and retraining are another task's: only the methods that
+#: read what differs (the callback's arguments: the default and its variants) run again
+TWINS = {"backdoor_labels": "backdoor"}
+
+
 def _ids_where(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask).reshape(-1)
 
@@ -651,7 +656,7 @@ def _base_kind(task: Task) -> str:
     """Tasks that train on the same data share one base model."""
     if task.name in ("class", "random10", "random1"):
         return "clean"
-    return {"backdoor_labels": "backdoor"}.get(task.name, task.name)
+    return TWINS.get(task.name, task.name)
 
 
 def _epochs(task: Task) -> int | None:
@@ -663,7 +668,7 @@ def _retrain_kind(task: Task) -> str:
         return f"without_class{task.forget_class}"
     if task.name == "relabel":
         return "clean"  # the corrected set is the clean data
-    return f"retain_{ {'backdoor_labels': 'backdoor'}.get(task.name, task.name) }"
+    return f"retain_{TWINS.get(task.name, task.name)}"
 
 
 def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str, Any]:
@@ -695,6 +700,11 @@ def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str
             for method in ["retrain", "retrain'", *methods]:
                 if (name, seed, method) in done or not applies(method, name):
                     continue
+                twin = _twin_row(rows, name, seed, method)
+                if twin is not None:
+                    rows.append(twin)
+                    _print(twin)
+                    continue
                 try:
                     if method in retrains:
                         model, info = retrains[method]
@@ -713,6 +723,17 @@ def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str
     result = summarise(rows, commands, train_samples)
     write_json(out, result)
     return result
+
+
+def _twin_row(rows: list[dict[str, Any]], task: str, seed: int, method: str):
+    """The twin task's row of ``method`` on ``seed``, renamed to ``task`` (None when the
+    method reads the callback's arguments or the twin has not run it)."""
+    if task not in TWINS or method == "default" or method in VARIANTS:
+        return None
+    for r in rows:
+        if (r["task"], r["seed"], r["method"]) == (TWINS[task], seed, method):
+            return {**r, "task": task, "same_as": TWINS[task]}
+    return None
 
 
 #: notes carried in the result file (``--note``)

@@ -68,3 +68,15 @@ def test_every_method_runs_and_is_measured(base, task_name):
         assert summary["class_avg_gap_pp"] is not None
     else:
         assert summary["backdoor_asr_no_labels_minus_retrain"] is not None
+
+
+def test_a_twin_task_reuses_the_rows_that_do_not_read_its_arguments():
+    """backdoor_labels trains on backdoor's data, base and retraining: its baselines are
+    backdoor's rows renamed; the default (which reads the true labels) runs again."""
+    rows = [{"task": "backdoor", "seed": 1, "method": m, "ua": 0.5} for m in ("nothing", "default")]
+    twin = B._twin_row(rows, "backdoor_labels", 1, "nothing")
+    assert twin == {"task": "backdoor_labels", "seed": 1, "method": "nothing", "ua": 0.5,
+                    "same_as": "backdoor"}  # fmt: skip
+    assert B._twin_row(rows, "backdoor_labels", 1, "default") is None
+    assert B._twin_row(rows, "backdoor_labels", 2, "nothing") is None  # not run on that seed
+    assert B._twin_row(rows, "relabel", 1, "nothing") is None
