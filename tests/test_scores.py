@@ -16,6 +16,7 @@ import lightning_influence as li
 from lightning_influence import vectors as V
 from lightning_influence.curvature import trainable_params
 from lightning_influence.ekfac import (
+    factor_eigh,
     fisher_rows,
     fit_ekfac,
     kronecker_layers,
@@ -334,3 +335,30 @@ def test_self_influence_with_score_args_equals_keywords():
     a = li.self_influence(model, data, score_args=args)
     b = li.self_influence(model, data, curvature="gauss_newton", damping=0.1)
     assert torch.equal(a, b)
+
+
+def test_a_factor_whose_eigh_fails_is_decomposed_in_float64_then_with_jitter(monkeypatch):
+    """LAPACK failed to converge on ResNet-18's 4,608-wide float32 factors: factor_eigh
+    retries in float64, then with a growing diagonal jitter, and returns the factor's dtype."""
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 4, generator=gen)
+    factor = (m @ m.T).float()  # PSD, rank 4
+    real = torch.linalg.eigh
+    calls = []
+
+    def flaky(a):  # fails on float32 and on the first float64 attempt
+        calls.append(a.dtype)
+        if a.dtype == torch.float32 or len(calls) == 2:
+            raise torch.linalg.LinAlgError("failed to converge")
+        return real(a)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    vals, vecs = factor_eigh(factor)
+    assert calls == [torch.float32, torch.float64, torch.float64]  # native, float64, jitter
+    assert vals.dtype == vecs.dtype == torch.float32
+    rebuilt = (vecs.double() * vals.double()) @ vecs.double().T
+    assert torch.allclose(rebuilt, factor.double(), atol=1e-5)
+    monkeypatch.setattr(torch.linalg, "eigh", lambda a: (_ for _ in ()).throw(
+        torch.linalg.LinAlgError("no")))  # fmt: skip
+    with pytest.raises(torch.linalg.LinAlgError, match="NaN or inf"):
+        factor_eigh(factor)
