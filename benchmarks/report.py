@@ -178,6 +178,31 @@ GOALS = [  # (file, key path, comparison, goal, what)
 ]
 
 
+GOALS += [
+    (
+        "resnet.json",
+        ["summary", "max_task_seconds_over_epoch"],
+        "<=",
+        1.0,
+        "ResNet-18, 3,000 Fashion-MNIST images: slowest task default / one training epoch",
+    ),
+    (
+        "resnet.json",
+        ["summary", "max_extra_memory_gb"],
+        "<=",
+        2.0,
+        "ResNet-18: peak resident memory above the level before a task (GB)",
+    ),
+    (
+        "resnet.json",
+        ["summary", "self_influence_all_layers_seconds_over_epoch"],
+        "<=",
+        2.0,
+        "ResNet-18: li.self_influence(layers='all') / one training epoch",
+    ),
+]
+
+
 #: issue acceptance of benchmarks/faithfulness.py (key, comparison, goal, what)
 FAITHFULNESS_GOALS = [
     ("random10_avg_gap_pp", "<=", 1.0, "delete 10 % random samples: Avg. Gap to retrain (pp)"),
@@ -1025,6 +1050,62 @@ FAITHFULNESS_COLUMNS = [
 ]
 
 
+def resnet_section(d: dict | None) -> list[str]:
+    """A user's own model at a real size (benchmarks/resnet.py)."""
+    title = "## A user's own model: ResNet-18 on 3,000 Fashion-MNIST images, cost per task"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.resnet --resume`.", ""]
+    s = d["summary"]
+    out = [
+        title,
+        "",
+        d["setup"].replace("\n", " "),
+        "",
+        "Commands: " + "; ".join(f"`{c}`" for c in d["commands"]) + ".",
+        "",
+        f"One training epoch (one thread, measured as the tasks are): {s['epoch_seconds']:.1f} s "
+        f"wall, {s['epoch_cpu_seconds']:.1f} s CPU."
+        if s.get("epoch_seconds")
+        else "One training epoch: not measured.",
+        "",
+        "| task | variant | seconds | × epoch | CPU s | peak extra memory | stages (s) | "
+        "solve | applied | forget score | test before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    epoch = s.get("epoch_seconds")
+    for r in d["rows"]:
+        if r["task"] == "epoch":
+            continue
+        if r.get("timed_out"):
+            out.append(f"| {r['task']} | {r.get('variant') or 'default'} | > {r['seconds']:.0f} "
+                       f"(stopped) | > {r['seconds'] / epoch:.1f} |" if epoch else "|" + " |" * 10)  # fmt: skip
+            continue
+        if "error" in r:
+            continue
+        stages = ", ".join(
+            f"{k} {v:.0f}" for k, v in r.get("stage_seconds", {}).items() if k != "total" and v >= 1
+        )
+        solver = r.get("solver") or {}
+        solve = f"{solver.get('iterations')} it." if solver.get("iterations") is not None else ""
+        mem = r.get("peak_extra_bytes")
+        before, after = r.get("before") or {}, r.get("after") or {}
+        change = ", ".join(
+            f"{k} {before[k]:.3f} → {after[k]:.3f}"
+            for k in after
+            if k in before and k != "test_acc"
+        )
+        score = r.get("forget_score")
+        out.append(
+            f"| {r['task']} | {r.get('variant') or 'default'} | {r['seconds']:.1f} | "
+            f"{r['seconds'] / epoch:.2f} | {r.get('cpu_seconds', 0):.1f} | "
+            f"{mem / 2**30:.2f} GB | {stages} | {solve} | {r.get('applied', '')} | "
+            f"{'' if score is None else f'{score:.3f}'} | {change} |"
+            if epoch
+            else f"| {r['task']} | {r.get('variant') or 'default'} | {r['seconds']:.1f} |"
+        )
+    return out + [""] + [f"- {n}" for n in d.get("notes", [])] + [""]
+
+
 def faithfulness_section(
     d: dict | None, title: str = "Faithfulness to retraining: the field's measures"
 ) -> list[str]:
@@ -1120,6 +1201,7 @@ def build() -> str:
     )
     lines += corrections_section(load("corrections.json"))
     lines += scaling_section(load("scaling.json"))
+    lines += resnet_section(load("resnet.json"))
     lines += gpu_section(load("gpu.json"))
     lines += influence_section(load("influence.json"))
     return "\n".join(lines)
