@@ -129,6 +129,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif skip response": ({"response": {"skip_when_complete": True}}, {}),
     "gif no response": ({"response": {"steps": 0}}, {}),
     "gif no polish no response": ({"solve": {"polish": False}, "response": {"steps": 0}}, {}),
+    # the Hessian-subset sampler on the tasks whose curvature spans the network
+    "gif sampler random": ({"hessian": {"sampler": "random"}}, {}),
+    "gif sampler feature": ({"hessian": {"sampler": "feature"}}, {}),
 }
 METHODS = METHODS + tuple(VARIANTS)
 BASELINES = ("fine-tune", "random relabel", "gradient ascent", "salun", "scrub", "ssd")
