@@ -249,19 +249,56 @@ def _length(loader: Any) -> int | None:
 def _announce(
     problem: Problem, settings: UnlearnSettings, report: UnlearnReport, n_val: int
 ) -> None:
-    """One line, before the solves, of what the run will cost (in HVPs and trials)."""
+    """One line, before the solves, of what the run will cost: HVPs, trials, response steps,
+    and their sum as training epochs at most (:func:`worst_case_epochs`)."""
     hessian_rows = sum(len(b) for b in problem.hessian)
     s, st = settings.solve, settings.step
     candidates = len(settings.selection.ratios or [problem.ratio]) * len(problem.dampings)
     val = n_val if st.max_val_samples is None else min(n_val, st.max_val_samples)
     iterations = "" if s.solver == "dense" else f", up to {s.max_iter} solver iterations each"
+    cost = worst_case_epochs(problem, settings, report.pool_size, val, candidates)
+    epochs = (
+        ""
+        if cost is None
+        else (
+            f"; compute in training epochs: about {cost[1]:.2g} per solver iteration, "
+            f"at most about {cost[0]:.1f} in all"
+        )
+    )
     rank_zero_info(
         f"unlearn: {report.forget_size} forgotten of {report.pool_size} training samples; "
         f"Hessian on {hessian_rows} rows; {candidates} candidate(s) x {problem.rounds} "
         f"round(s){iterations} (each iteration: two products with the Hessian over those rows); "
         f"up to {st.steps + st.refine} step trials per round on {val} validation rows"
         + (f"; then {problem.response_steps} response steps" if problem.response_steps else "")
+        + epochs
     )
+
+
+def worst_case_epochs(
+    problem: Problem, settings: UnlearnSettings, pool_size: int, val: int, candidates: int
+) -> tuple[float, float] | None:
+    """``(at most, per solver iteration)``: a run's compute in training epochs (one forward
+    and backward pass over ``pool_size`` samples), for the announcement. It counts a
+    Hessian-vector product over a row as two backward passes, a scored validation row as a
+    third of a training row (a forward pass), every solver iteration up to ``max_iter``
+    (CGLS: two products; MINRES: one; solves usually stop well before) and every response
+    step. The dense solver is not estimated (None)."""
+    s, st = settings.solve, settings.step
+    if s.solver == "dense" or pool_size <= 0:
+        return None
+    hessian_rows = sum(len(b) for b in problem.hessian)
+    products = 2 if s.estimator == "gif" else 1
+    per_iteration = products * 2 * hessian_rows
+    solve = candidates * problem.rounds * (s.max_iter * per_iteration + hessian_rows)
+    search = candidates * problem.rounds * (st.steps + st.refine) * val / 3
+    response = 0.0
+    if problem.response is not None and problem.response_steps:
+        r = problem.response
+        step_rows = sum(len(group[0]) for group in (r.retained, r.add, r.remove) if group)
+        scored = problem.response_steps / max(settings.response.every, 1)
+        response = problem.response_steps * step_rows + scored * val / 3
+    return (solve + search + response) / pool_size, per_iteration / pool_size
 
 
 def _check_output(model: nn.Module, rows: Rows, device: torch.device) -> None:

@@ -316,3 +316,23 @@ def test_a_removed_class_does_not_come_back_after_five_fine_tuning_steps(digits,
         relearnt[keep] = relearn_accuracy(m, batches, target)
     assert relearnt["largest"] <= 0.05
     assert relearnt["smallest"] >= 0.3  # what the default did before: the measure can fail
+
+
+def test_the_run_says_up_front_what_it_will_cost_at_most(digits, model, caplog):
+    """The announcement ends with an upper estimate in training epochs; the work the run
+    reports (solver iterations, step trials, counted the estimate's way) lies within it."""
+    import logging
+    import re
+
+    train_loader, val_loader, _ = loaders(digits)
+    cb = UnlearnCallback(forget_ids=list(range(20)), progress_bar=True)
+    with caplog.at_level(logging.INFO):
+        report = cb.unlearn_model(model, train_loader, val_loader)
+    line = next(r.getMessage() for r in caplog.records if "unlearn:" in r.getMessage())
+    found = re.search(r"about ([0-9.e-]+) per solver iteration, at most about ([0-9.]+)", line)
+    per_iteration, at_most = float(found.group(1)), float(found.group(2))
+    n_val = len(val_loader.dataset)
+    solve = report.solver["iterations"] * 2 * 2 * report.hessian_size  # CGLS: two HVPs
+    done = (solve + len(report.trials) * n_val / 3) / report.pool_size
+    assert 0 < done <= at_most, (done, line)
+    assert per_iteration == pytest.approx(4 * report.hessian_size / report.pool_size, rel=0.05)
