@@ -132,6 +132,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # the Hessian-subset sampler on the tasks whose curvature spans the network
     "gif sampler random": ({"hessian": {"sampler": "random"}}, {}),
     "gif sampler feature": ({"hessian": {"sampler": "feature"}}, {}),
+    # cost: fewer solver iterations, a smaller Hessian subset (benchmarks/resnet.py)
+    "gif max_iter 10": ({"solve": {"max_iter": 10}}, {}),
+    "gif budget 32 max_iter 10": ({"hessian": {"budget": 32}, "solve": {"max_iter": 10}}, {}),
 }
 METHODS = METHODS + tuple(VARIANTS)
 BASELINES = ("fine-tune", "random relabel", "gradient ascent", "salun", "scrub", "ssd")
