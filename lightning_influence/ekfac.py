@@ -41,7 +41,6 @@ from lightning_influence._modules import model_device
 from lightning_influence.batches import Batch
 from lightning_influence.curvature import LossFn, default_loss, per_sample_loss
 from lightning_influence.forward import call_model, inputs_take, inputs_to, logits_of
-from lightning_influence.gradients import per_sample_gradients
 from lightning_influence.operators import ParamOperator
 from lightning_influence.vectors import ParamDict
 
@@ -150,10 +149,16 @@ def _weights(batch: Batch, dtype: torch.dtype, device: torch.device) -> Tensor:
     return batch.weights.to(device=device, dtype=dtype)
 
 
-def _covariance_pass(
+def per_sample_factors(
     model: nn.Module, loss_fn: LossFn, batch: Batch, layers: Mapping[str, KroneckerLayer]
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """One batch's weighted sums Σ w (1/T) Σₜ a aᵀ and Σ w Σₜ g gᵀ per layer (float64)."""
+    """Each row's layer inputs ``a`` ``[B, T, in(+1)]`` and the gradients of its own loss
+    with respect to the layer's outputs ``g`` ``[B, T, out]``, per covered layer.
+
+    A row's gradient of the layer's weight matrix (:func:`layer_matrix`) is ``gᵀ a`` (a sum
+    over the T positions): the factors hold every per-sample gradient of the block, at the
+    cost of one backward pass, and a rotation can use them without forming it.
+    """
     device = model_device(model)
     with torch.enable_grad(), _recording(layers) as seen:
         out = logits_of(call_model(model, inputs_to(batch.x, device)))
@@ -169,13 +174,22 @@ def _covariance_pass(
             calls[name] = records[0]
         outputs = [calls[n][1] for n in layers]
         grads = torch.autograd.grad(loss, outputs, allow_unused=True)
-    w = _weights(batch, torch.float64, device)
-    sums = {}
+    factors = {}
     for (name, layer), g in zip(layers.items(), grads, strict=True):
         x, y = calls[name]
-        a = layer_inputs(layer, x).double()
         g = torch.zeros_like(y) if g is None else g
-        go = layer_output_grads(layer, g.detach()).double()
+        factors[name] = (layer_inputs(layer, x), layer_output_grads(layer, g.detach()))
+    return factors
+
+
+def _covariance_pass(
+    model: nn.Module, loss_fn: LossFn, batch: Batch, layers: Mapping[str, KroneckerLayer]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """One batch's weighted sums Σ w (1/T) Σₜ a aᵀ and Σ w Σₜ g gᵀ per layer (float64)."""
+    w = _weights(batch, torch.float64, model_device(model))
+    sums = {}
+    for name, (a, go) in per_sample_factors(model, loss_fn, batch, layers).items():
+        a, go = a.double(), go.double()
         A = torch.einsum("n,nti,ntj->ij", w, a, a) / a.shape[1]
         S = torch.einsum("n,nti,ntj->ij", w, go, go)
         sums[name] = (A, S)
@@ -255,6 +269,22 @@ class EigenBlock:
         """Q_Sᵀ V Q_A for every vector V of a batched parameter dict."""
         m = layer_matrix(self.layer, vs).to(self.q_a.dtype)
         return self.q_s.T @ m @ self.q_a
+
+    def rotate_factors(self, a: Tensor, g: Tensor, factored: bool | None = None) -> Tensor:
+        """Q_Sᵀ Gₙ Q_A for the per-sample gradients Gₙ = gₙᵀ aₙ of :func:`per_sample_factors`.
+
+        ``(gₙ Q_S)ᵀ (aₙ Q_A)`` costs T (in² + out² + out·in) per row against
+        out·in·(out + in) for rotating the formed Gₙ: far less where T is small against the
+        layer's width (a Linear layer, T = 1; the last convolutions of a ResNet). ``None``
+        picks the cheaper; True / False force one (both give the same numbers).
+        """
+        a, g = a.to(self.q_a.dtype), g.to(self.q_s.dtype)
+        t, n_in, n_out = a.shape[1], a.shape[2], g.shape[2]
+        if factored is None:
+            factored = t * (n_in**2 + n_out**2 + n_out * n_in) < n_out * n_in * (n_out + n_in + t)
+        if factored:
+            return torch.einsum("nto,nti->noi", g @ self.q_s, a @ self.q_a)
+        return self.q_s.T @ torch.einsum("nto,nti->noi", g, a) @ self.q_a
 
     def unrotate(self, r: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
         """Q_S R Qᵀ_A back as the layer's parameters (shaped like ``like``)."""
@@ -339,9 +369,21 @@ class EKFACInverse(ParamOperator):
 
     def quadratic(self, vs: Mapping[str, Tensor]) -> Tensor:
         """vᵀ (F + λI)⁻¹ v for every vector of a batched dict, ``[k]`` float64 (one rotation)."""
+        return self._quadratic({name: b.rotate(vs) for name, b in self.base.blocks.items()})
+
+    def quadratic_of_rows(self, model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
+        """gᵀ (F + λI)⁻¹ g for every row's loss gradient g, ``[B]``: the same numbers as
+        :meth:`quadratic` of the per-sample gradients, rotated from
+        :func:`per_sample_factors` without forming them (self-influence on a ResNet: the
+        4,608-wide convolutions cost a tenth)."""
+        blocks = self.base.blocks
+        factors = per_sample_factors(model, loss_fn, batch, {n: b.layer for n, b in blocks.items()})
+        return self._quadratic({n: blocks[n].rotate_factors(*factors[n]) for n in blocks})
+
+    def _quadratic(self, rotated: Mapping[str, Tensor]) -> Tensor:
         total = None
-        for name, block in self.base.blocks.items():
-            r = block.rotate(vs)
+        for name, r in rotated.items():
+            block = self.base.blocks[name]
             part = (r**2 / (block.eigenvalues + self.damping[name])).sum(dim=(1, 2))
             total = part if total is None else total + part
         assert total is not None
@@ -465,9 +507,9 @@ EIGH_JITTER = (1e-10, 1e-8, 1e-6, 1e-4)
 def factor_eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
     """Eigenvalues and eigenvectors of a symmetric PSD Kronecker factor, in its dtype.
 
-    The LAPACK driver can fail to converge on a large, ill-conditioned factor in float32
-    (torchvision's ResNet-18: the 4,608-wide input factors of its last convolutions). Then
-    the factor is decomposed in float64, and if that fails too with a diagonal jitter of
+    The LAPACK driver can fail to converge on a large, ill-conditioned factor (torchvision's
+    ResNet-18: the 4,608-wide input factors of its last convolutions). Then the factor is
+    decomposed in float64 (if it was not), and if that fails too with a diagonal jitter of
     :data:`EIGH_JITTER` times its mean diagonal. A factor that converges the first time is
     decomposed exactly as before.
     """
@@ -479,7 +521,8 @@ def factor_eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
     work = (work + work.T) / 2
     scale = float(work.diagonal().abs().mean()) or 1.0
     eye = torch.eye(len(work), dtype=work.dtype, device=work.device)
-    for jitter in (0.0, *EIGH_JITTER):
+    retries = EIGH_JITTER if factor.dtype == torch.float64 else (0.0, *EIGH_JITTER)
+    for jitter in retries:
         try:
             vals, vecs = torch.linalg.eigh(work + jitter * scale * eye if jitter else work)
         except torch.linalg.LinAlgError:
@@ -500,13 +543,14 @@ def _correct_eigenvalues(
     chunk: int,
 ) -> None:
     """Λ = weighted mean of (Q_Sᵀ Gₙ Q_A)² over the rows' per-sample gradients, in place."""
-    names = [p for b in blocks.values() for p in b.layer.params]
+    layers = {name: b.layer for name, b in blocks.items()}
     sums = {name: torch.zeros_like(b.eigenvalues) for name, b in blocks.items()}
     for part in _chunks(batches, chunk):
-        grads = per_sample_gradients(model, loss_fn, part, names)
+        factors = per_sample_factors(model, loss_fn, part, layers)
         w = _weights(part, torch.float64, sums[next(iter(sums))].device)
         for name, block in blocks.items():
-            sums[name] += torch.einsum("n,nij->ij", w, block.rotate(grads) ** 2)
+            rotated = block.rotate_factors(*factors[name])
+            sums[name] += torch.einsum("n,nij->ij", w, rotated.double() ** 2)
     total = _total_weight(batches)
     for name, block in blocks.items():
         block.eigenvalues = sums[name] / total

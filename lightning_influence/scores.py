@@ -38,7 +38,7 @@ from lightning_influence.curvature import (
     default_loss,
     trainable_params,
 )
-from lightning_influence.ekfac import FISHERS, fisher_rows, fit_ekfac
+from lightning_influence.ekfac import FISHERS, EKFACInverse, fisher_rows, fit_ekfac
 from lightning_influence.forward import call_model, inputs_finite, inputs_take, inputs_to, logits_of
 from lightning_influence.gradients import flat_rows, per_sample_gradients
 from lightning_influence.loaders import data_pass
@@ -336,10 +336,18 @@ def _stream(
     model, loss_fn, train_data, names, args, show, desc
 ) -> Iterator[tuple[ParamDict, Tensor]]:
     """Per-sample gradients of the training data, chunk by chunk, with a progress bar."""
+    for batch, ids in _stream_batches(train_data, args, show, desc):
+        yield per_sample_gradients(model, loss_fn, batch, names), ids
+
+
+def _stream_batches(
+    train_data, args, show, desc: str = "self-influence"
+) -> Iterator[tuple[Batch, Tensor]]:
+    """The training data chunk by chunk, with a progress bar."""
     done = 0
     with _bar(show, _total(train_data), desc) as bar:
         for batch, ids in chunks(train_data, "train_data", args.batch_size):
-            yield per_sample_gradients(model, loss_fn, batch, names), ids
+            yield batch, ids
             done += len(batch)
             bar.advance(done, f"{done} samples")
 
@@ -454,6 +462,11 @@ def self_influence(
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
         parts, ids = [], []
+        if isinstance(inverse, EKFACInverse):  # rotate each row's factors, no gradient formed
+            for batch, chunk_ids in _stream_batches(train_data, args, progress_bar):
+                parts.append(inverse.quadratic_of_rows(model, loss_fn, batch).to(dtype))
+                ids.append(chunk_ids)
+            return _finish(parts, ids, return_ids)
         for g, chunk_ids in _stream(
             model, loss_fn, train_data, names, args, progress_bar, "self-influence"
         ):

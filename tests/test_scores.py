@@ -338,8 +338,8 @@ def test_self_influence_with_score_args_equals_keywords():
 
 
 def test_a_factor_whose_eigh_fails_is_decomposed_in_float64_then_with_jitter(monkeypatch):
-    """LAPACK failed to converge on ResNet-18's 4,608-wide float32 factors: factor_eigh
-    retries in float64, then with a growing diagonal jitter, and returns the factor's dtype."""
+    """LAPACK failed to converge on ResNet-18's 4,608-wide factors: factor_eigh retries in
+    float64 (a float32 factor), then with a growing diagonal jitter, in the factor's dtype."""
     gen = torch.Generator().manual_seed(0)
     m = torch.randn(6, 4, generator=gen)
     factor = (m @ m.T).float()  # PSD, rank 4
@@ -358,7 +358,45 @@ def test_a_factor_whose_eigh_fails_is_decomposed_in_float64_then_with_jitter(mon
     assert vals.dtype == vecs.dtype == torch.float32
     rebuilt = (vecs.double() * vals.double()) @ vecs.double().T
     assert torch.allclose(rebuilt, factor.double(), atol=1e-5)
+    calls.clear()
+
+    def first_fails(a):
+        calls.append(a.dtype)
+        if len(calls) == 1:
+            raise torch.linalg.LinAlgError("failed to converge")
+        return real(a)
+
+    monkeypatch.setattr(torch.linalg, "eigh", first_fails)
+    vals, _ = factor_eigh(factor.double())  # float64 already: straight to the jitter
+    assert calls == [torch.float64, torch.float64] and vals.dtype == torch.float64
     monkeypatch.setattr(torch.linalg, "eigh", lambda a: (_ for _ in ()).throw(
         torch.linalg.LinAlgError("no")))  # fmt: skip
     with pytest.raises(torch.linalg.LinAlgError, match="NaN or inf"):
         factor_eigh(factor)
+
+
+def test_rotating_the_factors_equals_rotating_the_formed_per_sample_gradients():
+    """Q_Sᵀ Gₙ Q_A from (gₙ Q_S)ᵀ (aₙ Q_A), both ways, equals the rotation of autograd's
+    per-sample gradients (a strided, padded conv and a Linear layer, float64); and so does
+    the self-influence quadratic computed from the factors."""
+    from lightning_influence.curvature import default_loss
+    from lightning_influence.ekfac import per_sample_factors
+
+    model = tiny_cnn()
+    model.conv.stride, model.conv.padding = (2, 2), (1, 1)
+    model.fc = nn.Linear(3, 3).double()
+    x, y = data_for(model, 10, seed=5)
+    batch = li.as_batches((x, y))[0]
+    op = fit_ekfac(model, None, fisher_rows(model, li.as_batches((x, y)), "sampled", seed=2))
+    grads = per_sample_gradients(model, default_loss, batch, op.params)
+    layers = {name: b.layer for name, b in op.blocks.items()}
+    factors = per_sample_factors(model, default_loss, batch, layers)
+    for name, block in op.blocks.items():
+        formed = block.rotate(grads)
+        for factored in (True, False, None):
+            got = block.rotate_factors(*factors[name], factored=factored)
+            assert torch.allclose(got, formed, atol=1e-12), (name, factored)
+    inverse = op.inverse(1e-3)
+    assert torch.allclose(
+        inverse.quadratic_of_rows(model, default_loss, batch), inverse.quadratic(grads), rtol=1e-10
+    )
