@@ -236,7 +236,9 @@ def _child(task: str, variant: str | None, seed: int, limit: float) -> dict[str,
     return json.loads(lines[-1])
 
 
-def summarise(rows: list[dict[str, Any]], commands: list[str]) -> dict[str, Any]:
+def summarise(
+    rows: list[dict[str, Any]], commands: list[str], notes: list[str] | None = None
+) -> dict[str, Any]:
     """The issue's measures over the default rows (variants are listed, not summarised)."""
     default = {r["task"]: r for r in rows if r.get("variant") is None}
     # the epoch as measured in a child of one thread, like the tasks (the base model's own
@@ -285,17 +287,19 @@ def summarise(rows: list[dict[str, Any]], commands: list[str]) -> dict[str, Any]
         "commands": commands,
         "setup": __doc__.split("Run (")[0].strip(),
         "machine": machine(),
+        "notes": list(notes or []),
         "summary": summary,
         "rows": rows,
     }
 
 
-def run(tasks, variant, seed, limit, resume, out) -> dict[str, Any]:
+def run(tasks, variant, seed, limit, resume, out, notes=()) -> dict[str, Any]:
     torch.set_num_threads(1)
     path = RESULTS / out
     old = json.loads(path.read_text()) if resume and path.exists() else {}
     rows = [r for r in old.get("rows", []) if "error" not in r]
     commands = old.get("commands", []) + ["python -m benchmarks.resnet " + " ".join(sys.argv[1:])]
+    notes = old.get("notes", []) + [n for n in notes if n not in old.get("notes", [])]
     done = {(r["task"], r.get("variant"), r["seed"]) for r in rows}
     base_model(data(seed), seed)  # train (or read) the base model before the timed children
     for task in tasks:
@@ -304,8 +308,8 @@ def run(tasks, variant, seed, limit, resume, out) -> dict[str, Any]:
         row = _child(task, variant, seed, limit)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "reason"}), flush=True)
-        write_json(out, summarise(rows, commands))
-    result = summarise(rows, commands)
+        write_json(out, summarise(rows, commands, notes))
+    result = summarise(rows, commands, notes)
     write_json(out, result)
     return result
 
@@ -322,12 +326,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out", default=RESULT)
+    p.add_argument("--note", action="append", default=[], help="a note kept in the result")
     p.add_argument("--one", choices=TASKS, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
         print(json.dumps(one(a.one, a.variant, a.seed)), flush=True)
         return
-    run(a.tasks, a.variant, a.seed, a.limit, a.resume, a.out)
+    run(a.tasks, a.variant, a.seed, a.limit, a.resume, a.out, a.note)
 
 
 if __name__ == "__main__":
