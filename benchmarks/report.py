@@ -1059,7 +1059,7 @@ def resnet_section(d: dict | None) -> list[str]:
     out = [
         title,
         "",
-        d["setup"].replace("\n", " "),
+        " ".join(d["setup"].split()),
         "",
         "Commands: " + "; ".join(f"`{c}`" for c in d["commands"]) + ".",
         "",
@@ -1077,8 +1077,9 @@ def resnet_section(d: dict | None) -> list[str]:
         if r["task"] == "epoch":
             continue
         if r.get("timed_out"):
+            ratio = f"> {r['seconds'] / epoch:.1f}" if epoch else ""
             out.append(f"| {r['task']} | {r.get('variant') or 'default'} | > {r['seconds']:.0f} "
-                       f"(stopped) | > {r['seconds'] / epoch:.1f} |" if epoch else "|" + " |" * 10)  # fmt: skip
+                       f"(stopped at the limit) | {ratio} | | not measured | | | | | |")  # fmt: skip
             continue
         if "error" in r:
             continue
