@@ -59,6 +59,7 @@ from lightning_influence.selection import named_layers, select_parameters, selec
 from lightning_influence.settings import UnlearnSettings
 from lightning_influence.solvers import ConvergenceWarning
 from lightning_influence.step import (
+    StepOutcome,
     StepResult,
     best_retained,
     restore_weights,
@@ -195,6 +196,9 @@ def run_unlearning(
         before = _with_mia(model, problem, problem.scorer.metrics(model))
         for scorer in dict.fromkeys((problem.scorer, problem.search_scorer)):
             scorer.remember_reference(model)  # a scorer's own floor, from the unchanged model
+        start_score = problem.search_scorer.score(model)[0]
+    if start_score <= problem.forget_target and not problem.polish:
+        return _nothing_to_do(report, problem, before, start_score, timer, device)
     best, candidates = _search_candidates(
         model, problem, settings, loss_fn, timer, show_progress, before
     )
@@ -205,6 +209,32 @@ def run_unlearning(
     report.forget_target = problem.forget_target
     report.complete = report.forget_score <= problem.forget_target
     _fill_outcome(report, best, candidates, before)
+    report.seconds = timer.total()
+    report.peak_memory_bytes, report.memory_kind = peak_memory(device)
+    return report
+
+
+def _nothing_to_do(
+    report: UnlearnReport,
+    problem: Problem,
+    before: dict[str, float],
+    score: float,
+    timer: StageTimer,
+    device: torch.device,
+) -> UnlearnReport:
+    """The report of a run whose forget score met the target before any solve: no
+    selection, solve or search runs and the weights are untouched (``solve.polish`` runs
+    them anyway). A model that never fitted what it is asked to forget (flipped labels it
+    did not learn, a class it never predicts) costs the reading and one score."""
+    report.forget_score, report.forget_target, report.complete = score, problem.forget_target, True
+    report.applied = False
+    report.outcome = StepOutcome.ALREADY_COMPLETE.value
+    report.reason = (
+        f"forgetting was complete before any step (validation forget score {score:.4g} <= "
+        f"target {problem.forget_target:g}): nothing to do, no solve was run "
+        "(solve.polish=True runs the search anyway)"
+    )
+    report.before, report.after = before, dict(before)
     report.seconds = timer.total()
     report.peak_memory_bytes, report.memory_kind = peak_memory(device)
     return report

@@ -336,3 +336,29 @@ def test_the_run_says_up_front_what_it_will_cost_at_most(digits, model, caplog):
     done = (solve + len(report.trials) * n_val / 3) / report.pool_size
     assert 0 < done <= at_most, (done, line)
     assert per_iteration == pytest.approx(4 * report.hessian_size / report.pool_size, rel=0.05)
+
+
+def test_nothing_is_solved_when_forgetting_is_complete_before_any_step(digits, model, tmp_path):
+    """A model that never predicts class 3 has nothing of it to forget: the run reports
+    already_complete, runs no selection, solve or search, leaves the weights, and the
+    Trainer's loggers still get the report."""
+    with torch.no_grad():
+        model.net.fc2.bias[3] = -1e4  # class 3 is never predicted
+    snap = snapshot(model)
+    train_loader, val_loader, _ = loaders(digits)
+    report = UnlearnCallback(forget_classes=[3], progress_bar=False).unlearn_model(
+        model, train_loader, val_loader
+    )
+    assert not report.applied and report.complete and report.outcome == "already_complete"
+    assert "no solve was run" in report.reason
+    assert not {"select", "solve", "search"} & set(report.seconds), report.seconds
+    assert report.after == report.before
+    assert_unchanged(model, snap)
+    cb = UnlearnCallback(forget_classes=[3], progress_bar=False)
+    trainer = L.Trainer(max_epochs=0, accelerator="cpu", logger=CSVLogger(tmp_path, name="logs"),
+                        callbacks=[cb], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(model, train_loader, val_loader)
+    assert cb.report is not None and cb.report.outcome == "already_complete"
+    logged = (Path(trainer.logger.log_dir) / "metrics.csv").read_text()
+    assert "unlearn/before_forget_acc" in logged
