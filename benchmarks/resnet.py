@@ -272,6 +272,9 @@ def summarise(
         "max_extra_memory_gb": max(mem) / 2**30 if mem else None,
         "self_influence_last_layer_seconds_over_epoch": over("self_last"),
         "self_influence_all_layers_seconds_over_epoch": over("self_all"),
+        "self_influence_all_layers_cpu_seconds_over_epoch": over(
+            "self_all", "cpu_seconds", epoch_cpu
+        ),
         "timed_out": sorted(r["task"] for r in default.values() if r.get("timed_out")),
         "outcomes": {
             t: {
