@@ -829,7 +829,7 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
             rs = [r for r in ok if r["task"] == t and r["method"] == m]
             keys = (
                 "avg_gap_pp", "ua", "mia_efficacy", "ra", "ta",
-                "relearn5", "relearn5_no_reset", "probe50", "asr", "seconds",
+                "relearn5", "relearn5_no_reset", "probe50", "asr", "seconds", "cpu_seconds",
             )  # fmt: skip
             cells.setdefault(t, {})[m] = {
                 k: mean_std([r[k] for r in rs if k in r]) for k in keys if any(k in r for r in rs)

@@ -267,6 +267,14 @@ FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
         "faithfulness_fashion_backdoor_levers.json",
         "Backdoor repair, full Fashion-MNIST: what the time goes to (response descent, rounds)",
     ),
+    (
+        "faithfulness_fashion_samplers.json",
+        "The Hessian-subset sampler on the tasks whose curvature spans the network (full Fashion-MNIST)",
+    ),
+    (
+        "faithfulness_fashion_cost.json",
+        "Cost levers on full Fashion-MNIST: fewer solver iterations, a smaller Hessian subset",
+    ),
 ]
 
 
@@ -1047,6 +1055,7 @@ FAITHFULNESS_COLUMNS = [
     ("probe50", "probe@50", 3),
     ("asr", "ASR", 3),
     ("seconds", "seconds", 1),
+    ("cpu_seconds", "CPU s", 1),
 ]
 
 
