@@ -34,6 +34,7 @@ from lightning_influence.figures import (
     takes_images,
 )
 from lightning_influence.forward import logits_of
+from lightning_influence.settings import _check_number
 
 __all__ = ["MarginCallback", "margins"]
 
@@ -77,12 +78,9 @@ class MarginCallback(pl.Callback):
     ) -> None:
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}.")
-        if (
-            isinstance(flag_share, bool)
-            or not isinstance(flag_share, (int, float))
-            or not (0.0 < flag_share <= 1.0)
-        ):
-            raise ValueError(f"flag_share must be a number in (0, 1], got {flag_share!r}.")
+        _check_number(flag_share, "flag_share")  # the settings' own check and message
+        if not 0.0 < flag_share <= 1.0:
+            raise ValueError(f"flag_share must be in (0, 1], got {flag_share!r}.")
         self.flag_share = float(flag_share)
         self.batch_parser, self.logits_fn, self.start_epoch = batch_parser, logits_fn, start_epoch
         self.sums = torch.zeros(0, dtype=torch.float64)

@@ -145,3 +145,17 @@ def test_score_histogram_counts_the_flagged_side():
     assert "3 at or below the cut" in fig.axes[0].get_title()
     fig = score_histogram_figure(torch.arange(10.0), cut=7.0, xlabel="self-influence", flag="above")
     assert "3 at or above the cut" in fig.axes[0].get_title()
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("0.1", "without quotes"),
+        (True, "must be a number"),
+        (0.0, r"in \(0, 1\]"),
+        (1.5, r"in \(0, 1\]"),
+    ],
+)
+def test_flag_share_is_checked_like_the_settings(value, match):
+    with pytest.raises(ValueError, match=match):
+        li.MarginCallback(flag_share=value)
