@@ -287,7 +287,9 @@ class SolveArguments:
         metadata=_help(
             "Rounds left after forgetting completes polish it: g and H at the new weights "
             "(the corrected objective's gradient, mostly the retained data's), a step kept "
-            "while validation F1 improves. Off: rounds stop once forgetting is complete."
+            "while validation F1 improves, and a run whose forget score meets the target "
+            "before any step searches anyway. Off: rounds stop once forgetting is complete, "
+            "and such a run stops before any solve."
         ),
     )
 
