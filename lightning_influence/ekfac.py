@@ -369,24 +369,26 @@ class EKFACInverse(ParamOperator):
 
     def quadratic(self, vs: Mapping[str, Tensor]) -> Tensor:
         """vᵀ (F + λI)⁻¹ v for every vector of a batched dict, ``[k]`` float64 (one rotation)."""
-        return self._quadratic({name: b.rotate(vs) for name, b in self.base.blocks.items()})
-
-    def quadratic_of_rows(self, model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
-        """gᵀ (F + λI)⁻¹ g for every row's loss gradient g, ``[B]``: the same numbers as
-        :meth:`quadratic` of the per-sample gradients, rotated from
-        :func:`per_sample_factors` without forming them (self-influence on a ResNet: the
-        4,608-wide convolutions cost a tenth)."""
-        blocks = self.base.blocks
-        factors = per_sample_factors(model, loss_fn, batch, {n: b.layer for n, b in blocks.items()})
-        return self._quadratic({n: blocks[n].rotate_factors(*factors[n]) for n in blocks})
-
-    def _quadratic(self, rotated: Mapping[str, Tensor]) -> Tensor:
         total = None
-        for name, r in rotated.items():
-            block = self.base.blocks[name]
+        for name, block in self.base.blocks.items():
+            r = block.rotate(vs)
             part = (r**2 / (block.eigenvalues + self.damping[name])).sum(dim=(1, 2))
             total = part if total is None else total + part
         assert total is not None
+        return total
+
+    def quadratic_of_rows(self, model: nn.Module, loss_fn: LossFn, batch: Batch) -> Tensor:
+        """gᵀ (F + λI)⁻¹ g for every row's loss gradient g, ``[B]`` float64: the same numbers
+        as :meth:`quadratic` of the per-sample gradients, rotated from
+        :func:`per_sample_factors` without forming them, layer by layer and a few rows at a
+        time (:func:`rotated_parts`), so that memory stays bounded whatever the batch."""
+        blocks = self.base.blocks
+        factors = per_sample_factors(model, loss_fn, batch, {n: b.layer for n, b in blocks.items()})
+        total = torch.zeros(len(batch), dtype=torch.float64, device=model_device(model))
+        for name, block in blocks.items():
+            scale = block.eigenvalues + self.damping[name]
+            for rows, r in rotated_parts(block, *factors.pop(name)):
+                total[rows] += (r**2 / scale).sum(dim=(1, 2)).to(total)
         return total
 
 
@@ -535,6 +537,23 @@ def factor_eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
+#: the most entries of rotated per-sample gradients held at once (float64: 512 MiB)
+ROTATED_ENTRIES = 2**26
+
+
+def rotated_parts(
+    block: EigenBlock, a: Tensor, g: Tensor, max_entries: int | None = None
+) -> Iterator[tuple[slice, Tensor]]:
+    """``(rows, Q_Sᵀ Gₙ Q_A for those rows)`` a few rows at a time: at most ``max_entries``
+    rotated entries each (a ResNet-18 convolution of 512 x 4,608 holds 2.4 M per row, so 128
+    rows at once took 2.4 GB a layer)."""
+    per_row = g.shape[2] * a.shape[2]
+    step = max(1, (max_entries or ROTATED_ENTRIES) // per_row)
+    for start in range(0, a.shape[0], step):
+        rows = slice(start, start + step)
+        yield rows, block.rotate_factors(a[rows], g[rows])
+
+
 def _correct_eigenvalues(
     model: nn.Module,
     loss_fn: LossFn,
@@ -549,8 +568,8 @@ def _correct_eigenvalues(
         factors = per_sample_factors(model, loss_fn, part, layers)
         w = _weights(part, torch.float64, sums[next(iter(sums))].device)
         for name, block in blocks.items():
-            rotated = block.rotate_factors(*factors[name])
-            sums[name] += torch.einsum("n,nij->ij", w, rotated.double() ** 2)
+            for rows, rotated in rotated_parts(block, *factors.pop(name)):
+                sums[name] += torch.einsum("n,nij->ij", w[rows], rotated.double() ** 2)
     total = _total_weight(batches)
     for name, block in blocks.items():
         block.eigenvalues = sums[name] / total

@@ -400,3 +400,27 @@ def test_rotating_the_factors_equals_rotating_the_formed_per_sample_gradients():
     assert torch.allclose(
         inverse.quadratic_of_rows(model, default_loss, batch), inverse.quadratic(grads), rtol=1e-10
     )
+
+
+def test_rotations_are_done_a_few_rows_at_a_time_with_the_same_numbers(monkeypatch):
+    """With room for 40 rotated entries per part (fewer than one row of the conv block),
+    the quadratic and the corrected eigenvalues are the same as in one part."""
+    import lightning_influence.ekfac as E
+    from lightning_influence.curvature import default_loss
+
+    model = tiny_cnn()
+    x, y = data_for(model, 9, seed=6)
+    batch = li.as_batches((x, y))[0]
+    rows = fisher_rows(model, li.as_batches((x, y)), "sampled", seed=3)
+    whole = fit_ekfac(model, None, rows)
+    expected = whole.inverse(1e-3).quadratic_of_rows(model, default_loss, batch)
+    monkeypatch.setattr(E, "ROTATED_ENTRIES", 40)
+    parts = [len(range(9)[r]) for r, _ in E.rotated_parts(next(iter(whole.blocks.values())),
+             *next(iter(E.per_sample_factors(model, default_loss, batch,
+                   {n: b.layer for n, b in whole.blocks.items()}).values())))]  # fmt: skip
+    assert len(parts) > 1 and sum(parts) == 9
+    split = fit_ekfac(model, None, rows)
+    for name, block in whole.blocks.items():
+        assert torch.allclose(split.blocks[name].eigenvalues, block.eigenvalues, rtol=1e-12)
+    got = split.inverse(1e-3).quadratic_of_rows(model, default_loss, batch)
+    assert torch.allclose(got, expected, rtol=1e-12)
