@@ -305,12 +305,19 @@ def _announce(
     )
 
 
+#: training passes (forward and backward) one Hessian-vector product costs per row: measured
+#: on torchvision's ResNet-18, 10 CGLS iterations (20 products) over 128 rows took 2.5
+#: epochs of 3,000 rows (benchmarks/resnet.py), i.e. about 3
+HVP_PASSES = 3
+
+
 def worst_case_epochs(
     problem: Problem, settings: UnlearnSettings, pool_size: int, val: int, candidates: int
 ) -> tuple[float, float] | None:
     """``(at most, per solver iteration)``: a run's compute in training epochs (one forward
     and backward pass over ``pool_size`` samples), for the announcement. It counts a
-    Hessian-vector product over a row as two backward passes, a scored validation row as a
+    Hessian-vector product over a row as :data:`HVP_PASSES` training passes, a scored
+    validation row as a
     third of a training row (a forward pass), every solver iteration up to ``max_iter``
     (CGLS: two products; MINRES: one; solves usually stop well before) and every response
     step. The dense solver is not estimated (None)."""
@@ -319,7 +326,7 @@ def worst_case_epochs(
         return None
     hessian_rows = sum(len(b) for b in problem.hessian)
     products = 2 if s.estimator == "gif" else 1
-    per_iteration = products * 2 * hessian_rows
+    per_iteration = products * HVP_PASSES * hessian_rows
     solve = candidates * problem.rounds * (s.max_iter * per_iteration + hessian_rows)
     search = candidates * problem.rounds * (st.steps + st.refine) * val / 3
     response = 0.0
