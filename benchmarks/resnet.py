@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning_influence as li
 from benchmarks.common import RESULTS, machine, write_json
 from benchmarks.faithfulness import RELABEL_FROM, RELABEL_TO, TARGET, TRIGGER
-from benchmarks.unlearning import PeakRSS
+from benchmarks.unlearning import PeakRSS, train_epoch
 
 RESULT = "resnet.json"
 CACHE = Path(__file__).parent / "cache" / "resnet"
@@ -97,15 +97,6 @@ def data(seed: int = 0) -> dict[str, Any]:
     }
 
 
-def _train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer) -> None:
-    model.train()
-    for x, y in loader:
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    model.eval()
-
-
 def base_model(d: dict[str, Any], seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """The trained base model (cached) and its epoch seconds (wall and CPU)."""
     path, meta = CACHE / f"base_seed{seed}.pt", CACHE / f"base_seed{seed}.json"
@@ -121,7 +112,7 @@ def base_model(d: dict[str, Any], seed: int = 0) -> tuple[nn.Module, dict[str, A
     wall, cpu = [], []
     for _ in range(EPOCHS):
         w, c = time.perf_counter(), time.process_time()
-        _train_epoch(model, loader, opt)
+        train_epoch(model, loader, opt)
         wall.append(time.perf_counter() - w)
         cpu.append(time.process_time() - c)
     info = {"epoch_seconds": wall, "epoch_cpu_seconds": cpu, "epochs": EPOCHS}
@@ -194,7 +185,7 @@ def one(task: str, variant: str | None, seed: int = 0) -> dict[str, Any]:
             if task == "epoch":  # one training epoch of the base model, as a user's next one
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
                 gen = torch.Generator().manual_seed(seed)
-                _train_epoch(model, DataLoader(d["train"], BATCH, shuffle=True, generator=gen), opt)
+                train_epoch(model, DataLoader(d["train"], BATCH, shuffle=True, generator=gen), opt)
             elif task.startswith("self"):
                 layers = "last" if task == "self_last" else "all"
                 scores = li.self_influence(model, train, layers=layers)
