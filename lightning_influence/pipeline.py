@@ -317,10 +317,9 @@ def worst_case_epochs(
     """``(at most, per solver iteration)``: a run's compute in training epochs (one forward
     and backward pass over ``pool_size`` samples), for the announcement. It counts a
     Hessian-vector product over a row as :data:`HVP_PASSES` training passes, a scored
-    validation row as a
-    third of a training row (a forward pass), every solver iteration up to ``max_iter``
-    (CGLS: two products; MINRES: one; solves usually stop well before) and every response
-    step. The dense solver is not estimated (None)."""
+    validation row as a third of one (a forward pass), every solver iteration up to
+    ``max_iter`` (CGLS: two products; MINRES: one; solves usually stop well before) and
+    every response step. The dense solver is not estimated (None)."""
     s, st = settings.solve, settings.step
     if s.solver == "dense" or pool_size <= 0:
         return None
