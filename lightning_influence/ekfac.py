@@ -387,8 +387,8 @@ class EKFACInverse(ParamOperator):
         total = torch.zeros(len(batch), dtype=torch.float64, device=model_device(model))
         for name, block in blocks.items():
             scale = block.eigenvalues + self.damping[name]
-            for rows, r in rotated_parts(block, *factors.pop(name)):
-                total[rows] += (r**2 / scale).sum(dim=(1, 2)).to(total)
+            for rows, r in rotated_parts(block, *factors.pop(name)):  # r is ours: in place
+                total[rows] += r.square_().div_(scale).sum(dim=(1, 2)).to(total)
         return total
 
 
@@ -537,7 +537,8 @@ def factor_eigh(factor: Tensor) -> tuple[Tensor, Tensor]:
     )
 
 
-#: the most entries of rotated per-sample gradients held at once (float64: 512 MiB)
+#: the most entries of rotated per-sample gradients held at once (float64: 512 MiB; they
+#: are squared and scaled in place, so no second copy is made)
 ROTATED_ENTRIES = 2**26
 
 
@@ -568,8 +569,8 @@ def _correct_eigenvalues(
         factors = per_sample_factors(model, loss_fn, part, layers)
         w = _weights(part, torch.float64, sums[next(iter(sums))].device)
         for name, block in blocks.items():
-            for rows, rotated in rotated_parts(block, *factors.pop(name)):
-                sums[name] += torch.einsum("n,nij->ij", w[rows], rotated.double() ** 2)
+            for rows, rotated in rotated_parts(block, *factors.pop(name)):  # in place: ours
+                sums[name] += torch.einsum("n,nij->ij", w[rows], rotated.double().square_())
     total = _total_weight(batches)
     for name, block in blocks.items():
         block.eigenvalues = sums[name] / total
