@@ -38,13 +38,11 @@ from torch import Tensor, nn
 from lightning_influence._modules import eval_mode
 from lightning_influence.batches import Batch
 from lightning_influence.forward import LossFn, call_model, logits_of
-from lightning_influence.metrics import forgetting_f1
 from lightning_influence.step import (
     ScoreFn,
     StepOutcome,
     StepResult,
     StepTrial,
-    guard_broken,
     restore_weights,
     weights_snapshot,
 )
@@ -161,10 +159,8 @@ def response_descent(
     result = StepResult(applied=False)
     try:
         with eval_mode(model):
-            score = score_fn(model)
-            f0, r0 = score
-            result.before = StepTrial(0.0, 0.0, f0, r0, float(forgetting_f1(f0, r0)))
-            result.before.guard_broken = guard_broken(score)
+            result.before = StepTrial.scored(0.0, 0.0, score_fn(model))
+            r0 = result.before.retain_acc
             reference = max(r0, retain_reference if retain_reference is not None else -math.inf)
             best_f1, best_state, best_trial = result.before.f1, None, None
             opt = torch.optim.Adam(list(named.values()), lr=lr)
@@ -238,13 +234,8 @@ def _scored(
         moved = math.sqrt(
             sum(float((p - start[n]).double().pow(2).sum()) for n, p in named.items())
         )
-    score = score_fn(model)
-    f, r = score
-    trial = _ResponseTrial(
-        moved / size, moved, f, r, float(forgetting_f1(f, r)), radius_steps=taken
-    )
-    trial.guard_broken = guard_broken(score)
-    if not (math.isfinite(f) and math.isfinite(r)):
+    trial = _ResponseTrial.scored(moved / size, moved, score_fn(model), radius_steps=taken)
+    if not (math.isfinite(trial.forget_acc) and math.isfinite(trial.retain_acc)):
         trial.f1 = -1.0
     return trial
 

@@ -108,6 +108,17 @@ class StepTrial:
     #: a floor of the scorer's own was broken (:class:`Score`): treated as below the floor
     guard_broken: bool = False
 
+    @classmethod
+    def scored(
+        cls, radius: float, step_norm: float, score: tuple[float, float], **extra: Any
+    ) -> StepTrial:
+        """A trial from a score function's answer: its F1, and ``guard_broken`` when the
+        answer is a :class:`Score` that says so."""
+        f, r = score
+        trial = cls(radius, step_norm, f, r, float(forgetting_f1(f, r)), **extra)
+        trial.guard_broken = guard_broken(score)
+        return trial
+
     def below(self, floor: float) -> bool:
         """Whether this trial may not be kept: retained accuracy below ``floor``, or a
         floor of the scorer's own broken."""
@@ -327,11 +338,7 @@ class _Search:
         return max(best_retained([self.result]), self.reference) - self.max_retain_drop
 
     def score_unchanged(self, reference: float | None = None) -> StepTrial:
-        score = self.score_fn(self.model)
-        fa, ra = score
-        before = StepTrial(0.0, 0.0, fa, ra, float(forgetting_f1(fa, ra)))
-        before.guard_broken = guard_broken(score)
-        self.result.before = before
+        self.result.before = StepTrial.scored(0.0, 0.0, self.score_fn(self.model))
         if reference is not None:
             self.reference = reference
         return self.result.before
@@ -339,11 +346,8 @@ class _Search:
     def trial(self, radius: float) -> StepTrial:
         scale = radius * self.scale_ref
         apply_step(self.model, self.base, self.direction, scale)
-        score = self.score_fn(self.model)
-        f, r = score
-        t = StepTrial(radius, scale, f, r, float(forgetting_f1(f, r)))
-        t.guard_broken = guard_broken(score)
-        if not (math.isfinite(f) and math.isfinite(r)):
+        t = StepTrial.scored(radius, scale, self.score_fn(self.model))
+        if not (math.isfinite(t.forget_acc) and math.isfinite(t.retain_acc)):
             t.f1 = -1.0
         self.result.trials.append(t)
         if self.progress is not None:
