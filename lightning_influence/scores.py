@@ -461,16 +461,15 @@ def self_influence(
     dtype = next(iter(trainable_params(model).values())).dtype
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
-        parts, ids = [], []
         if isinstance(inverse, EKFACInverse):  # rotate each row's factors, no gradient formed
-            for batch, chunk_ids in _stream_batches(train_data, args, progress_bar):
-                parts.append(inverse.quadratic_of_rows(model, loss_fn, batch).to(dtype))
-                ids.append(chunk_ids)
-            return _finish(parts, ids, return_ids)
-        for g, chunk_ids in _stream(
-            model, loss_fn, train_data, names, args, progress_bar, "self-influence"
-        ):
-            parts.append(_quadratic(inverse, g, names).to(dtype))
+            batches = _stream_batches(train_data, args, progress_bar)
+            quadratics = ((inverse.quadratic_of_rows(model, loss_fn, b), i) for b, i in batches)
+        else:
+            grads = _stream(model, loss_fn, train_data, names, args, progress_bar, "self-influence")
+            quadratics = ((_quadratic(inverse, g, names), i) for g, i in grads)
+        parts, ids = [], []
+        for q, chunk_ids in quadratics:
+            parts.append(q.to(dtype))
             ids.append(chunk_ids)
     return _finish(parts, ids, return_ids)
 
