@@ -297,6 +297,11 @@ def ms(cell: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
 
 
+def _commands(d: dict) -> str:
+    """A study's commands as inline code, ``; ``-separated (older files: one ``command``)."""
+    return "; ".join(f"`{c}`" for c in d.get("commands", [d.get("command", "")]))
+
+
 def goals_section(data: dict[str, dict | None]) -> list[str]:
     out = [
         "## Goals: met or missed",
@@ -591,9 +596,7 @@ def fashion_section(d: dict | None) -> list[str]:
     out = [
         title,
         "",
-        "Commands: "
-        + "; ".join(f"`{c}`" for c in d.get("commands", [d["command"]]))
-        + f". Recipe (base and retrained models alike): {d['recipe']}. "
+        "Commands: " + _commands(d) + f". Recipe (base and retrained models alike): {d['recipe']}. "
         f"Finished (class, seed) runs: {runs}. Test split; every method chooses its steps or "
         "epochs on validation data; seconds are wall time on this machine, one thread.",
         "",
@@ -683,10 +686,7 @@ def samplers_fashion_section(d: dict | None) -> list[str]:
     out = [
         title,
         "",
-        "Commands: "
-        + "; ".join(f"`{c}`" for c in d["commands"])
-        + ". "
-        + d["setup"].replace("\n", " "),
+        "Commands: " + _commands(d) + ". " + d["setup"].replace("\n", " "),
         "",
         "| class | sampler | budget | cosine to full-pool direction | test F1 | callback seconds | solve peak MiB (measured) |",
         "|---|---|---|---|---|---|---|",
@@ -739,9 +739,7 @@ def levers_section(d: dict | None) -> list[str]:
     out = [
         "## Levers of the default on full Fashion-MNIST",
         "",
-        "Commands: "
-        + "; ".join(f"`{c}`" for c in d.get("commands", [d["command"]]))
-        + ": `UnlearnCallback` variants on the same trained model, "
+        "Commands: " + _commands(d) + ": `UnlearnCallback` variants on the same trained model, "
         "test split, seconds measured while other jobs shared the 2 cores (compare them with "
         "each other, not with the table above). The retrained model is the reference.",
         "",
@@ -1070,7 +1068,7 @@ def resnet_section(d: dict | None) -> list[str]:
         "",
         " ".join(d["setup"].split()),
         "",
-        "Commands: " + "; ".join(f"`{c}`" for c in d["commands"]) + ".",
+        f"Commands: {_commands(d)}.",
         "",
         f"One training epoch (one thread, measured as the tasks are): {s['epoch_seconds']:.1f} s "
         f"wall, {s['epoch_cpu_seconds']:.1f} s CPU."
@@ -1126,7 +1124,7 @@ def faithfulness_section(
     out = [
         f"## {title}",
         "",
-        f"Commands: {'; '.join(f'`{c}`' for c in d['commands'])}. Training samples: "
+        f"Commands: {_commands(d)}. Training samples: "
         f"{s['train_samples']}; seeds: {s['seeds']}; seeds passing every task's acceptance: "
         f"{s['seeds_passing_every_task']}; retrain′ vs retrain (the noise floor): "
         f"{s['retrain_vs_retrain_avg_gap_pp'] or float('nan'):.2f} pp. Mean ± std over seeds, "
