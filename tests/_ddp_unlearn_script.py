@@ -39,3 +39,9 @@ if __name__ == "__main__":
         {"state": model.state_dict(), "applied": cb.report.applied, "radius": cb.report.radius},
         f"{out}/rank{trainer.global_rank}.pt",
     )
+    # shut the process group down before the interpreter exits: left to the exit, gloo's
+    # threads can abort the process ("terminate called without an active exception", -6)
+    # after the work is done and saved
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
