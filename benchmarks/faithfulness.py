@@ -818,6 +818,11 @@ PASS = {
 }
 
 
+def _max_by_task(goals: dict[str, list[dict[str, float]]], key: str) -> dict[str, float | None]:
+    """The largest ``key`` over each task's seeds (None where no seed has it)."""
+    return {t: max((g[key] for g in gs if key in g), default=None) for t, gs in goals.items()}
+
+
 def summarise(rows, commands, train_samples) -> dict[str, Any]:
     ok = [r for r in rows if "error" not in r]
     _with_gaps(ok)
@@ -872,6 +877,10 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
         "max_seconds_over_retrain": max(ratios) if ratios else None,
         # the same in CPU seconds (rows run since the 2026-12-07 session), immune to other jobs
         "max_cpu_seconds_over_retrain": max(cpu_ratios) if cpu_ratios else None,
+        # per task, the slowest seed's default: which task misses the time goal, and whether
+        # its CPU ratio is known (rows before the 2026-12-07 session have wall seconds only)
+        "seconds_over_retrain_by_task": _max_by_task(goals, "seconds_over_retrain"),
+        "cpu_seconds_over_retrain_by_task": _max_by_task(goals, "cpu_seconds_over_retrain"),
         "seeds_passing_every_task": len(passing),
         "retrain_vs_retrain_avg_gap_pp": statistics.fmean(retrain2) if retrain2 else None,
         "best_baseline_avg_gap_pp": {

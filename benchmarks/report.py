@@ -1114,6 +1114,19 @@ def resnet_section(d: dict | None) -> list[str]:
     return out + [""] + [f"- {n}" for n in d.get("notes", [])] + [""]
 
 
+def _time_by_task(s: dict) -> list[str]:
+    """One line: each task's default time over retraining's, slowest seed, wall and CPU."""
+    wall, cpu = s.get("seconds_over_retrain_by_task"), s.get("cpu_seconds_over_retrain_by_task")
+    if not wall:
+        return []
+    parts = [
+        f"{t} {w:.3f}x" + (f" ({cpu[t]:.3f}x CPU)" if cpu and cpu.get(t) is not None else "")
+        for t, w in wall.items()
+        if w is not None
+    ]
+    return [f"Default's time / retraining's, slowest seed, wall (CPU): {', '.join(parts)}.", ""]
+
+
 def faithfulness_section(
     d: dict | None, title: str = "Faithfulness to retraining: the field's measures"
 ) -> list[str]:
@@ -1133,6 +1146,7 @@ def faithfulness_section(
         "",
         *[f"- {n}" for n in d.get("notes", [])],
         *([""] if d.get("notes") else []),
+        *_time_by_task(s),
     ]
     for task, methods in d["cells"].items():
         cols = [c for c in FAITHFULNESS_COLUMNS if any(c[0] in m for m in methods.values())]

@@ -100,3 +100,24 @@ def test_a_twin_task_reuses_the_rows_that_do_not_read_its_arguments():
     assert B._twin_row(rows, "backdoor_labels", 1, "default") is None
     assert B._twin_row(rows, "backdoor_labels", 2, "nothing") is None  # not run on that seed
     assert B._twin_row(rows, "relabel", 1, "nothing") is None
+
+
+def test_time_ratios_are_reported_per_task_and_a_missing_cpu_time_shows_as_none():
+    """The slowest task must show in the summary even where its rows predate CPU timing:
+    a maximum over only the timed rows once hid the backdoor's 0.4x behind 0.05x."""
+
+    def row(task, method, seconds, cpu=None):
+        r = {"task": task, "seed": 0, "method": method, "seconds": seconds,
+             "ua": 0.1, "mia_efficacy": 0.1, "ra": 0.9, "ta": 0.9}  # fmt: skip
+        return r | ({} if cpu is None else {"cpu_seconds": cpu})
+
+    rows = [
+        row("random10", "retrain", 100.0, 100.0),
+        row("random10", "default", 5.0, 4.0),
+        row("random1", "retrain", 100.0),  # no CPU seconds: an older row
+        row("random1", "default", 40.0, 30.0),
+    ]
+    s = B.summarise(rows, ["test"], 240)["summary"]
+    assert s["seconds_over_retrain_by_task"] == {"random1": 0.4, "random10": 0.05}
+    assert s["cpu_seconds_over_retrain_by_task"] == {"random1": None, "random10": 0.04}
+    assert s["max_seconds_over_retrain"] == 0.4
