@@ -107,6 +107,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif budget": ({}, {"completion": "budget"}),
     "gif budget+response": ({"response": {"steps": 200}}, {"completion": "budget"}),
     "gif response": ({"response": {"steps": 200}}, {}),
+    "gif response 50": ({"response": {"steps": 50}}, {}),
     "gif all added": ({"hessian": {"added_budget": 1_000_000}}, {}),  # the default before 128
     "gif added 128": ({"hessian": {"added_budget": 128}}, {}),
     "gif added 128 rounds 3": ({"hessian": {"added_budget": 128}, "solve": {"rounds": 3}}, {}),
