@@ -57,6 +57,11 @@ VARIANTS: dict[str | None, dict[str, Any]] = {
     "no response": {"response": {"steps": 0}},
     "rounds 1 no response": {"solve": {"rounds": 1}, "response": {"steps": 0}},
 }
+#: levers of the self_last / self_all tasks: extra li.self_influence arguments
+SCORE_VARIANTS: dict[str, dict[str, Any]] = {
+    "projection 64": {"projection": 64},
+    "projection 16": {"projection": 16},
+}
 
 
 def resnet18() -> nn.Module:
@@ -188,7 +193,8 @@ def one(task: str, variant: str | None, seed: int = 0) -> dict[str, Any]:
                 train_epoch(model, DataLoader(d["train"], BATCH, shuffle=True, generator=gen), opt)
             elif task.startswith("self"):
                 layers = "last" if task == "self_last" else "all"
-                scores = li.self_influence(model, train, layers=layers)
+                args = SCORE_VARIANTS.get(variant or "", {})
+                scores = li.self_influence(model, train, layers=layers, **args)
                 row["scores"] = int(scores.numel())
             else:
                 cb = li.UnlearnCallback(seed=seed, progress_bar=False,
@@ -202,9 +208,34 @@ def one(task: str, variant: str | None, seed: int = 0) -> dict[str, Any]:
             row["seconds"] = time.perf_counter() - wall
             row["cpu_seconds"] = time.process_time() - cpu
     row["peak_extra_bytes"] = mem.extra_bytes
+    if task.startswith("self"):
+        row |= _found(scores, d, task, variant, seed)
     if measured:
         row["after"] = test_measures(model, task, d)
     return row
+
+
+def _found(scores: torch.Tensor, d: dict[str, Any], task: str, variant: str | None, seed: int):
+    """How well a self-influence ranking finds the corrupted rows (flipped and poisoned):
+    precision in its top k (k = their number), next to the loss-free baseline of chance; the
+    scores are cached so that a lever's ranking can be compared with the default's."""
+    corrupted = torch.cat([d["flips"], d["poisoned"]])
+    k = len(corrupted)
+    top = torch.topk(scores, k).indices
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(scores, CACHE / f"{task}_{(variant or 'default').replace(' ', '_')}_seed{seed}.pt")
+    out = {"corrupted_precision": float(torch.isin(top, corrupted).float().mean())}
+    default = CACHE / f"{task}_default_seed{seed}.pt"
+    if variant is not None and default.exists():
+        ref = torch.load(default, weights_only=True)
+        rank = lambda t: t.argsort().argsort().double()  # noqa: E731
+        out["spearman_to_default"] = float(
+            torch.corrcoef(torch.stack([rank(scores), rank(ref)]))[0, 1]
+        )
+        out["top_k_overlap_with_default"] = float(
+            torch.isin(top, torch.topk(ref, k).indices).float().mean()
+        )
+    return out
 
 
 def _child(task: str, variant: str | None, seed: int, limit: float) -> dict[str, Any]:
@@ -243,7 +274,8 @@ def summarise(
 
     unlearn = [t for t in ("class", "samples", "relabel", "backdoor") if t in default]
     lever_keys = ("task", "variant", "seconds", "cpu_seconds", "applied", "complete",
-                  "forget_score", "timed_out", "after")  # fmt: skip
+                  "forget_score", "timed_out", "after", "peak_extra_bytes", "corrupted_precision",
+                  "spearman_to_default", "top_k_overlap_with_default")  # fmt: skip
     levers = [
         {k: r.get(k) for k in lever_keys}
         | {"seconds_over_epoch": r["seconds"] / epoch if epoch and "seconds" in r else None}
@@ -311,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    p.add_argument("--variant", default=None, choices=[v for v in VARIANTS if v is not None])
+    p.add_argument("--variant", default=None,
+                   choices=[v for v in VARIANTS if v is not None] + list(SCORE_VARIANTS))  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--limit", type=float, default=900.0, help="seconds per task before it is stopped"

@@ -48,9 +48,11 @@ __all__ = [
     "FISHERS",
     "EKFACOperator",
     "KroneckerLayer",
+    "Projection",
     "fisher_rows",
     "fit_ekfac",
     "kronecker_layers",
+    "projections",
     "select_layers",
 ]
 
@@ -75,6 +77,84 @@ class KroneckerLayer:
     def params(self) -> list[str]:
         """The parameter names the layer's block covers."""
         return [self.weight] + ([self.bias] if self.bias else [])
+
+
+def layer_dims(layer: KroneckerLayer) -> tuple[int, int]:
+    """``(in, out)`` of the layer's factors: the width of its inputs ``a`` (a Conv2d's patch,
+    in·kh·kw; +1 with a bias) and of its output gradients ``g``."""
+    w = layer.module.weight
+    return w[0].numel() + (1 if layer.bias else 0), w.shape[0]
+
+
+@dataclass
+class Projection:
+    """Fixed random maps of one layer's inputs ``a`` and output gradients ``g`` to fewer
+    dimensions (LoGra-style: a per-sample gradient G = gᵀ a becomes P_S G P_Aᵀ without being
+    formed). ``None`` keeps that side whole. Entries are N(0, 1/k), so squared norms and
+    inner products of the projected gradients match the originals' in expectation.
+
+    Args:
+        p_a: ``[k_in, in]`` for the inputs, or ``None``.
+        p_s: ``[k_out, out]`` for the output gradients, or ``None``.
+    """
+
+    p_a: Tensor | None
+    p_s: Tensor | None
+
+    def factors(self, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """``a [B, T, in]``, ``g [B, T, out]`` projected (float64 where projected)."""
+        if self.p_a is not None:
+            a = a.to(self.p_a.dtype) @ self.p_a.T
+        if self.p_s is not None:
+            g = g.to(self.p_s.dtype) @ self.p_s.T
+        return a, g
+
+    def matrix(self, m: Tensor) -> Tensor:
+        """``[k, out, in]`` parameter matrices projected to ``[k, k_out, k_in]``."""
+        if self.p_s is not None:
+            m = self.p_s.to(m.dtype) @ m
+        if self.p_a is not None:
+            m = m @ self.p_a.T.to(m.dtype)
+        return m
+
+    def unmatrix(self, m: Tensor) -> Tensor:
+        """The transpose of :meth:`matrix`: ``[k, k_out, k_in]`` back to ``[k, out, in]``."""
+        if self.p_s is not None:
+            m = self.p_s.T.to(m.dtype) @ m
+        if self.p_a is not None:
+            m = m @ self.p_a.to(m.dtype)
+        return m
+
+
+def projections(
+    layers: Mapping[str, KroneckerLayer], size: int, seed: int = 0
+) -> dict[str, Projection]:
+    """A :class:`Projection` per layer: each side wider than ``size`` is mapped to ``size``
+    dimensions by a seeded Gaussian matrix (float64, on the layer's device); narrower sides
+    are kept whole.
+
+    Args:
+        layers: the covered layers.
+        size: the projected width (>= 1).
+        seed: the seed of the matrices (layer i draws from seed + i).
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"projection must be an integer >= 1 or None, got {size!r}.")
+    out = {}
+    for i, (name, layer) in enumerate(layers.items()):
+        gen = torch.Generator().manual_seed(seed + i)
+        device = layer.module.weight.device
+        n_in, n_out = layer_dims(layer)
+        p_a, p_s = (_gaussian(size, dim, gen, device) for dim in (n_in, n_out))
+        out[name] = Projection(p_a, p_s)
+    return out
+
+
+def _gaussian(size: int, dim: int, gen: torch.Generator, device: torch.device) -> Tensor | None:
+    """A ``[size, dim]`` N(0, 1/size) matrix, or ``None`` where ``dim <= size``."""
+    if dim <= size:
+        return None
+    return (torch.randn(size, dim, generator=gen, dtype=torch.float64) / size**0.5).to(device)
 
 
 def _conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
@@ -183,12 +263,19 @@ def per_sample_factors(
 
 
 def _covariance_pass(
-    model: nn.Module, loss_fn: LossFn, batch: Batch, layers: Mapping[str, KroneckerLayer]
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Batch,
+    layers: Mapping[str, KroneckerLayer],
+    projected: Mapping[str, Projection],
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """One batch's weighted sums Σ w (1/T) Σₜ a aᵀ and Σ w Σₜ g gᵀ per layer (float64)."""
+    """One batch's weighted sums Σ w (1/T) Σₜ a aᵀ and Σ w Σₜ g gᵀ per layer (float64; of
+    the projected factors where ``projected`` names the layer)."""
     w = _weights(batch, torch.float64, model_device(model))
     sums = {}
     for name, (a, go) in per_sample_factors(model, loss_fn, batch, layers).items():
+        if name in projected:
+            a, go = projected[name].factors(a, go)
         a, go = a.double(), go.double()
         A = torch.einsum("n,nti,ntj->ij", w, a, a) / a.shape[1]
         S = torch.einsum("n,nti,ntj->ij", w, go, go)
@@ -218,6 +305,7 @@ def kronecker_factors(
     batches: list[Batch],
     layers: Mapping[str, KroneckerLayer],
     chunk: int = 256,
+    projected: Mapping[str, Projection] | None = None,
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """The weighted means A and S of every covered layer (float64).
 
@@ -227,10 +315,11 @@ def kronecker_factors(
         batches: the curvature rows (their weights enter).
         layers: the covered layers.
         chunk: rows per forward/backward pass.
+        projected: the layers whose factors are projected first (:func:`projections`).
     """
     total: dict[str, tuple[Tensor, Tensor]] = {}
     for part in _chunks(batches, chunk):
-        for name, (A, S) in _covariance_pass(model, loss_fn, part, layers).items():
+        for name, (A, S) in _covariance_pass(model, loss_fn, part, layers, projected or {}).items():
             total[name] = (A, S) if name not in total else (total[name][0] + A, total[name][1] + S)
     n = _total_weight(batches)
     return {name: (A / n, S / n) for name, (A, S) in total.items()}
@@ -258,16 +347,20 @@ def _split(layer: KroneckerLayer, m: Tensor, like: Mapping[str, Tensor]) -> Para
 
 @dataclass
 class EigenBlock:
-    """One layer's eigenbases and (corrected) eigenvalues ``[out, in(+1)]``."""
+    """One layer's eigenbases and (corrected) eigenvalues ``[out, in(+1)]`` (with a
+    ``projection``: of the projected layer, ``[k_out, k_in]``; V enters as P_S V P_Aᵀ)."""
 
     layer: KroneckerLayer
     q_a: Tensor
     q_s: Tensor
     eigenvalues: Tensor
+    projection: Projection | None = None
 
     def rotate(self, vs: Mapping[str, Tensor]) -> Tensor:
         """Q_Sᵀ V Q_A for every vector V of a batched parameter dict."""
         m = layer_matrix(self.layer, vs).to(self.q_a.dtype)
+        if self.projection is not None:
+            m = self.projection.matrix(m)
         return self.q_s.T @ m @ self.q_a
 
     def rotate_factors(self, a: Tensor, g: Tensor, factored: bool | None = None) -> Tensor:
@@ -278,6 +371,8 @@ class EigenBlock:
         layer's width (a Linear layer, T = 1; the last convolutions of a ResNet). ``None``
         picks the cheaper; True / False force one (both give the same numbers).
         """
+        if self.projection is not None:
+            a, g = self.projection.factors(a, g)
         a, g = a.to(self.q_a.dtype), g.to(self.q_s.dtype)
         t, n_in, n_out = a.shape[1], a.shape[2], g.shape[2]
         if factored is None:
@@ -287,8 +382,12 @@ class EigenBlock:
         return self.q_s.T @ torch.einsum("nto,nti->noi", g, a) @ self.q_a
 
     def unrotate(self, r: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
-        """Q_S R Qᵀ_A back as the layer's parameters (shaped like ``like``)."""
-        return _split(self.layer, self.q_s @ r @ self.q_a.T, like)
+        """Q_S R Qᵀ_A back as the layer's parameters (shaped like ``like``; with a projection
+        P_Sᵀ Q_S R Qᵀ_A P_A, the transpose of :meth:`rotate`)."""
+        m = self.q_s @ r @ self.q_a.T
+        if self.projection is not None:
+            m = self.projection.unmatrix(m)
+        return _split(self.layer, m, like)
 
 
 class EKFACOperator(ParamOperator):
@@ -466,6 +565,8 @@ def fit_ekfac(
     correct: bool = True,
     chunk: int = 256,
     layers: str | Sequence[str] | None = None,
+    projection: int | None = None,
+    seed: int = 0,
 ) -> EKFACOperator:
     """Fit K-FAC factors on ``batches`` and (``correct=True``) EK-FAC's eigenvalues.
 
@@ -478,6 +579,13 @@ def fit_ekfac(
         chunk: rows per pass.
         layers: which covered layers enter (:func:`select_layers`): ``None`` all, ``"last"``
             the last one, or module names; the operator is zero on the others.
+        projection: project every layer's inputs and output gradients wider than this to
+            this many dimensions first (:func:`projections`; LoGra, Choe et al. 2024): the
+            factors are at most ``projection`` wide, so the eigendecompositions and the
+            per-sample rotations of wide layers cost a fraction, and the operator is the
+            curvature of the projected gradients, mapped back (Pᵀ (F̃ + λI)⁻¹ P). ``None``:
+            none.
+        seed: the seed of the projections.
 
     Raises:
         ValueError: when the model has no covered layer.
@@ -490,12 +598,14 @@ def fit_ekfac(
             "none. Use curvature='gauss_newton' (exact)."
         )
     layers = select_layers(covered, layers)
+    projected = {} if projection is None else projections(layers, projection, seed)
     blocks = {}
-    for name, (A, S) in kronecker_factors(model, loss_fn, batches, layers, chunk).items():
+    factors = kronecker_factors(model, loss_fn, batches, layers, chunk, projected)
+    for name, (A, S) in factors.items():
         a_vals, q_a = factor_eigh(A)
         s_vals, q_s = factor_eigh(S)
         kfac = torch.outer(s_vals.clamp_min(0), a_vals.clamp_min(0))
-        blocks[name] = EigenBlock(layers[name], q_a, q_s, kfac)
+        blocks[name] = EigenBlock(layers[name], q_a, q_s, kfac, projected.get(name))
     if correct:
         _correct_eigenvalues(model, loss_fn, batches, blocks, chunk)
     return EKFACOperator(blocks)
@@ -548,7 +658,7 @@ def rotated_parts(
     """``(rows, Q_Sᵀ Gₙ Q_A for those rows)`` a few rows at a time: at most ``max_entries``
     rotated entries each (a ResNet-18 convolution of 512 x 4,608 holds 2.4 M per row, so 128
     rows at once took 2.4 GB a layer)."""
-    per_row = g.shape[2] * a.shape[2]
+    per_row = block.q_s.shape[0] * block.q_a.shape[0]
     step = max(1, (max_entries or ROTATED_ENTRIES) // per_row)
     for start in range(0, a.shape[0], step):
         rows = slice(start, start + step)

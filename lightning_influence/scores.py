@@ -89,6 +89,15 @@ class ScoreArguments:
             "covered layer; or module names); the exact curvatures take all parameters"
         },
     )
+    projection: int | None = field(
+        default=None,
+        metadata={
+            "help": "(E)K-FAC: map each layer's inputs and output gradients wider than this to "
+            "this many dimensions with fixed random Gaussian matrices first (LoGra-style): "
+            "the scores become those of the projected gradients, and wide layers (a ResNet's "
+            "convolutions, layers='all') cost a fraction; None: no projection"
+        },
+    )
     sampler: str = field(
         default="logit",
         metadata={"help": "random | feature | logit: picks the curvature's subset"},
@@ -122,6 +131,18 @@ class ScoreArguments:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         get_sampler(self.sampler)  # raises for an unknown name
+        if self.projection is not None:
+            if isinstance(self.projection, bool) or not isinstance(self.projection, int):
+                raise ValueError(
+                    f"projection must be an integer >= 1 or None, got {self.projection!r}."
+                )
+            if self.projection < 1:
+                raise ValueError(f"projection must be >= 1 or None, got {self.projection}.")
+            if self.exact:
+                raise ValueError(
+                    f"projection={self.projection} projects (E)K-FAC's factors; "
+                    f"curvature={self.curvature!r} is an exact matrix. Use curvature='ekfac'."
+                )
         if self.layers not in (None, "all") and self.exact:
             raise ValueError(
                 f"layers={self.layers!r} selects (E)K-FAC blocks; curvature={self.curvature!r} "
@@ -254,7 +275,13 @@ def preconditioner(
     if not args.exact:
         rows = fisher_rows(model, hessian, fisher, args.seed, args.batch_size)
         ekfac = fit_ekfac(
-            model, loss_fn, rows, correct=args.curvature == "ekfac", layers=args.kronecker_layers
+            model,
+            loss_fn,
+            rows,
+            correct=args.curvature == "ekfac",
+            layers=args.kronecker_layers,
+            projection=args.projection,
+            seed=args.seed,
         )
         return ekfac.inverse(args.damping), ekfac.params
     names = list(trainable_params(model))
