@@ -102,11 +102,13 @@ class Projection:
     p_s: Tensor | None
 
     def factors(self, a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-        """``a [B, T, in]``, ``g [B, T, out]`` projected (float64 where projected)."""
+        """``a [B, T, in]``, ``g [B, T, out]`` projected, in their own dtype: the widest
+        tensors of the pass (a Conv2d's unfolded patches) are multiplied as they come, not
+        copied to float64 first (a sketch loses nothing to float32 rounding)."""
         if self.p_a is not None:
-            a = a.to(self.p_a.dtype) @ self.p_a.T
+            a = a @ self.p_a.T.to(a.dtype)
         if self.p_s is not None:
-            g = g.to(self.p_s.dtype) @ self.p_s.T
+            g = g @ self.p_s.T.to(g.dtype)
         return a, g
 
     def matrix(self, m: Tensor) -> Tensor:
