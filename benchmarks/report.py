@@ -291,6 +291,14 @@ FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
         "faithfulness_fashion_cost.json",
         "Cost levers on full Fashion-MNIST: fewer solver iterations, a smaller Hessian subset",
     ),
+    (
+        "faithfulness_fashion_random10_response.json",
+        "Sample removal with response descent (full Fashion-MNIST, random10)",
+    ),
+    (
+        "faithfulness_fashion_memorized.json",
+        "Memorised and 1 % random samples on full Fashion-MNIST",
+    ),
 ]
 
 
