@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -38,7 +39,15 @@ from lightning_influence.curvature import (
     default_loss,
     trainable_params,
 )
-from lightning_influence.ekfac import FISHERS, EKFACInverse, fisher_rows, fit_ekfac
+from lightning_influence.ekfac import (
+    FISHERS,
+    EKFACInverse,
+    fisher_rows,
+    fit_ekfac,
+    kronecker_layers,
+    layer_dims,
+    select_layers,
+)
 from lightning_influence.forward import call_model, inputs_finite, inputs_take, inputs_to, logits_of
 from lightning_influence.gradients import flat_rows, per_sample_gradients
 from lightning_influence.loaders import data_pass
@@ -273,6 +282,7 @@ def preconditioner(
             "with a custom loss_fn pass fisher='empirical'."
         )
     if not args.exact:
+        _announce_wide_layers(model, args)
         rows = fisher_rows(model, hessian, fisher, args.seed, args.batch_size)
         ekfac = fit_ekfac(
             model,
@@ -297,6 +307,35 @@ def preconditioner(
         return DenseMatrixOperator(inverse, H.params, symmetric=True), names
     op_class = GaussNewtonOperator if kind == "gauss_newton" else HessianOperator
     return KrylovInverse(op_class(model, loss_fn, hessian), damping, args.tol, args.max_iter), names
+
+
+#: a factor wider than this makes an unprojected EK-FAC slow enough to say so up front
+WIDE_FACTOR = 2048
+_ANNOUNCED: set[tuple[int, str]] = set()
+
+
+def _announce_wide_layers(model: nn.Module, args: ScoreArguments) -> None:
+    """Say before the fit when an unprojected EK-FAC meets a very wide layer, and the fix."""
+    if args.projection is not None:
+        return
+    covered = kronecker_layers(model)
+    if not covered:
+        return  # fit_ekfac says what to do
+    layers = select_layers(covered, args.kronecker_layers)
+    widths = {name: max(layer_dims(layer)) for name, layer in layers.items()}
+    wide = {n: w for n, w in widths.items() if w > WIDE_FACTOR}
+    if wide:
+        name, width = max(wide.items(), key=lambda nw: nw[1])
+        if (id(model), name) in _ANNOUNCED:  # once per model: an InfluenceCallback scores often
+            return
+        _ANNOUNCED.add((id(model), name))
+        rank_zero_info(
+            f"EK-FAC over {len(wide)} layer(s) with factors wider than {WIDE_FACTOR} (widest: "
+            f"{name!r}, {width}): their eigendecompositions and per-sample rotations grow with "
+            "the square of the width (ResNet-18, layers='all': about 40 training epochs of CPU "
+            "time). projection=64 sketches wide layers first (about 2 epochs there; see "
+            "'Projected EK-FAC' in docs/scores.md)."
+        )
 
 
 def _size(model: nn.Module) -> int:

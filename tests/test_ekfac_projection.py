@@ -157,3 +157,30 @@ def test_projected_self_influence_ranks_as_the_unprojected_one_on_digits(digits)
     k = len(full) // 20
     top = torch.topk(projected, k).indices
     assert float(torch.isin(top, torch.topk(full, k).indices).float().mean()) >= 0.85
+
+
+def test_a_very_wide_layer_is_announced_with_the_fix_before_the_fit(monkeypatch, caplog):
+    """Unprojected EK-FAC on a layer wider than WIDE_FACTOR says so, naming projection=;
+    with a projection, or narrow layers, it says nothing."""
+    import logging
+
+    import lightning_influence.scores as S
+
+    model = _model()
+    x, y = data_for(model, 8, seed=11)
+    monkeypatch.setattr(S, "WIDE_FACTOR", 4)  # the conv's 10-wide inputs, the fc's 5 outputs
+    monkeypatch.setattr(S, "_ANNOUNCED", set())
+    with caplog.at_level(logging.INFO):
+        li.self_influence(model, (x, y), layers="all")
+    said = [r.getMessage() for r in caplog.records if "projection=64" in r.getMessage()]
+    assert len(said) == 1 and "'conv', 10" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # once per model
+        li.self_influence(model, (x, y), layers="all")
+    assert not [r for r in caplog.records if "projection=64" in r.getMessage()]
+    with caplog.at_level(logging.INFO):
+        li.self_influence(model, (x, y), layers="all", projection=3)
+    monkeypatch.setattr(S, "WIDE_FACTOR", 2048)
+    with caplog.at_level(logging.INFO):
+        li.self_influence(model, (x, y), layers="all")
+    assert not [r for r in caplog.records if "projection=64" in r.getMessage()]
