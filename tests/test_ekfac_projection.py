@@ -184,3 +184,15 @@ def test_a_very_wide_layer_is_announced_with_the_fix_before_the_fit(monkeypatch,
     with caplog.at_level(logging.INFO):
         li.self_influence(model, (x, y), layers="all")
     assert not [r for r in caplog.records if "projection=64" in r.getMessage()]
+
+
+def test_projected_self_influence_is_the_diagonal_of_the_projected_scores():
+    """Both go through the same projected inverse (the query side is projected too)."""
+    model = _model()
+    x, y = data_for(model, 14, seed=12)
+    train = (x, y)
+    for layers in (None, "all"):
+        si = li.self_influence(model, train, layers=layers, projection=2, damping=0.1)
+        full = li.influence_scores(model, train, train, layers=layers, projection=2, damping=0.1)
+        assert torch.allclose(si, full.diagonal(), rtol=1e-10, atol=1e-12), layers
+        assert (si > 0).all()
