@@ -216,6 +216,18 @@ GOALS += [
         2.0,
         "ResNet-18: li.self_influence(layers='all') / one training epoch",
     ),
+    (
+        "resnet.json",
+        [
+            "summary",
+            "self_influence_all_layers_projected",
+            "projection 64",
+            "cpu_seconds_over_epoch",
+        ],
+        "<=",
+        2.0,
+        "ResNet-18: the same with projection=64 (a lever, not the default), CPU / epoch CPU",
+    ),
 ]
 
 
@@ -1126,6 +1138,16 @@ def resnet_section(d: dict | None) -> list[str]:
             for k in after
             if k in before and k != "test_acc"
         )
+        if r["task"].startswith("self"):  # a ranking: its agreement with the default's
+            change = ", ".join(
+                f"{label} {r[k]:.3f}"
+                for k, label in (
+                    ("spearman_to_default", "Spearman to default"),
+                    ("top_k_overlap_with_default", "top-k shared"),
+                    ("corrupted_precision", "corrupted rows in top k"),
+                )
+                if r.get(k) is not None
+            )
         score = r.get("forget_score")
         out.append(
             f"| {r['task']} | {r.get('variant') or 'default'} | {r['seconds']:.1f} | "

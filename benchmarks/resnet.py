@@ -296,6 +296,19 @@ def summarise(
         "self_influence_all_layers_cpu_seconds_over_epoch": over(
             "self_all", "cpu_seconds", epoch_cpu
         ),
+        # the projected EK-FAC lever (ScoreArguments.projection): its CPU time over the
+        # epoch's and its rank agreement with the default's scores
+        "self_influence_all_layers_projected": {
+            r["variant"]: {
+                "cpu_seconds_over_epoch": r["cpu_seconds"] / epoch_cpu if epoch_cpu else None,
+                "spearman_to_default": r.get("spearman_to_default"),
+                "top_k_overlap_with_default": r.get("top_k_overlap_with_default"),
+            }
+            for r in rows
+            if r["task"] == "self_all"
+            and (r.get("variant") or "").startswith("projection")
+            and "cpu_seconds" in r
+        },
         "timed_out": sorted(r["task"] for r in default.values() if r.get("timed_out")),
         "outcomes": {
             t: {
