@@ -785,6 +785,8 @@ def _task_goals(rows: list[dict[str, Any]], task: str, seed: int) -> dict[str, f
     if d is None or ref is None:
         return None
     out = {"avg_gap_pp": d["avg_gap_pp"], "seconds_over_retrain": d["seconds_over_retrain"]}
+    if nothing is not None:  # what doing nothing reaches on the same measure
+        out["nothing_avg_gap_pp"] = nothing["avg_gap_pp"]
     if "cpu_seconds_over_retrain" in d:
         out["cpu_seconds_over_retrain"] = d["cpu_seconds_over_retrain"]
     if task == "class":
@@ -870,6 +872,12 @@ def summarise(rows, commands, train_samples) -> dict[str, Any]:
         "random1_avg_gap_pp": mean("random1", "avg_gap_pp"),
         "memorized_avg_gap_pp": mean("memorized", "avg_gap_pp"),
         "memorized25_avg_gap_pp": mean("memorized25", "avg_gap_pp"),
+        # doing nothing on the same seeds: a goal that it also meets proves nothing
+        "nothing_avg_gap_pp": {
+            t: mean(t, "nothing_avg_gap_pp")
+            for t in ("random10", "random1", "memorized", "memorized25")
+            if mean(t, "nothing_avg_gap_pp") is not None
+        },
         "backdoor_asr_no_labels_minus_retrain": mean("backdoor", "asr_minus_retrain"),
         "backdoor_clean_acc_drop": mean("backdoor", "clean_acc_drop"),
         "backdoor_labels_asr_minus_retrain": mean("backdoor_labels", "asr_minus_retrain"),

@@ -235,6 +235,13 @@ GOALS += [
 FAITHFULNESS_GOALS = [
     ("random10_avg_gap_pp", "<=", 1.0, "delete 10 % random samples: Avg. Gap to retrain (pp)"),
     ("memorized_avg_gap_pp", "<=", 5.0, "delete memorised samples: Avg. Gap to retrain (pp)"),
+    (
+        "nothing_avg_gap_pp.memorized",
+        ">",
+        5.0,
+        "delete memorised samples: doing nothing's Avg. Gap (at most 5.0: the goal above proves "
+        "nothing, the model never fitted the flipped labels)",
+    ),
     ("class_avg_gap_pp", "<=", 0.5, "class removal: Avg. Gap to retrain (pp)"),
     (
         "class_relearn5_minus_retrain",
@@ -249,7 +256,13 @@ FAITHFULNESS_GOALS = [
     ("max_seconds_over_retrain", "<=", 0.05, "slowest task default: time / retraining's"),
 ]
 GOALS += [
-    ("faithfulness_fashion.json", ["summary", key], op, goal, f"full Fashion-MNIST, {what}")
+    (
+        "faithfulness_fashion.json",
+        ["summary", *key.split(".")],
+        op,
+        goal,
+        f"full Fashion-MNIST, {what}",
+    )  # fmt: skip
     for key, op, goal, what in FAITHFULNESS_GOALS
 ]
 

@@ -121,3 +121,6 @@ def test_time_ratios_are_reported_per_task_and_a_missing_cpu_time_shows_as_none(
     assert s["seconds_over_retrain_by_task"] == {"random1": 0.4, "random10": 0.05}
     assert s["cpu_seconds_over_retrain_by_task"] == {"random1": None, "random10": 0.04}
     assert s["max_seconds_over_retrain"] == 0.4
+    rows.append(row("random10", "nothing", 0.0, 0.0) | {"ua": 0.2})
+    s = B.summarise(rows, ["test"], 240)["summary"]
+    assert s["nothing_avg_gap_pp"] == {"random10": pytest.approx(2.5)}  # (0.2 - 0.1) / 4
