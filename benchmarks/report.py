@@ -321,8 +321,8 @@ FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
         "Sample removal with response descent (full Fashion-MNIST, random10)",
     ),
     (
-        "faithfulness_fashion_memorized.json",
-        "Memorised and 1 % random samples on full Fashion-MNIST",
+        "faithfulness_fashion_memorized25.json",
+        "Memorised samples on full Fashion-MNIST, 25 fixed epochs (the flips fitted)",
     ),
 ]
 
