@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import Batch, as_batches, iter_batches
@@ -180,8 +180,12 @@ def chunks(data: Any, name: str, size: int) -> Iterator[tuple[Batch, Tensor]]:
 
     A DataLoader is read in dataset order (its sampler's indices, shuffling undone, see
     :func:`~lightning_influence.loaders.data_pass`); ids are the batches' own, else the
-    dataset index, else the running position.
+    dataset index, else the running position. A map-style Dataset is read through a
+    DataLoader of ``size`` rows, so its samples are batched, not taken as batches (an
+    IterableDataset is read as it comes: it may yield whole batches).
     """
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        data = DataLoader(data, batch_size=size)
     dp = data_pass(data) if isinstance(data, DataLoader) else None
     start = 0
     for batch in iter_batches(dp if dp is not None else data, name):
