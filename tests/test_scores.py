@@ -424,3 +424,23 @@ def test_rotations_are_done_a_few_rows_at_a_time_with_the_same_numbers(monkeypat
         assert torch.allclose(split.blocks[name].eigenvalues, block.eigenvalues, rtol=1e-12)
     got = split.inverse(1e-3).quadratic_of_rows(model, default_loss, batch)
     assert torch.allclose(got, expected, rtol=1e-12)
+
+
+def test_a_dataset_is_batched_not_taken_as_batches(digits):
+    """li.self_influence(model, TensorDataset) once failed ("x and y must have the same
+    number of samples": each sample was read as a batch); it now gives the scores of the
+    same rows as the tensors or a DataLoader do."""
+    from torch.utils.data import DataLoader, Subset
+
+    from lightning_influence.demos.models import ImageClassifier
+
+    train = Subset(digits[0], range(40))
+    torch.manual_seed(0)
+    model = ImageClassifier(num_classes=10, image_size=8).eval()
+    x = torch.stack([train[i][0] for i in range(len(train))])
+    y = torch.tensor([int(train[i][1]) for i in range(len(train))])
+    expected = li.self_influence(model, (x, y))
+    assert torch.allclose(li.self_influence(model, train), expected, rtol=1e-5)
+    assert torch.allclose(
+        li.self_influence(model, DataLoader(train, batch_size=7)), expected, rtol=1e-5
+    )
