@@ -218,31 +218,21 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [v for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else None
 
+    aum, loss, oracle = (mean("precision", m) for m in ("aum", "loss", "clean_model_loss"))
+    recovered = {name: mean(f"{name}_recovered") for name in FIXES}
+    fixes = [v for n, v in recovered.items() if not n.startswith("fine_tune") and v is not None]
+    control = recovered["fine_tune_noisy"]
     return {
         "seeds": len(rows),
-        "fashion_full_aum_precision": mean("precision", "aum"),
-        "fashion_full_loss_precision": mean("precision", "loss"),
-        "fashion_full_aum_minus_loss_precision": (
-            mean("precision", "aum") - mean("precision", "loss") if rows else None
-        ),
-        "fashion_full_oracle_precision": mean("precision", "clean_model_loss"),
-        "fashion_full_oracle_minus_loss_precision": (
-            mean("precision", "clean_model_loss") - mean("precision", "loss")
-            if rows and mean("precision", "clean_model_loss") is not None
-            else None
-        ),
-        **{f"find_fix_{name}_recovered": mean(f"{name}_recovered") for name in FIXES},
+        "fashion_full_aum_precision": aum,
+        "fashion_full_loss_precision": loss,
+        "fashion_full_aum_minus_loss_precision": aum - loss if rows else None,
+        "fashion_full_oracle_precision": oracle,
+        "fashion_full_oracle_minus_loss_precision": None if oracle is None else oracle - loss,
+        **{f"find_fix_{name}_recovered": v for name, v in recovered.items()},
         # what a fix wins over the control that trains as long without reviewing anything
         "find_fix_best_minus_fine_tune_noisy_recovered": (
-            max(
-                v
-                for n in FIXES
-                if not n.startswith("fine_tune")
-                if (v := mean(f"{n}_recovered")) is not None
-            )
-            - mean("fine_tune_noisy_recovered")
-            if rows and mean("fine_tune_noisy_recovered") is not None
-            else None
+            max(fixes) - control if fixes and control is not None else None
         ),
     }
 

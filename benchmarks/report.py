@@ -346,6 +346,12 @@ def ms(cell: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
 
 
+def _notes(d: dict) -> list[str]:
+    """A study's notes as a markdown list and a blank line (nothing without notes)."""
+    notes = d.get("notes", [])
+    return [*(f"- {n}" for n in notes), ""] if notes else []
+
+
 def _commands(d: dict) -> str:
     """A study's commands as inline code, ``; ``-separated (older files: one ``command``)."""
     return "; ".join(f"`{c}`" for c in d.get("commands", [d.get("command", "")]))
@@ -1203,8 +1209,7 @@ def faithfulness_section(
         "every number on test data (UA, MIA-efficacy on the forget set, RA on retained "
         "training data); every method picks its steps on validation data.",
         "",
-        *[f"- {n}" for n in d.get("notes", [])],
-        *([""] if d.get("notes") else []),
+        *_notes(d),
         *_time_by_task(s),
     ]
     for task, methods in d["cells"].items():
@@ -1235,8 +1240,7 @@ def find_fix_section(d: dict | None) -> list[str]:
         "precision with k = the number of flips; test accuracy; `recovered` = (fixed − noisy) / "
         "(clean retrain − noisy).",
         "",
-        *[f"- {n}" for n in d.get("notes", [])],
-        *([""] if d.get("notes") else []),
+        *_notes(d),
         "| ranking | top-k precision |",
         "|---|---|",
     ]
@@ -1246,8 +1250,7 @@ def find_fix_section(d: dict | None) -> list[str]:
     for name in rows[0]["test_acc"]:
         acc = mean_std([r["test_acc"][name] for r in rows if name in r["test_acc"]])
         rec = [r[f"{name}_recovered"] for r in rows if r.get(f"{name}_recovered") is not None]
-        secs = [r["seconds"][k] for r in rows for k in (f"fix_{name}", f"unlearn_{name}")
-                if k in r["seconds"]]  # fmt: skip
+        secs = [r["seconds"][f"fix_{name}"] for r in rows if f"fix_{name}" in r["seconds"]]
         out.append(
             f"| {name} | {ms(acc, 4)} | {ms(mean_std(rec), 2) if rec else '–'} | "
             f"{ms(mean_std(secs), 0) if secs else '–'} |"

@@ -128,6 +128,12 @@ class Projection:
         return m
 
 
+def check_projection(size: object) -> None:
+    """Raise ``ValueError`` unless ``size`` is an integer >= 1 (a projection's width)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"projection must be an integer >= 1 or None, got {size!r}.")
+
+
 def projections(
     layers: Mapping[str, KroneckerLayer], size: int, seed: int = 0
 ) -> dict[str, Projection]:
@@ -140,8 +146,7 @@ def projections(
         size: the projected width (>= 1).
         seed: the seed of the matrices (layer i draws from seed + i).
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"projection must be an integer >= 1 or None, got {size!r}.")
+    check_projection(size)
     out = {}
     for i, (name, layer) in enumerate(layers.items()):
         gen = torch.Generator().manual_seed(seed + i)

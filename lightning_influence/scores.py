@@ -42,6 +42,7 @@ from lightning_influence.curvature import (
 from lightning_influence.ekfac import (
     FISHERS,
     EKFACInverse,
+    check_projection,
     fisher_rows,
     fit_ekfac,
     kronecker_layers,
@@ -141,12 +142,7 @@ class ScoreArguments:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         get_sampler(self.sampler)  # raises for an unknown name
         if self.projection is not None:
-            if isinstance(self.projection, bool) or not isinstance(self.projection, int):
-                raise ValueError(
-                    f"projection must be an integer >= 1 or None, got {self.projection!r}."
-                )
-            if self.projection < 1:
-                raise ValueError(f"projection must be >= 1 or None, got {self.projection}.")
+            check_projection(self.projection)
             if self.exact:
                 raise ValueError(
                     f"projection={self.projection} projects (E)K-FAC's factors; "
@@ -326,8 +322,7 @@ def _announce_wide_layers(model: nn.Module, args: ScoreArguments) -> None:
     if not covered:
         return  # fit_ekfac says what to do
     layers = select_layers(covered, args.kronecker_layers)
-    widths = {name: max(layer_dims(layer)) for name, layer in layers.items()}
-    wide = {n: w for n, w in widths.items() if w > WIDE_FACTOR}
+    wide = {n: w for n, layer in layers.items() if (w := max(layer_dims(layer))) > WIDE_FACTOR}
     if wide:
         name, width = max(wide.items(), key=lambda nw: nw[1])
         if (id(model), name) in _ANNOUNCED:  # once per model: an InfluenceCallback scores often

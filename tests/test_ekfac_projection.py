@@ -140,8 +140,8 @@ def test_projection_reaches_the_scores_and_bad_values_name_the_fix():
 
 
 def test_projected_self_influence_ranks_as_the_unprojected_one_on_digits(digits):
-    """SmallCNN on digits, every layer, k = 16 (the conv and fc1 inputs are 144 and 784
-    wide): Spearman 0.9989-0.9996 and top-5 % overlap 0.966-0.983 on seeds 0-4 (k = 8:
+    """SmallCNN on digits, every layer, k = 16 (conv2's and fc1's inputs are 145 and 513
+    wide with the bias): Spearman 0.9989-0.9996 and top-5 % overlap 0.966-0.983 on seeds 0-4 (k = 8:
     >= 0.9973 and >= 0.931), at about half the CPU time."""
     from lightning_influence.demos.models import train_classifier
 
