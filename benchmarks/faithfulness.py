@@ -105,6 +105,9 @@ METHODS = (
 #: score is the forgotten rows' mean label confidence; plus response descent)
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif budget": ({}, {"completion": "budget"}),
+    # memorised rows complete only once none is fitted (the default: no more than the share
+    # their validation neighbours say retraining would leave fitted)
+    "gif memorised zero": ({}, {"memorised_target": "zero"}),
     "gif budget+response": ({"response": {"steps": 200}}, {"completion": "budget"}),
     "gif response": ({"response": {"steps": 200}}, {}),
     "gif response 50": ({"response": {"steps": 50}}, {}),

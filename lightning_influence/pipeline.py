@@ -54,7 +54,7 @@ from lightning_influence.report import (
 from lightning_influence.response import ResponseData, response_anchors, response_descent
 from lightning_influence.rounds import RoundGradient
 from lightning_influence.sampling import SubsetSelection, get_sampler
-from lightning_influence.scoring import Scorer, mia_efficacy
+from lightning_influence.scoring import MembershipScorer, Scorer, mia_efficacy
 from lightning_influence.selection import named_layers, select_parameters, selectable_layers
 from lightning_influence.settings import UnlearnSettings
 from lightning_influence.solvers import ConvergenceWarning
@@ -99,6 +99,7 @@ class Problem:
     polish: bool
     response: ResponseData | None = None
     response_steps: int = 0
+    skip_response_when_complete: bool = False
     #: forgotten rows, membership-attack members (None: no MIA-efficacy, the task forgets
     #: no given ids) and validation rows, on the device
     forget: Rows | None = None
@@ -300,9 +301,18 @@ def _announce(
         f"Hessian on {hessian_rows} rows; {candidates} candidate(s) x {problem.rounds} "
         f"round(s){iterations} (each iteration: two products with the Hessian over those rows); "
         f"up to {st.steps + st.refine} step trials per round on {val} validation rows"
-        + (f"; then {problem.response_steps} response steps" if problem.response_steps else "")
+        + _announce_response(problem)
         + epochs
     )
+
+
+def _announce_response(problem: Problem) -> str:
+    if not problem.response_steps:
+        return ""
+    when = (
+        " if the rounds leave forgetting incomplete" if problem.skip_response_when_complete else ""
+    )
+    return f"; then {problem.response_steps} response steps{when}"
 
 
 #: training passes (forward and backward) one Hessian-vector product costs per row: measured
@@ -498,6 +508,9 @@ def _build_problem(
     scorer = spec.scorer(val_on_device, forget, loss_fn)
     searched = stratified_rows(val, step.max_val_samples, settings.seed)
     search_scorer = scorer if searched is val else spec.scorer(searched.to(device), forget, loss_fn)
+    if search_scorer is not scorer and isinstance(search_scorer, MembershipScorer):
+        assert isinstance(scorer, MembershipScorer)
+        search_scorer.share_memorised(scorer)  # one judgement of which rows are memorised
     r = settings.response
     response_steps = spec.response_steps if r.steps is None else r.steps
     gradient = RoundGradient(
@@ -565,6 +578,11 @@ def _build_problem(
         if response_steps > 0
         else None,
         response_steps=response_steps,
+        skip_response_when_complete=(
+            spec.skip_response_when_complete
+            if r.skip_when_complete is None
+            else r.skip_when_complete
+        ),
         forget=forget,
         members=(
             _attack_members(data, val, settings.seed).to(device)
@@ -770,7 +788,7 @@ def try_candidate(
 
 def _skip_response(steps: list[StepResult], problem: Problem, settings: UnlearnSettings) -> bool:
     """``response.skip_when_complete`` and the rounds left forgetting complete."""
-    if not settings.response.skip_when_complete or problem.polish:
+    if not problem.skip_response_when_complete or problem.polish:
         return False
     kept = [s.best for s in steps if s.applied and s.best is not None]
     before = steps[0].before

@@ -32,6 +32,7 @@ from lightning_influence.curvature import default_loss, per_sample_loss
 from lightning_influence.distributed import Shards, active_shards
 from lightning_influence.faithfulness import ConfidenceAttack, label_confidence
 from lightning_influence.forward import LossFn, call_model, inputs_rows, inputs_take, logits_of
+from lightning_influence.memorised import Memorised, memorised_rows
 from lightning_influence.metrics import (
     ExclusiveLoss,
     ForgetAccuracy,
@@ -269,15 +270,40 @@ class MembershipScorer(Scorer):
     that a typical unseen sample never reaches. The retained accuracy is the validation
     accuracy.
 
+    A loss cannot tell a memorised sample (a flipped label the model fitted) from a typical
+    one: held-out samples of its labelled class are fitted too. So the forgotten rows that
+    the model fits against held-out data (:func:`~lightning_influence.memorised.memorised_rows`,
+    judged once, at the first call's weights) have a score of their own: how far the share
+    of them still predicted as their label is above the share a model that never saw them
+    would predict so (``memorised_target="expected"``, estimated from their validation
+    neighbours), as a fraction of the way from there to all of them (``"zero"``: the share
+    itself, i.e. every memorised row must be unfitted). The forget score is the larger of the
+    two, so forgetting is complete once the median loss is held-out-like *and* the memorised
+    rows are no more fitted than retraining would leave them.
+
     Args:
         forget: the forgotten training rows (inputs, labels) on the model's device.
         val: the validation rows on the model's device.
         loss_fn: the run's mean-reduced ``loss_fn(logits, targets)``, applied per sample
             (None: cross-entropy).
+        memorised: judge which rows are memorised (False: the loss alone).
+        memorised_target: ``"expected"`` or ``"zero"`` (see above).
     """
 
-    def __init__(self, forget: Rows, val: Rows, loss_fn: LossFn | None = None) -> None:
+    def __init__(
+        self,
+        forget: Rows,
+        val: Rows,
+        loss_fn: LossFn | None = None,
+        memorised: bool = True,
+        memorised_target: str = "expected",
+    ) -> None:
         self.forget, self.val, self.loss_fn = forget, val, loss_fn
+        self.judge_memorised, self.memorised_target = memorised, memorised_target
+        #: the memorised rows (None until the first call, or not judged)
+        self.memorised: Memorised | None = None
+        self._judged = False
+        self._memorised_source: MembershipScorer | None = None
         classes, counts = torch.unique(forget.y, return_counts=True)
         weights = counts.double() / len(forget)
         self.class_weights = {int(c): float(w) for c, w in zip(classes, weights, strict=True)}
@@ -303,22 +329,54 @@ class MembershipScorer(Scorer):
         if self.heldout_loss is None:
             v_loss = self._losses(v_logits, self.val.y)
             self.heldout_loss = self._heldout(v_loss)
+        self._judge(model)
         forget_loss = float(self._losses(f_logits, self.forget.y).median())
         held = self.heldout_loss
         familiarity = max(0.0, 1.0 - forget_loss / held) if held > 0 else 0.0
-        return {
+        fitted = f_logits.argmax(-1) == self.forget.y
+        values = {
             "familiarity": familiarity,
             "retain_acc": float((v_logits.argmax(-1) == self.val.y).float().mean()),
-            "forget_acc": float((f_logits.argmax(-1) == self.forget.y).float().mean()),
+            "forget_acc": float(fitted.float().mean()),
             "forget_loss": forget_loss,
             "heldout_loss": held,
         }
+        m = self.memorised
+        if m is not None and bool(m.rows.any()):
+            share = float(fitted[m.rows].float().mean())
+            expected = m.expected_share() if self.memorised_target == "expected" else 0.0
+            values["memorised"] = float(m.rows.sum())
+            values["memorised_fitted"] = share
+            values["memorised_expected"] = expected
+            values["memorised_score"] = max(0.0, share - expected) / (1.0 - expected)
+        return values
+
+    def _judge(self, model: nn.Module) -> None:
+        """Judge the memorised rows once, at the first call's weights (or take them from
+        the scorer named by :meth:`share_memorised`)."""
+        if self._judged:
+            return
+        self._judged = True
+        if self._memorised_source is not None:
+            self._memorised_source._judge(model)
+            self.memorised = self._memorised_source.memorised
+        elif self.judge_memorised:
+            self.memorised = memorised_rows(model, self.forget, self.val, predict_logits)
+
+    def share_memorised(self, source: MembershipScorer) -> None:
+        """Use ``source``'s memorised rows (a scorer on a subset of the same validation
+        data, e.g. the step search's, then flags the same rows as the report's)."""
+        self._memorised_source = source
+
+    @staticmethod
+    def _forget_score(v: dict[str, float]) -> float:
+        return max(v["familiarity"], v.get("memorised_score", 0.0))
 
     def score(self, model: nn.Module) -> tuple[float, float]:
         v = self._values(model)
-        return v["familiarity"], v["retain_acc"]
+        return self._forget_score(v), v["retain_acc"]
 
     def metrics(self, model: nn.Module) -> dict[str, float]:
         v = self._values(model)
-        v["f1"] = float(forgetting_f1(v["familiarity"], v["retain_acc"]))
+        v["f1"] = float(forgetting_f1(self._forget_score(v), v["retain_acc"]))
         return v

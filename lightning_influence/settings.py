@@ -412,7 +412,7 @@ class ResponseArguments:
         default=None,
         metadata=_help(
             "Optimiser steps (0: no response descent). None: the task's own (200 for backdoor "
-            "repair, 0 for the other tasks)."
+            "repair and sample removal, 0 for the other tasks)."
         ),
     )
     lr: float = field(default=3e-4, metadata=_help("Adam's learning rate."))
@@ -433,12 +433,14 @@ class ResponseArguments:
             "predictions (repair steps on retained data; 0: the KL term alone, as in the PBRF)."
         ),
     )
-    skip_when_complete: bool = field(
-        default=False,
+    skip_when_complete: bool | None = field(
+        default=None,
         metadata=_help(
             "Skip the descent when the influence rounds already completed forgetting: saves "
             "its time, but the descent also repairs retained accuracy (full Fashion-MNIST "
-            "backdoor with true labels: 0.010 more clean test accuracy lost without it)."
+            "backdoor with true labels: 0.010 more clean test accuracy lost without it). "
+            "None: the task's own: skip for sample removal (the descent is there for "
+            "memorised samples the rounds leave fitted), run for backdoor repair."
         ),
     )
     selected_only: bool = field(
@@ -465,7 +467,8 @@ class ResponseArguments:
         if self.patience is not None:
             _check_positive_int(self.patience, "response.patience")
         _check_bool(self.selected_only, "response.selected_only")
-        _check_bool(self.skip_when_complete, "response.skip_when_complete")
+        if self.skip_when_complete is not None:
+            _check_bool(self.skip_when_complete, "response.skip_when_complete")
         for name in ("lr", "remove_weight", "retain_weight"):
             value = getattr(self, name)
             _check_number(value, f"response.{name}")

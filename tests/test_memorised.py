@@ -1,0 +1,101 @@
+"""Which forgotten rows are memorised: fitted while held-out neighbours say otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_influence.memorised import memorised_rows
+from lightning_influence.pool import Rows
+from lightning_influence.scoring import MembershipScorer, predict_logits
+
+
+def _model() -> nn.Module:
+    """One feature x; logits (-10x, 10x): class 1 wherever x > 0."""
+    head = nn.Linear(1, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[-10.0], [10.0]]))
+        head.bias.zero_()
+    return nn.Sequential(nn.Identity(), head).eval()
+
+
+def _rows(x: list[float], y: list[int]) -> Rows:
+    return Rows(torch.tensor(x).view(-1, 1), torch.tensor(y), torch.arange(len(y)))
+
+
+def _val() -> Rows:
+    # class 0 just left of the boundary, class 1 far right
+    left = [-0.01 * (i + 1) for i in range(12)]
+    right = [2.0 + 0.01 * i for i in range(12)]
+    return _rows(left + right, [0] * 12 + [1] * 12)
+
+
+def test_a_fitted_row_among_the_other_class_is_memorised_and_a_typical_one_is_not():
+    forget = _rows([0.05, 2.05, -0.05], [1, 1, 1])  # fitted outlier, typical, unfitted
+    found = memorised_rows(_model(), forget, _val(), predict_logits)
+    assert found is not None
+    assert found.rows.tolist() == [True, False, False]
+    # what a model that never saw them would give label 1: their neighbours' probability
+    near_boundary = torch.sigmoid(20 * torch.tensor([-0.01 * (i + 1) for i in range(10)]))
+    assert found.expected[0].item() == pytest.approx(near_boundary.mean().item(), rel=1e-5)
+    assert found.expected[1].item() > 0.99
+    assert found.expected_share() == pytest.approx(found.expected[0].item())
+
+
+def test_the_membership_score_counts_memorised_rows_still_fitted():
+    """The loss alone calls the outlier forgotten (its loss is above held-out data's); the
+    memorised share keeps the forget score at 1 until it is no longer predicted as 1."""
+    model, forget = _model(), _rows([0.05], [1])
+    scorer = MembershipScorer(forget, _val())
+    forget_score, _ = scorer.score(model)
+    metrics = scorer.metrics(model)
+    assert metrics["familiarity"] == 0.0 and metrics["memorised"] == 1.0
+    assert forget_score == 1.0
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([1.0, -1.0]))  # the boundary moves right of 0.05
+    assert scorer.score(model)[0] == 0.0
+    # judged once, at the first call's weights: the same row still counts
+    assert scorer.metrics(model)["memorised_fitted"] == 0.0
+
+
+def test_the_memorised_score_is_measured_from_what_retraining_would_leave_fitted():
+    """Two memorised rows, one unfitted: half still fitted. With the default target the
+    score is how far that is above the expected share, scaled to 1 at all fitted; with
+    target 'zero' it is the share itself."""
+    val = _val()
+    forget = _rows([0.05, 0.06], [1, 1])
+    model = _model()
+    scores = {}
+    for target in ("expected", "zero"):
+        scorer = MembershipScorer(forget, val, memorised_target=target)
+        scorer.score(model)  # judged at these weights: both rows memorised
+        with torch.no_grad():
+            model[1].bias.copy_(torch.tensor([0.55, -0.55]))  # unfits 0.05, keeps 0.06
+        metrics = scorer.metrics(model)
+        assert metrics["memorised"] == 2.0 and metrics["memorised_fitted"] == 0.5
+        e = metrics["memorised_expected"]
+        scores[target] = (scorer.score(model)[0], e)
+        with torch.no_grad():
+            model[1].bias.zero_()
+    score, e = scores["expected"]
+    assert 0.0 < e < 0.5 and score == pytest.approx((0.5 - e) / (1.0 - e))
+    assert scores["zero"] == (0.5, 0.0)
+
+
+def test_the_loss_alone_is_kept_when_asked():
+    scorer = MembershipScorer(_rows([0.05], [1]), _val(), memorised=False)
+    assert scorer.score(_model())[0] == 0.0
+    assert "memorised" not in scorer.metrics(_model())
+
+
+def test_no_row_is_judged_when_the_output_layer_does_not_give_the_logits():
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = _model()[1]
+
+        def forward(self, x):
+            return 2.0 * self.head(x)  # the layer's output is not the logits themselves
+
+    assert memorised_rows(Scaled().eval(), _rows([0.05], [1]), _val(), predict_logits) is None
