@@ -108,6 +108,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # memorised rows complete only once none is fitted (the default: no more than the share
     # their validation neighbours say retraining would leave fitted)
     "gif memorised zero": ({}, {"memorised_target": "zero"}),
+    # the response descent raises a forgotten row's loss only up to what its validation
+    # neighbours say retraining would give it (default: up to a uniform guess's)
+    "gif cap expected": ({}, {"removal_cap": "expected"}),
     "gif budget+response": ({"response": {"steps": 200}}, {"completion": "budget"}),
     "gif response": ({"response": {"steps": 200}}, {}),
     "gif response 50": ({"response": {"steps": 50}}, {}),

@@ -266,6 +266,31 @@ GOALS += [
     for key, op, goal, what in FAITHFULNESS_GOALS
 ]
 
+GOALS += [
+    (
+        "memorised_digits.json",
+        ["summary", "default_avg_gap_pp"],
+        "<=",
+        5.0,
+        "digits, delete memorised samples (3 % flipped, 40 epochs): Avg. Gap to retrain (pp)",
+    ),
+    (
+        "memorised_digits.json",
+        ["summary", "nothing_avg_gap_pp"],
+        ">",
+        5.0,
+        "digits, the same: doing nothing's Avg. Gap (above 5.0: the set-up memorises, so "
+        "the goal above is a test)",
+    ),
+    (
+        "memorised_digits.json",
+        ["summary", "default_minus_best_baseline_pp"],
+        "<=",
+        0.0,
+        "digits, the same: the default's Avg. Gap − the best baseline's",
+    ),
+]
+
 
 #: the faithfulness studies in docs/benchmarks.md, in order: (result file, section title)
 FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
@@ -1227,6 +1252,35 @@ def faithfulness_section(
     return out
 
 
+def memorised_section(d: dict | None) -> list[str]:
+    """Deleting memorised samples on digits (memorised.py)."""
+    if not d:
+        return []
+    s = d["summary"]
+    out = [
+        "## Deleting memorised samples (digits, 3 % of the labels flipped, 40 epochs)",
+        "",
+        f"Command: `{d['command']}`. Seeds: {s['seeds']}. The base model fits "
+        f"{ms(s['fitted_before'], 2)} of its flipped samples; a model retrained without them "
+        "fits none (it predicts their true class). Mean ± std over seeds on the test split; "
+        "`fitted` = 1 − UA, the share of the forgotten samples still predicted as their "
+        "flipped label; every method picks its steps on validation data.",
+        "",
+        *_notes(d),
+        "| method | Avg. Gap (pp) | UA | MIA-eff. | RA | TA | CPU s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = d["rows"]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        cells = [mean_std([r[k] for r in rows if r["method"] == m]) for k in
+                 ("avg_gap_pp", "ua", "mia_efficacy", "ra", "ta", "cpu_seconds")]  # fmt: skip
+        digits = (2, 3, 3, 3, 3, 1)
+        out.append(
+            f"| {m} | " + " | ".join(ms(c, n) for c, n in zip(cells, digits, strict=True)) + " |"
+        )
+    return [*out, "", "![memorised](../benchmarks/results/memorised_digits.png)", ""]
+
+
 def find_fix_section(d: dict | None) -> list[str]:
     """Find-then-fix on full Fashion-MNIST (find_fix.py): rankings, then fixes against the
     fine-tuning control."""
@@ -1301,6 +1355,8 @@ def build() -> str:
     lines += selection_section(data["selection.json"])
     for name, title in FAITHFULNESS_STUDIES:
         lines += faithfulness_section(load(name), *([title] if title else []))
+        if name == "faithfulness_fashion.json":
+            lines += memorised_section(load("memorised_digits.json"))
     lines += corrections_section(
         load("corrections_backdoor.json"),
         "Backdoor repair on digits: the current defaults and their levers",

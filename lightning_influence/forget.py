@@ -303,11 +303,16 @@ class SampleRemoval(ForgetSpec):
         memorised_target: for the memorised rows, ``'expected'`` (the default: complete
             once no more of them are fitted than a model that never saw them would fit,
             estimated from their validation neighbours) or ``'zero'`` (once none is).
+        removal_cap: how far the response descent raises a forgotten row's loss:
+            ``'uniform'`` (the default: up to a uniform guess's, ``log C``) or
+            ``'expected'`` (up to what its validation neighbours say a model that never saw
+            it would have, ``-log(expected)``; a lever under study).
     """
 
     ids: list[int]
     completion: str = "heldout_loss"
     memorised_target: str = "expected"
+    removal_cap: str = "uniform"
     task: ClassVar[str] = "samples"
     max_retain_drop: ClassVar[float] = 0.005
     # memorised samples (a flipped label the model fitted; see lightning_influence.memorised)
@@ -320,6 +325,11 @@ class SampleRemoval(ForgetSpec):
 
     def __post_init__(self) -> None:
         self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids")
+        if self.removal_cap not in ("uniform", "expected"):
+            raise ValueError(
+                f"SampleRemoval.removal_cap must be 'uniform' or 'expected', got "
+                f"{self.removal_cap!r}."
+            )
         if self.memorised_target not in ("expected", "zero"):
             raise ValueError(
                 f"SampleRemoval.memorised_target must be 'expected' or 'zero', got "

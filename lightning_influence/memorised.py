@@ -42,15 +42,23 @@ class Memorised:
         expected: float ``[len(forget)]``, for every forgotten row the mean probability
             that its validation neighbours are given its label: what a model that never saw
             it would give that label, estimated from data like it.
+        num_classes: the logits' width.
     """
 
     rows: Tensor
     expected: Tensor
+    num_classes: int
 
     def expected_share(self) -> float:
         """The share of the memorised rows a model that never saw them would still predict
         as their labels (estimated: the mean of their ``expected``)."""
         return float(self.expected[self.rows].mean()) if bool(self.rows.any()) else 0.0
+
+    def loss_caps(self) -> Tensor:
+        """Per forgotten row, the loss a model that never saw it would have on its label,
+        ``-log(expected)``, at most a uniform guess's ``log C``: how far removing it should
+        raise its loss."""
+        return -torch.log(self.expected.clamp(min=1.0 / self.num_classes))
 
 
 def memorised_rows(
@@ -97,4 +105,4 @@ def memorised_rows(
         y = labels[i : i + _CHUNK]
         expected[i : i + _CHUNK] = v_prob[near, y.view(-1, 1)].mean(1)
     fitted = f_logits.argmax(-1) == labels
-    return Memorised(fitted & (expected < threshold), expected)
+    return Memorised(fitted & (expected < threshold), expected, int(f_logits.shape[1]))

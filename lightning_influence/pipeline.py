@@ -197,6 +197,7 @@ def run_unlearning(
         before = _with_mia(model, problem, problem.scorer.metrics(model))
         for scorer in dict.fromkeys((problem.scorer, problem.search_scorer)):
             scorer.remember_reference(model)  # a scorer's own floor, from the unchanged model
+        _set_removal_caps(problem, spec, settings.batch_size)
         start_score = problem.search_scorer.score(model)[0]
     if start_score <= problem.forget_target and not problem.polish:
         return _nothing_to_do(report, problem, before, start_score, timer, device)
@@ -304,6 +305,21 @@ def _announce(
         + _announce_response(problem)
         + epochs
     )
+
+
+def _set_removal_caps(problem: Problem, spec: ForgetSpec, size: int) -> None:
+    """Sample removal with ``removal_cap='expected'``: each removed row's loss is raised by
+    the response descent only up to what held-out data says retraining would give it (the
+    memorised rows judged by the scorer, on the unchanged model)."""
+    r, scorer = problem.response, problem.scorer
+    if r is None or getattr(spec, "removal_cap", "uniform") != "expected":
+        return
+    if not isinstance(scorer, MembershipScorer) or scorer.memorised is None:
+        return
+    rows = sum(len(b) for b in r.remove)
+    caps = scorer.memorised.loss_caps()
+    if len(caps) == rows:  # the removed rows are the forgotten rows, in order
+        r.remove_caps = list(caps.split(size))
 
 
 def _announce_response(problem: Problem) -> str:

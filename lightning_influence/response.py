@@ -60,6 +60,10 @@ class ResponseData:
         add: batches of rows the correction adds, or ``None``.
         remove: batches of rows it removes.
         remove_weight: w_U, the weight of the (capped) removal term (0: none).
+        remove_caps: per removed row, the loss above which its removal term stops pushing,
+            one tensor per batch of ``remove`` (None: every row at ``log C``, a uniform
+            guess). Sample removal sets it from what held-out data says a model that never
+            saw the row would give its label (:mod:`lightning_influence.memorised`).
     """
 
     retained: list[Batch]
@@ -67,6 +71,7 @@ class ResponseData:
     remove: list[Batch]
     remove_weight: float
     retain_weight: float = 0.0
+    remove_caps: list[Tensor] | None = None
 
 
 def _logits(model: nn.Module, batch: Batch) -> Tensor:
@@ -98,10 +103,14 @@ def _objective(
         a = data.add[k % len(data.add)]
         total = total + loss_fn(_logits(model, a), a.y)
     if data.remove_weight > 0 and data.remove:
-        u = data.remove[k % len(data.remove)]
+        j = k % len(data.remove)
+        u = data.remove[j]
         u_logits = _logits(model, u)
-        cap = math.log(u_logits.shape[-1])
-        per_row = F.cross_entropy(u_logits, u.y, reduction="none").clamp(max=cap)
+        per_row = F.cross_entropy(u_logits, u.y, reduction="none")
+        if data.remove_caps is None:
+            per_row = per_row.clamp(max=math.log(u_logits.shape[-1]))
+        else:
+            per_row = torch.minimum(per_row, data.remove_caps[j].to(per_row))
         total = total - data.remove_weight * per_row.mean()
     return total
 
