@@ -105,12 +105,18 @@ METHODS = (
 #: score is the forgotten rows' mean label confidence; plus response descent)
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif budget": ({}, {"completion": "budget"}),
-    # memorised rows complete only once none is fitted (the default: no more than the share
-    # their validation neighbours say retraining would leave fitted)
+    # memorised rows complete once no more are fitted than their validation neighbours say
+    # retraining would leave fitted (the default: once none is; "gif memorised zero" was
+    # that lever while "expected" was the default, its rows are the default's settings)
+    "gif memorised expected": ({}, {"memorised_target": "expected"}),
     "gif memorised zero": ({}, {"memorised_target": "zero"}),
     # the response descent raises a forgotten row's loss only up to what its validation
     # neighbours say retraining would give it (default: up to a uniform guess's)
     "gif cap expected": ({}, {"removal_cap": "expected"}),
+    "gif memorised expected, cap expected": (
+        {},
+        {"memorised_target": "expected", "removal_cap": "expected"},
+    ),
     "gif budget+response": ({"response": {"steps": 200}}, {"completion": "budget"}),
     "gif response": ({"response": {"steps": 200}}, {}),
     "gif response 50": ({"response": {"steps": 50}}, {}),

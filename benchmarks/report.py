@@ -346,6 +346,10 @@ FAITHFULNESS_STUDIES: list[tuple[str, str | None]] = [
         "Sample removal with response descent (full Fashion-MNIST, random10)",
     ),
     (
+        "faithfulness_fashion_samples_levers.json",
+        "Sample removal with memorised rows scored and the response descent (full Fashion-MNIST)",
+    ),
+    (
         "faithfulness_fashion_memorized25.json",
         "Memorised samples on full Fashion-MNIST, 25 fixed epochs (the flips fitted)",
     ),

@@ -300,9 +300,12 @@ class SampleRemoval(ForgetSpec):
             reaches the held-out median of their classes) or ``'budget'`` (forget as far as
             the retained budget allows: the forget score is their mean label confidence;
             a lever under study for memorised samples, see docs/benchmarks.md).
-        memorised_target: for the memorised rows, ``'expected'`` (the default: complete
-            once no more of them are fitted than a model that never saw them would fit,
-            estimated from their validation neighbours) or ``'zero'`` (once none is).
+        memorised_target: for the memorised rows, ``'zero'`` (the default: complete once
+            none is fitted) or ``'expected'`` (once no more of them are fitted than a model
+            that never saw them would fit, estimated from their validation neighbours; the
+            trained model's features carry some of the memorisation, so the estimate runs
+            high and stops early: full Fashion-MNIST, 10 % random samples, seed 0, Avg. Gap
+            1.20 vs 0.52 pp; seed 1 and digits the same).
         removal_cap: how far the response descent raises a forgotten row's loss:
             ``'uniform'`` (the default: up to a uniform guess's, ``log C``) or
             ``'expected'`` (up to what its validation neighbours say a model that never saw
@@ -311,7 +314,7 @@ class SampleRemoval(ForgetSpec):
 
     ids: list[int]
     completion: str = "heldout_loss"
-    memorised_target: str = "expected"
+    memorised_target: str = "zero"
     removal_cap: str = "uniform"
     task: ClassVar[str] = "samples"
     max_retain_drop: ClassVar[float] = 0.005

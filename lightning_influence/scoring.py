@@ -273,13 +273,13 @@ class MembershipScorer(Scorer):
     A loss cannot tell a memorised sample (a flipped label the model fitted) from a typical
     one: held-out samples of its labelled class are fitted too. So the forgotten rows that
     the model fits against held-out data (:func:`~lightning_influence.memorised.memorised_rows`,
-    judged once, at the first call's weights) have a score of their own: how far the share
-    of them still predicted as their label is above the share a model that never saw them
-    would predict so (``memorised_target="expected"``, estimated from their validation
-    neighbours), as a fraction of the way from there to all of them (``"zero"``: the share
-    itself, i.e. every memorised row must be unfitted). The forget score is the larger of the
-    two, so forgetting is complete once the median loss is held-out-like *and* the memorised
-    rows are no more fitted than retraining would leave them.
+    judged once, at the first call's weights) have a score of their own: the share of them
+    still predicted as their label (``memorised_target="zero"``), or how far that share is
+    above the share a model that never saw them would predict so, estimated from their
+    validation neighbours, as a fraction of the way from there to all of them
+    (``"expected"``). The forget score is the larger of the two, so forgetting is complete
+    once the median loss is held-out-like *and* the memorised rows are unfitted (or no more
+    fitted than the estimate says retraining would leave them).
 
     Args:
         forget: the forgotten training rows (inputs, labels) on the model's device.
@@ -296,7 +296,7 @@ class MembershipScorer(Scorer):
         val: Rows,
         loss_fn: LossFn | None = None,
         memorised: bool = True,
-        memorised_target: str = "expected",
+        memorised_target: str = "zero",
     ) -> None:
         self.forget, self.val, self.loss_fn = forget, val, loss_fn
         self.judge_memorised, self.memorised_target = memorised, memorised_target
@@ -343,12 +343,12 @@ class MembershipScorer(Scorer):
         }
         m = self.memorised
         if m is not None and bool(m.rows.any()):
-            share = float(fitted[m.rows].float().mean())
-            expected = m.expected_share() if self.memorised_target == "expected" else 0.0
+            share, expected = float(fitted[m.rows].float().mean()), m.expected_share()
+            target = expected if self.memorised_target == "expected" else 0.0
             values["memorised"] = float(m.rows.sum())
             values["memorised_fitted"] = share
             values["memorised_expected"] = expected
-            values["memorised_score"] = max(0.0, share - expected) / (1.0 - expected)
+            values["memorised_score"] = max(0.0, share - target) / (1.0 - target)
         return values
 
     def _judge(self, model: nn.Module) -> None:
