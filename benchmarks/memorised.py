@@ -37,7 +37,7 @@ FRACTION, EPOCHS = 0.03, 40
 METHODS = (
     "nothing",
     "default",
-    "gif memorised zero",
+    "gif memorised expected",
     "fine-tune",
     "random relabel",
     "gradient ascent",
