@@ -76,8 +76,9 @@ class ForgetSpec(ABC):
     curvature: ClassVar[str] = "hessian"
     #: default optimiser steps of the response descent after the rounds (0: none)
     response_steps: ClassVar[int] = 0
-    #: default of ``response.skip_when_complete``
+    #: defaults of ``response.skip_when_complete`` and ``response.stop_when_complete``
     skip_response_when_complete: ClassVar[bool] = False
+    stop_response_when_complete: ClassVar[bool] = False
 
     #: the training sample ids this task forgets (None: chosen by label, see ClassRemoval)
     forgotten_ids: list[int] | None = None
@@ -325,6 +326,7 @@ class SampleRemoval(ForgetSpec):
     # incomplete, so samples the model never memorised cost nothing more.
     response_steps: ClassVar[int] = 200
     skip_response_when_complete: ClassVar[bool] = True
+    stop_response_when_complete: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids")

@@ -100,6 +100,7 @@ class Problem:
     response: ResponseData | None = None
     response_steps: int = 0
     skip_response_when_complete: bool = False
+    stop_response_when_complete: bool = False
     #: forgotten rows, membership-attack members (None: no MIA-efficacy, the task forgets
     #: no given ids) and validation rows, on the device
     forget: Rows | None = None
@@ -599,6 +600,11 @@ def _build_problem(
             if r.skip_when_complete is None
             else r.skip_when_complete
         ),
+        stop_response_when_complete=(
+            spec.stop_response_when_complete
+            if r.stop_when_complete is None
+            else r.stop_when_complete
+        ),
         forget=forget,
         members=(
             _attack_members(data, val, settings.seed).to(device)
@@ -840,6 +846,7 @@ def _respond(
             lr=r.lr,
             every=r.every,
             patience=r.patience,
+            stop_at=problem.forget_target if problem.stop_response_when_complete else None,
             max_retain_drop=problem.max_retain_drop,
             retain_reference=retain_reference,
             masks=masks if r.selected_only else None,

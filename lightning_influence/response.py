@@ -130,6 +130,7 @@ def response_descent(
     masks: Mapping[str, Tensor] | None = None,
     progress: Callable[[int, StepTrial], None] | None = None,
     patience: int | None = None,
+    stop_at: float | None = None,
 ) -> StepResult:
     """Run ``steps`` Adam steps on J from the current weights; keep the best scored point.
 
@@ -157,6 +158,10 @@ def response_descent(
             runs all ``steps``). The retained rows' own loss can repair a dip of the first
             steps: digits backdoor, poison seed 5, a dip of 10 scored points (40 steps), after
             which the attack success fell from 0.38 to 0.004 at a higher retained accuracy.
+        stop_at: a forget score at which the descent ends, at the first point above the
+            floor that reaches it (None: all steps run). Past that point the best F1 is the
+            highest retained accuracy, while the removal term keeps raising the forgotten
+            rows' loss beyond what forgetting asked.
     """
     start_time = time.perf_counter()
     snapshot = weights_snapshot(model)
@@ -174,6 +179,7 @@ def response_descent(
             best_f1, best_state, best_trial = result.before.f1, None, None
             opt = torch.optim.Adam(list(named.values()), lr=lr)
             below = 0  # scored points below the floor in a row
+            stopped = None  # the step at which forgetting completed (with ``stop_at``)
             for k in range(steps):
                 opt.zero_grad(set_to_none=True)
                 with torch.enable_grad():
@@ -205,6 +211,9 @@ def response_descent(
                 if trial.f1 > best_f1:
                     best_f1, best_trial = trial.f1, trial
                     best_state = {n: p.detach().clone() for n, p in named.items()}
+                if stop_at is not None and trial.forget_acc <= stop_at:
+                    stopped = k + 1
+                    break
         # a point below the floor ends the descent before it can become the best
         if best_trial is None or best_state is None:
             restore_weights(model, snapshot)
@@ -221,6 +230,8 @@ def response_descent(
         result.radius, result.step_norm = best_trial.radius, best_trial.step_norm
         result.outcome = StepOutcome.RESPONSE_KEPT
         result.reason = f"response descent kept step {int(best_trial.radius_steps)} of {steps}"
+        if stopped is not None:
+            result.reason += f" (forgetting complete at step {stopped}: the descent stopped)"
         return result
     except BaseException:
         restore_weights(model, snapshot)

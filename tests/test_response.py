@@ -164,3 +164,30 @@ def test_a_point_that_breaks_the_scorers_own_floor_is_never_kept():
     res = response_descent(model, *args, steps=30, lr=0.05, every=5, max_retain_drop=0.01)
     assert res.applied and res.best.radius_steps == 5 and not res.best.guard_broken
     assert all(t.guard_broken and t.retain_acc == 0.95 for t in res.trials[2:])
+
+
+def test_stop_at_ends_the_descent_at_the_first_point_that_completes_forgetting():
+    """Scores: forgetting completes at the 2nd scored point (retained 0.9), later points
+    keep it complete at a higher retained accuracy. By default the best F1 (the last) is
+    kept; with stop_at=0 the descent ends at the 2nd point and keeps it."""
+    script = [(1.0, 1.0), (0.5, 0.9), (0.0, 0.9), (0.0, 0.95), (0.0, 0.97)]
+
+    def scorer():
+        calls = []
+
+        def score(m):
+            calls.append(1)
+            return script[min(len(calls) - 1, len(script) - 1)]
+
+        return score
+
+    model, data, *_ = _problem()
+    args = (data, response_anchors(model, data.retained), scorer(), nn.functional.cross_entropy)
+    full = response_descent(model, *args, steps=20, lr=0.05, every=5, max_retain_drop=0.2)
+    assert full.best.radius_steps == 20 and len(full.trials) == 4
+    model, data, *_ = _problem()
+    args = (data, response_anchors(model, data.retained), scorer(), nn.functional.cross_entropy)
+    stopped = response_descent(model, *args, steps=20, lr=0.05, every=5, max_retain_drop=0.2,
+                               stop_at=0.0)  # fmt: skip
+    assert stopped.applied and stopped.best.radius_steps == 10 and len(stopped.trials) == 2
+    assert "forgetting complete at step 10" in stopped.reason
