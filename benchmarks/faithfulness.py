@@ -113,9 +113,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # the response descent raises a forgotten row's loss only up to what its validation
     # neighbours say retraining would give it (default: up to a uniform guess's)
     "gif cap expected": ({}, {"removal_cap": "expected"}),
-    "gif memorised expected, cap expected": (
-        {},
-        {"memorised_target": "expected", "removal_cap": "expected"},
+    # the response descent runs on to its best F1 past completion (sample removal's default
+    # ends it at the first point that completes forgetting)
+    "gif no stop": ({"response": {"stop_when_complete": False}}, {}),
+    "gif memorised expected, no stop": (
+        {"response": {"stop_when_complete": False}},
+        {"memorised_target": "expected"},
     ),
     "gif budget+response": ({"response": {"steps": 200}}, {"completion": "budget"}),
     "gif response": ({"response": {"steps": 200}}, {}),

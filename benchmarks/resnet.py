@@ -56,6 +56,9 @@ VARIANTS: dict[str | None, dict[str, Any]] = {
     "rounds 1": {"solve": {"rounds": 1}},
     "no response": {"response": {"steps": 0}},
     "rounds 1 no response": {"solve": {"rounds": 1}, "response": {"steps": 0}},
+    # sample removal's descent raises each forgotten row's loss only up to what its
+    # validation neighbours say retraining would give it ("spec": attributes of cb.spec)
+    "cap expected": {"spec": {"removal_cap": "expected"}},
 }
 #: levers of the self_last / self_all tasks: extra li.self_influence arguments
 SCORE_VARIANTS: dict[str, dict[str, Any]] = {
@@ -197,8 +200,12 @@ def one(task: str, variant: str | None, seed: int = 0) -> dict[str, Any]:
                 scores = li.self_influence(model, train, layers=layers, **args)
                 row["scores"] = int(scores.numel())
             else:
+                settings = dict(VARIANTS[variant])
+                spec = settings.pop("spec", {})
                 cb = li.UnlearnCallback(seed=seed, progress_bar=False,
-                                        **_callback_args(task, d), **VARIANTS[variant])  # fmt: skip
+                                        **_callback_args(task, d), **settings)  # fmt: skip
+                for key, value in spec.items():
+                    setattr(cb.spec, key, value)
                 rep = cb.unlearn_model(model, train, DataLoader(d["val"], batch_size=256))
                 row |= {"applied": rep.applied, "reason": rep.reason, "complete": rep.complete,
                         "forget_score": rep.forget_score, "stage_seconds": rep.seconds,
