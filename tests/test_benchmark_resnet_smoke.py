@@ -38,5 +38,9 @@ def test_summary_divides_by_the_epoch_measured_like_the_tasks():
 def test_every_lever_is_valid_settings():
     import lightning_influence as li
 
-    for args in R.VARIANTS.values():
-        li.UnlearnCallback(forget_ids=[0, 1], progress_bar=False, **args)
+    for variant in R.VARIANTS.values():
+        args = dict(variant)
+        spec = args.pop("spec", {})
+        cb = li.UnlearnCallback(forget_ids=[0, 1], progress_bar=False, **args)
+        for key in spec:  # attributes of the sample-removal task the lever sets
+            assert hasattr(cb.spec, key), key
