@@ -34,17 +34,8 @@ from lightning_influence.demos.models import train_classifier
 
 NAME = "memorised_digits.json"
 FRACTION, EPOCHS = 0.03, 40
-METHODS = (
-    "nothing",
-    "default",
-    "gif memorised expected",
-    "fine-tune",
-    "random relabel",
-    "gradient ascent",
-    "salun",
-    "scrub",
-    "ssd",
-)
+#: doing nothing, the default, its memorised-target lever and the faithfulness baselines
+METHODS = ("nothing", "default", "gif memorised expected", *F.BASELINES)
 
 
 def make_task(seed: int) -> F.Task:
