@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_influence.batches import Batch
 from lightning_influence.forward import inputs_take
 from lightning_influence.output_layer import OutputLayerInputs
 from lightning_influence.pool import Rows
@@ -85,7 +86,8 @@ def memorised_rows(
         several tensors) or the logits are not class scores: then no row is judged.
     """
     try:
-        layer = output_layer(model, (inputs_take(forget.x, slice(0, 2)), forget.y[:2]))
+        first = Batch(inputs_take(forget.x, slice(0, 2)), forget.y[:2])  # any input format
+        layer = output_layer(model, [first])
     except ValueError:
         return None
     f_rec = OutputLayerInputs.record(model, layer, predict, forget.x)

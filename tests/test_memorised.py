@@ -99,3 +99,24 @@ def test_no_row_is_judged_when_the_output_layer_does_not_give_the_logits():
             return 2.0 * self.head(x)  # the layer's output is not the logits themselves
 
     assert memorised_rows(Scaled().eval(), _rows([0.05], [1]), _val(), predict_logits) is None
+
+
+def test_rows_with_dict_inputs_and_a_tuple_output_are_judged():
+    """A Hugging Face-style model (keyword inputs, a tuple out) is judged like any other:
+    the output layer was looked up with the rows' inputs read as a batch of their own, and
+    a dict of inputs failed that parse, so no row was ever judged."""
+
+    class Keyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _model()
+
+        def forward(self, pixel_values):
+            return (self.net(pixel_values),)
+
+    def rows(r: Rows) -> Rows:
+        return Rows({"pixel_values": r.x}, r.y, r.ids)
+
+    forget = rows(_rows([0.05, 2.05, -0.05], [1, 1, 1]))
+    found = memorised_rows(Keyword().eval(), forget, rows(_val()), predict_logits)
+    assert found is not None and found.rows.tolist() == [True, False, False]
