@@ -41,6 +41,7 @@ from lightning_influence.scoring import (
     SplitScorer,
     share_predicted,
 )
+from lightning_influence.settings import _check_choice
 
 __all__ = [
     "BackdoorRepair",
@@ -137,6 +138,11 @@ class ForgetSpec(ABC):
         """The forget score at which forgetting is complete when ``step.forget_target`` is
         None, measured at the trained weights (0: nothing of the forget set is predicted)."""
         return 0.0
+
+    def removal_caps(self, scorer: Scorer) -> Tensor | None:
+        """Per forgotten row, the loss up to which the response descent raises it, from the
+        scorer once it has scored the unchanged model (None: a uniform guess's, ``log C``)."""
+        return None
 
     @abstractmethod
     def scorer(self, val: Rows, forget: Rows, loss_fn: LossFn | None = None) -> Scorer:
@@ -330,21 +336,12 @@ class SampleRemoval(ForgetSpec):
 
     def __post_init__(self) -> None:
         self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids")
-        if self.removal_cap not in ("uniform", "expected"):
-            raise ValueError(
-                f"SampleRemoval.removal_cap must be 'uniform' or 'expected', got "
-                f"{self.removal_cap!r}."
-            )
-        if self.memorised_target not in ("expected", "zero"):
-            raise ValueError(
-                f"SampleRemoval.memorised_target must be 'expected' or 'zero', got "
-                f"{self.memorised_target!r}."
-            )
-        if self.completion not in ("heldout_loss", "budget"):
-            raise ValueError(
-                f"SampleRemoval.completion must be 'heldout_loss' or 'budget', got "
-                f"{self.completion!r}."
-            )
+        for name, choices in (
+            ("completion", ("heldout_loss", "budget")),
+            ("memorised_target", ("zero", "expected")),
+            ("removal_cap", ("uniform", "expected")),
+        ):
+            _check_choice(getattr(self, name), choices, f"SampleRemoval.{name}")
 
     def check(self, data: TrainingData) -> None:
         _check_known_ids(self.ids, data, "forget_ids")
@@ -354,6 +351,11 @@ class SampleRemoval(ForgetSpec):
         if self.completion == "budget":
             return FittedScorer(forget, val)
         return MembershipScorer(forget, val, loss_fn, memorised_target=self.memorised_target)
+
+    def removal_caps(self, scorer: Scorer) -> Tensor | None:
+        if self.removal_cap != "expected" or not isinstance(scorer, MembershipScorer):
+            return None
+        return None if scorer.memorised is None else scorer.memorised.loss_caps()
 
 
 @dataclass

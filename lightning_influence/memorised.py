@@ -85,6 +85,8 @@ def memorised_rows(
         None when the output layer's inputs cannot be recorded (e.g. a layer that takes
         several tensors) or the logits are not class scores: then no row is judged.
     """
+    if len(val) == 0 or forget.y.ndim != 1:
+        return None
     try:
         first = Batch(inputs_take(forget.x, slice(0, 2)), forget.y[:2])  # any input format
         layer = output_layer(model, [first])
@@ -92,10 +94,10 @@ def memorised_rows(
         return None
     f_rec = OutputLayerInputs.record(model, layer, predict, forget.x)
     v_rec = OutputLayerInputs.record(model, layer, predict, val.x)
-    if f_rec is None or v_rec is None or len(val) == 0:
+    if f_rec is None or v_rec is None:
         return None
     f_logits, v_logits = f_rec.logits(), v_rec.logits()
-    if f_logits.ndim != 2 or f_logits.shape[1] < 2 or forget.y.ndim != 1:
+    if f_logits.ndim != 2 or f_logits.shape[1] < 2:
         return None
     f_feat, v_feat = f_rec.inputs.flatten(1).double(), v_rec.inputs.flatten(1).double()
     v_prob = v_logits.double().softmax(-1)

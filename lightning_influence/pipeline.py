@@ -309,18 +309,12 @@ def _announce(
 
 
 def _set_removal_caps(problem: Problem, spec: ForgetSpec, size: int) -> None:
-    """Sample removal with ``removal_cap='expected'``: each removed row's loss is raised by
-    the response descent only up to what held-out data says retraining would give it (the
-    memorised rows judged by the scorer, on the unchanged model)."""
-    r, scorer = problem.response, problem.scorer
-    if r is None or getattr(spec, "removal_cap", "uniform") != "expected":
-        return
-    if not isinstance(scorer, MembershipScorer) or scorer.memorised is None:
-        return
-    rows = sum(len(b) for b in r.remove)
-    caps = scorer.memorised.loss_caps()
-    if len(caps) == rows:  # the removed rows are the forgotten rows, in order
-        r.remove_caps = list(caps.split(size))
+    """The task's per-row caps of the response descent's removal term
+    (:meth:`ForgetSpec.removal_caps`), split like the removed rows' batches."""
+    r = problem.response
+    caps = None if r is None else spec.removal_caps(problem.scorer)
+    if r is not None and caps is not None and len(caps) == sum(len(b) for b in r.remove):
+        r.remove_caps = list(caps.split(size))  # the removed rows are the forgotten rows
 
 
 def _announce_response(problem: Problem) -> str:

@@ -62,8 +62,9 @@ class ResponseData:
         remove_weight: w_U, the weight of the (capped) removal term (0: none).
         remove_caps: per removed row, the loss above which its removal term stops pushing,
             one tensor per batch of ``remove`` (None: every row at ``log C``, a uniform
-            guess). Sample removal sets it from what held-out data says a model that never
-            saw the row would give its label (:mod:`lightning_influence.memorised`).
+            guess). Sample removal with ``removal_cap='expected'`` sets it from what held-out
+            data says a model that never saw the row would give its label
+            (:mod:`lightning_influence.memorised`).
     """
 
     retained: list[Batch]

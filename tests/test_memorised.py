@@ -120,3 +120,15 @@ def test_rows_with_dict_inputs_and_a_tuple_output_are_judged():
     forget = rows(_rows([0.05, 2.05, -0.05], [1, 1, 1]))
     found = memorised_rows(Keyword().eval(), forget, rows(_val()), predict_logits)
     assert found is not None and found.rows.tolist() == [True, False, False]
+
+
+def test_the_removal_caps_come_from_the_judged_rows_only_when_asked():
+    from lightning_influence.forget import SampleRemoval
+
+    scorer = MembershipScorer(_rows([0.05, 2.05], [1, 1]), _val())
+    scorer.score(_model())  # judged at these weights
+    assert SampleRemoval([0, 1]).removal_caps(scorer) is None  # the default: log C
+    caps = SampleRemoval([0, 1], removal_cap="expected").removal_caps(scorer)
+    assert caps is not None and caps.shape == (2,)
+    expected = scorer.memorised.expected.clamp(min=0.5)  # two classes: at most log 2
+    assert torch.allclose(caps, -torch.log(expected))
