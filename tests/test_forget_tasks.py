@@ -362,20 +362,21 @@ def test_backdoor_repair(digits, clean_model, poisoned, with_true_labels):
     assert asr_after <= 0.10, msg
 
 
-def test_backdoor_repair_holds_on_five_more_poison_seeds(digits):
+@pytest.mark.parametrize("seed", range(1, 6))
+def test_backdoor_repair_holds_on_five_more_poison_seeds(digits, seed):
     """The backdoor acceptance (attack success <= 0.10 on unseen test inputs, clean test
     accuracy lost <= 0.03) on poison seeds 1-5, with and without true labels. Measured
     (benchmarks/results/corrections_backdoor.json): attack success at most 0.0093, accuracy
     lost at most 0.0223. Seed 5 with true labels failed (0.39) while the response descent
-    stopped at its first point below the retained-accuracy floor."""
+    stopped at its first point below the retained-accuracy floor. One test per seed, so that
+    parallel workers share them."""
     train, val, test = digits
-    for seed in range(1, 6):
-        data, ids, true_labels = poison(train, TRIGGER, BACKDOOR_TARGET, POISON_FRACTION, seed=seed)
-        backdoored = fit(data, val)
-        acc_before = accuracy(backdoored, test)
-        for extra in ({"backdoor_true_labels": true_labels}, {}):
-            model, _ = unlearn(backdoored, data, val, backdoor_trigger=TRIGGER,
-                               backdoor_target=BACKDOOR_TARGET, forget_ids=ids, **extra)  # fmt: skip
-            asr = attack_success_rate(model, test, TRIGGER, BACKDOOR_TARGET)
-            drop = acc_before - accuracy(model, test)
-            assert asr <= 0.10 and drop <= 0.03, (seed, bool(extra), asr, drop)
+    data, ids, true_labels = poison(train, TRIGGER, BACKDOOR_TARGET, POISON_FRACTION, seed=seed)
+    backdoored = fit(data, val)
+    acc_before = accuracy(backdoored, test)
+    for extra in ({"backdoor_true_labels": true_labels}, {}):
+        model, _ = unlearn(backdoored, data, val, backdoor_trigger=TRIGGER,
+                           backdoor_target=BACKDOOR_TARGET, forget_ids=ids, **extra)  # fmt: skip
+        asr = attack_success_rate(model, test, TRIGGER, BACKDOOR_TARGET)
+        drop = acc_before - accuracy(model, test)
+        assert asr <= 0.10 and drop <= 0.03, (seed, bool(extra), asr, drop)
