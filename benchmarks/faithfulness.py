@@ -110,6 +110,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # that lever while "expected" was the default, its rows are the default's settings)
     "gif memorised expected": ({}, {"memorised_target": "expected"}),
     "gif memorised zero": ({}, {"memorised_target": "zero"}),
+    "gif memorised calibrated": ({}, {"memorised_target": "calibrated"}),
     # the response descent raises a forgotten row's loss only up to what its validation
     # neighbours say retraining would give it (default: up to a uniform guess's)
     "gif cap expected": ({}, {"removal_cap": "expected"}),

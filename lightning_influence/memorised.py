@@ -13,6 +13,23 @@ predicts its label while its ``k`` nearest validation samples, in the space of t
 layer's inputs, give that label a mean predicted probability below ``threshold``. On digits
 with 3 % of the labels flipped and trained for 40 epochs, this flags 71 % of the flipped
 samples (86 % of the fitted ones) and 1.3 % of the clean training samples.
+
+How many of them would a retrained model still predict as their labels, and how many of the
+other forgotten rows? The neighbours' mean probability ``e`` is a raw estimate. Validation
+rows *are* unseen rows, so they calibrate it: each validation row's ``e`` from its own
+validation neighbours (itself left out), against whether the model predicts its label; a
+forgotten row's *calibrated* rate is the share of validation rows with an ``e`` within
+0.05 of its own that the model predicts as their labels, counted together with
+``PRIOR_ROWS`` pseudo-rows at ``e`` itself (:func:`heldout_fit_rate`: where few validation
+rows are alike, the raw estimate stands). On full Fashion-MNIST, random deletions, the
+calibrated rate of all forgotten rows is 0.916-0.928 where a retrained model predicts
+0.893-0.933 of them (raw ``e``: 0.865-0.884), and that of the memorised rows 0.46-0.50
+where it predicts 0.48-0.70 (raw: 0.36-0.38). Where the model has memorised flipped labels
+(digits, 40 epochs) the trained features carry the memorisation and every neighbour-based
+estimate runs high (0.10-0.20 for rows that retraining fits 0-5 % of): the memorised rows
+are therefore made unfitted by default, and the calibrated rates only guard against forgetting
+far past what a model that never saw the rows would do
+(:meth:`Memorised.unseen_accuracy`, :class:`~lightning_influence.scoring.MembershipScorer`).
 """
 
 from __future__ import annotations
@@ -44,22 +61,88 @@ class Memorised:
             that its validation neighbours are given its label: what a model that never saw
             it would give that label, estimated from data like it.
         num_classes: the logits' width.
+        calibrated: float ``[len(forget)]``, for every forgotten row the rate at which the
+            model predicts the labels of unseen (validation) rows with an ``expected`` like
+            its own: how often a model that never saw it would predict its label,
+            calibrated on held-out data (:func:`heldout_fit_rate`; None where the validation
+            rows are too few).
     """
 
     rows: Tensor
     expected: Tensor
     num_classes: int
+    calibrated: Tensor | None = None
 
     def expected_share(self) -> float:
         """The share of the memorised rows a model that never saw them would still predict
         as their labels (estimated: the mean of their ``expected``)."""
         return float(self.expected[self.rows].mean()) if bool(self.rows.any()) else 0.0
 
+    def calibrated_share(self) -> float:
+        """The share of the memorised rows a retrained model would still predict as their
+        labels, calibrated on validation rows (the raw :meth:`expected_share` where no
+        calibration was possible)."""
+        if self.calibrated is None:
+            return self.expected_share()
+        return float(self.calibrated[self.rows].mean()) if bool(self.rows.any()) else 0.0
+
+    def unseen_accuracy(self) -> float | None:
+        """The accuracy on the forgotten rows of a model that never saw them, as far as
+        held-out data tells: the memorised rows unfitted, every other row at its calibrated
+        rate (None: no calibration)."""
+        if self.calibrated is None:
+            return None
+        return float(torch.where(self.rows, 0.0, self.calibrated).mean())
+
     def loss_caps(self) -> Tensor:
         """Per forgotten row, the loss a model that never saw it would have on its label,
         ``-log(expected)``, at most a uniform guess's ``log C``: how far removing it should
         raise its loss."""
         return -torch.log(self.expected.clamp(min=1.0 / self.num_classes))
+
+
+def _neighbour_label_probability(
+    feat: Tensor, ref_feat: Tensor, ref_prob: Tensor, labels: Tensor, k: int, self_offset=None
+) -> Tensor:
+    """Per row of ``feat``, the mean probability of its label over its ``k`` nearest rows
+    of ``ref_feat`` (row ``i`` of ``feat`` is row ``self_offset + i`` of ``ref_feat`` when
+    ``self_offset`` is given, and is then left out of its own neighbours)."""
+    out = torch.empty(len(labels), dtype=torch.float64, device=labels.device)
+    for i in range(0, len(labels), _CHUNK):
+        dist = torch.cdist(feat[i : i + _CHUNK], ref_feat)
+        if self_offset is not None:
+            rows = torch.arange(len(dist), device=dist.device)
+            dist[rows, self_offset + i + rows] = float("inf")
+        near = dist.topk(k, largest=False).indices
+        out[i : i + _CHUNK] = ref_prob[near, labels[i : i + _CHUNK].view(-1, 1)].mean(1)
+    return out
+
+
+#: validation rows below which no calibration is made (the raw estimate is used)
+MIN_CALIBRATION_ROWS = 50
+#: validation rows with an ``expected`` within this of a row's count as alike
+CALIBRATION_WIDTH = 0.05
+#: pseudo-rows at the raw estimate that the alike validation rows are counted with
+PRIOR_ROWS = 20.0
+
+
+def heldout_fit_rate(
+    expected: Tensor, v_feat: Tensor, v_prob: Tensor, v_labels: Tensor, k: int
+) -> Tensor | None:
+    """Per row of ``expected`` (its neighbours' mean probability of its label), the share of
+    validation rows with a like value that the model predicts as their labels, counted with
+    :data:`PRIOR_ROWS` pseudo-rows at the value itself; each validation row's value comes
+    from the other validation rows (None: fewer than :data:`MIN_CALIBRATION_ROWS` rows)."""
+    if len(v_labels) < max(MIN_CALIBRATION_ROWS, k + 1):
+        return None
+    e = _neighbour_label_probability(v_feat, v_feat, v_prob, v_labels, k, self_offset=0)
+    predicted = (v_prob.argmax(-1) == v_labels).double()
+    order = e.argsort()
+    e, hits = e[order], torch.cat([predicted.new_zeros(1), predicted[order].cumsum(0)])
+    lo = torch.searchsorted(e, expected - CALIBRATION_WIDTH, right=False)
+    hi = torch.searchsorted(e, expected + CALIBRATION_WIDTH, right=True)
+    alike, alike_hits = (hi - lo).double(), hits[hi] - hits[lo]
+    return (alike_hits + PRIOR_ROWS * expected) / (alike + PRIOR_ROWS)
 
 
 def memorised_rows(
@@ -103,10 +186,8 @@ def memorised_rows(
     v_prob = v_logits.double().softmax(-1)
     labels = forget.y.long()
     k = min(k, len(val))
-    expected = torch.empty(len(labels), dtype=torch.float64, device=labels.device)
-    for i in range(0, len(labels), _CHUNK):
-        near = torch.cdist(f_feat[i : i + _CHUNK], v_feat).topk(k, largest=False).indices
-        y = labels[i : i + _CHUNK]
-        expected[i : i + _CHUNK] = v_prob[near, y.view(-1, 1)].mean(1)
+    expected = _neighbour_label_probability(f_feat, v_feat, v_prob, labels, k)
     fitted = f_logits.argmax(-1) == labels
-    return Memorised(fitted & (expected < threshold), expected, int(f_logits.shape[1]))
+    rows = fitted & (expected < threshold)
+    calibrated = heldout_fit_rate(expected, v_feat, v_prob, val.y.long(), k)
+    return Memorised(rows, expected, int(f_logits.shape[1]), calibrated)

@@ -136,7 +136,10 @@ def response_descent(
     """Run ``steps`` Adam steps on J from the current weights; keep the best scored point.
 
     On return the model holds the best point (``result.applied``) or its weights at the
-    call, bit for bit; exceptions restore them and propagate.
+    call, bit for bit; exceptions restore them and propagate. A point that breaks the
+    scorer's own floor (a :class:`~lightning_influence.step.Score` with ``guard_broken``,
+    e.g. sample removal forgetting past what unseen data gets) is never kept and ends the
+    descent: the removal term would only push further.
 
     Args:
         model: the model (changed in place).
@@ -197,6 +200,15 @@ def response_descent(
                 if progress is not None:
                     progress(len(result.trials), trial)
                 if trial.f1 < 0:
+                    break
+                if trial.guard_broken:
+                    # the scorer's own floor (e.g. forgetting past what unseen data gets):
+                    # the removal term only pushes further, so the descent ends here
+                    result.outcome = StepOutcome.FLOOR
+                    result.reason = (
+                        f"the descent stopped after {k + 1} steps, where the validation "
+                        "scorer's own floor broke"
+                    )
                     break
                 if trial.below(reference - max_retain_drop):
                     below += 1

@@ -132,3 +132,66 @@ def test_the_removal_caps_come_from_the_judged_rows_only_when_asked():
     assert caps is not None and caps.shape == (2,)
     expected = scorer.memorised.expected.clamp(min=0.5)  # two classes: at most log 2
     assert torch.allclose(caps, -torch.log(expected))
+
+
+def _spread_val() -> Rows:
+    """60 validation rows: class 0 left of 0, class 1 right of it, and three rows labelled
+    1 among the class-0 rows (the model predicts 0 there: unseen rows it gets wrong)."""
+    left = [-0.05 * (i + 1) for i in range(30)]
+    right = [0.05 * (i + 1) for i in range(27)]
+    return _rows(left + right + [-0.5, -0.52, -0.54], [0] * 30 + [1] * 27 + [1, 1, 1])
+
+
+def test_the_calibrated_rate_equals_a_dense_count_over_alike_validation_rows():
+    """Each forgotten row's calibrated rate is (validation rows whose own neighbour
+    estimate is within 0.05 of the row's and that the model predicts right + 20 x the
+    row's estimate) / (those rows + 20), each validation row's estimate taken without
+    itself: recomputed here by brute force."""
+    from lightning_influence.memorised import CALIBRATION_WIDTH, PRIOR_ROWS
+
+    model, val = _model(), _spread_val()
+    forget = _rows([-0.51, 0.3, 1.2], [1, 1, 1])  # among the mislabelled rows; two typical
+    found = memorised_rows(model, forget, val, predict_logits, k=3)
+    assert found is not None and found.calibrated is not None
+    prob = model(val.x).softmax(-1).double()
+    dist = torch.cdist(val.x.double(), val.x.double())
+    dist.fill_diagonal_(float("inf"))
+    e_val = prob[dist.topk(3, largest=False).indices, val.y.view(-1, 1)].mean(1)
+    right = (prob.argmax(-1) == val.y).double()
+    for e, got in zip(found.expected, found.calibrated, strict=True):
+        alike = (e_val - e).abs() <= CALIBRATION_WIDTH + 1e-12
+        want = (right[alike].sum() + PRIOR_ROWS * e) / (alike.sum() + PRIOR_ROWS)
+        assert got.item() == pytest.approx(want.item(), abs=1e-9)
+    assert found.calibrated[0] < 0.2 < 0.9 < found.calibrated[1]
+    # the memorised row counts 0, the others their rates
+    rows = found.rows.double()
+    assert found.unseen_accuracy() == pytest.approx(
+        float(((1 - rows) * found.calibrated).mean()), abs=1e-12
+    )
+
+
+def test_too_few_validation_rows_give_no_calibration_and_no_guard():
+    found = memorised_rows(_model(), _rows([0.05], [1]), _val(), predict_logits)  # 24 rows
+    assert found is not None and found.calibrated is None and found.unseen_accuracy() is None
+    scorer = MembershipScorer(_rows([2.05], [1]), _val())
+    assert "forget_floor" not in scorer.metrics(_model())
+
+
+def test_forgetting_far_past_what_unseen_rows_get_breaks_the_guard():
+    """Typical rows (the model and their neighbours agree on their labels): unfitting them
+    all is further than a model that never saw them would go, so the point breaks the
+    scorer's guard and is never kept; the start does not."""
+    from lightning_influence.step import guard_broken
+
+    model, val = _model(), _spread_val()
+    forget = _rows([0.3 + 0.05 * i for i in range(20)], [1] * 20)
+    scorer = MembershipScorer(forget, val)
+    assert not guard_broken(scorer.score(model))
+    floor = scorer.metrics(model)["forget_floor"]
+    assert 0.5 < floor < 1.0
+    with torch.no_grad():
+        model[1].bias.copy_(torch.tensor([20.0, -20.0]))  # every forgotten row now class 0
+    assert scorer.metrics(model)["forget_acc"] == 0.0
+    assert guard_broken(scorer.score(model))
+    scorer.guard_over_forgetting = False  # the lever: no guard
+    assert not guard_broken(scorer.score(model))
