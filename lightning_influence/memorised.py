@@ -102,17 +102,22 @@ class Memorised:
 
 
 def _neighbour_label_probability(
-    feat: Tensor, ref_feat: Tensor, ref_prob: Tensor, labels: Tensor, k: int, self_offset=None
+    feat: Tensor,
+    ref_feat: Tensor,
+    ref_prob: Tensor,
+    labels: Tensor,
+    k: int,
+    self_index: Tensor | None = None,
 ) -> Tensor:
     """Per row of ``feat``, the mean probability of its label over its ``k`` nearest rows
-    of ``ref_feat`` (row ``i`` of ``feat`` is row ``self_offset + i`` of ``ref_feat`` when
-    ``self_offset`` is given, and is then left out of its own neighbours)."""
+    of ``ref_feat`` (row ``i`` of ``feat`` is row ``self_index[i]`` of ``ref_feat`` when
+    ``self_index`` is given, and is then left out of its own neighbours)."""
     out = torch.empty(len(labels), dtype=torch.float64, device=labels.device)
     for i in range(0, len(labels), _CHUNK):
         dist = torch.cdist(feat[i : i + _CHUNK], ref_feat)
-        if self_offset is not None:
+        if self_index is not None:
             rows = torch.arange(len(dist), device=dist.device)
-            dist[rows, self_offset + i + rows] = float("inf")
+            dist[rows, self_index[i : i + _CHUNK].to(dist.device)] = float("inf")
         near = dist.topk(k, largest=False).indices
         out[i : i + _CHUNK] = ref_prob[near, labels[i : i + _CHUNK].view(-1, 1)].mean(1)
     return out
@@ -124,6 +129,9 @@ MIN_CALIBRATION_ROWS = 50
 CALIBRATION_WIDTH = 0.05
 #: pseudo-rows at the raw estimate that the alike validation rows are counted with
 PRIOR_ROWS = 20.0
+#: validation rows the calibration is fitted on at most (a seeded random subset of them;
+#: their neighbours are still taken among all validation rows), which bounds its cost
+MAX_CALIBRATION_ROWS = 8192
 
 
 def heldout_fit_rate(
@@ -132,11 +140,19 @@ def heldout_fit_rate(
     """Per row of ``expected`` (its neighbours' mean probability of its label), the share of
     validation rows with a like value that the model predicts as their labels, counted with
     :data:`PRIOR_ROWS` pseudo-rows at the value itself; each validation row's value comes
-    from the other validation rows (None: fewer than :data:`MIN_CALIBRATION_ROWS` rows)."""
-    if len(v_labels) < max(MIN_CALIBRATION_ROWS, k + 1):
+    from the other validation rows (None: fewer than :data:`MIN_CALIBRATION_ROWS` rows). At
+    most :data:`MAX_CALIBRATION_ROWS` validation rows, drawn with a fixed seed, are set
+    against their neighbours among all of them."""
+    n = len(v_labels)
+    if n < max(MIN_CALIBRATION_ROWS, k + 1):
         return None
-    e = _neighbour_label_probability(v_feat, v_feat, v_prob, v_labels, k, self_offset=0)
-    predicted = (v_prob.argmax(-1) == v_labels).double()
+    picked = torch.arange(n, device=v_labels.device)
+    if n > MAX_CALIBRATION_ROWS:
+        draw = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        picked = draw[:MAX_CALIBRATION_ROWS].sort().values.to(v_labels.device)
+    labels = v_labels[picked]
+    e = _neighbour_label_probability(v_feat[picked], v_feat, v_prob, labels, k, picked)
+    predicted = (v_prob[picked].argmax(-1) == labels).double()
     order = e.argsort()
     e, hits = e[order], torch.cat([predicted.new_zeros(1), predicted[order].cumsum(0)])
     lo = torch.searchsorted(e, expected - CALIBRATION_WIDTH, right=False)

@@ -195,3 +195,26 @@ def test_forgetting_far_past_what_unseen_rows_get_breaks_the_guard():
     assert guard_broken(scorer.score(model))
     scorer.guard_over_forgetting = False  # the lever: no guard
     assert not guard_broken(scorer.score(model))
+
+
+def test_the_calibration_is_fitted_on_a_bounded_subset_of_many_validation_rows(monkeypatch):
+    """Above MAX_CALIBRATION_ROWS validation rows, a seeded subset is calibrated (each row's
+    neighbours still among all of them): the same rates as a dense count over that subset,
+    and the same on a second call."""
+    import lightning_influence.memorised as mem
+
+    monkeypatch.setattr(mem, "MAX_CALIBRATION_ROWS", 40)
+    model, val = _model(), _spread_val()  # 60 rows
+    expected = torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64)
+    feat, prob = val.x.double(), model(val.x).softmax(-1).double()
+    got = mem.heldout_fit_rate(expected, feat, prob, val.y, k=3)
+    assert torch.equal(got, mem.heldout_fit_rate(expected, feat, prob, val.y, k=3))
+    picked = torch.randperm(60, generator=torch.Generator().manual_seed(0))[:40].sort().values
+    dist = torch.cdist(feat[picked], feat)
+    dist[torch.arange(40), picked] = float("inf")
+    e = prob[dist.topk(3, largest=False).indices, val.y[picked].view(-1, 1)].mean(1)
+    right = (prob[picked].argmax(-1) == val.y[picked]).double()
+    for value, rate in zip(expected, got, strict=True):
+        alike = (e - value).abs() <= mem.CALIBRATION_WIDTH + 1e-12
+        want = (right[alike].sum() + mem.PRIOR_ROWS * value) / (alike.sum() + mem.PRIOR_ROWS)
+        assert rate.item() == pytest.approx(want.item(), abs=1e-9)
