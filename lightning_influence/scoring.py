@@ -277,10 +277,11 @@ class MembershipScorer(Scorer):
     judged once, at the first call's weights) have a score of their own: the share of them
     still predicted as their label (``memorised_target="zero"``), or how far that share is
     above the share a model that never saw them would predict so, estimated from their
-    validation neighbours, as a fraction of the way from there to all of them
-    (``"expected"``). The forget score is the larger of the two, so forgetting is complete
-    once the median loss is held-out-like *and* the memorised rows are unfitted (or no more
-    fitted than the estimate says retraining would leave them).
+    validation neighbours (``"expected"``; calibrated on validation rows:
+    ``"calibrated"``), as a fraction of the way from there to all of them. The forget score
+    is the larger of the two, so forgetting is complete once the median loss is
+    held-out-like *and* the memorised rows are unfitted (or no more fitted than the estimate
+    says retraining would leave them).
 
     Forgetting must not go far past retraining either. A model that never saw the forgotten
     rows still predicts most of them right (the ones it could learn from other data), so a
@@ -298,7 +299,8 @@ class MembershipScorer(Scorer):
         loss_fn: the run's mean-reduced ``loss_fn(logits, targets)``, applied per sample
             (None: cross-entropy).
         memorised: judge which rows are memorised (False: the loss alone).
-        memorised_target: ``"expected"`` or ``"zero"`` (see above).
+        memorised_target: ``"zero"``, ``"expected"`` or ``"calibrated"`` (the estimate
+            calibrated on validation rows, :meth:`Memorised.calibrated_share`; see above).
     """
 
     #: points whose forget accuracy is below ``forget_floor`` break the scorer's guard
