@@ -160,8 +160,8 @@ def test_projected_self_influence_ranks_as_the_unprojected_one_on_digits(digits)
 
 
 def test_a_very_wide_layer_is_announced_with_the_fix_before_the_fit(monkeypatch, caplog):
-    """Unprojected EK-FAC on a layer wider than WIDE_FACTOR says so, naming projection=;
-    with a projection, or narrow layers, it says nothing."""
+    """EK-FAC told not to project (projection=None) on a layer wider than WIDE_FACTOR says
+    so, naming projection=64; with a projection, or narrow layers, it says nothing."""
     import logging
 
     import lightning_influence.scores as S
@@ -171,19 +171,48 @@ def test_a_very_wide_layer_is_announced_with_the_fix_before_the_fit(monkeypatch,
     monkeypatch.setattr(S, "WIDE_FACTOR", 4)  # the conv's 10-wide inputs, the fc's 5 outputs
     monkeypatch.setattr(S, "_ANNOUNCED", set())
     with caplog.at_level(logging.INFO):
-        li.self_influence(model, (x, y), layers="all")
+        li.self_influence(model, (x, y), layers="all", projection=None)
     said = [r.getMessage() for r in caplog.records if "projection=64" in r.getMessage()]
     assert len(said) == 1 and "'conv', 10" in said[0]
     caplog.clear()
     with caplog.at_level(logging.INFO):  # once per model
-        li.self_influence(model, (x, y), layers="all")
+        li.self_influence(model, (x, y), layers="all", projection=None)
     assert not [r for r in caplog.records if "projection=64" in r.getMessage()]
     with caplog.at_level(logging.INFO):
         li.self_influence(model, (x, y), layers="all", projection=3)
     monkeypatch.setattr(S, "WIDE_FACTOR", 2048)
     with caplog.at_level(logging.INFO):
-        li.self_influence(model, (x, y), layers="all")
+        li.self_influence(model, (x, y), layers="all", projection=None)
     assert not [r for r in caplog.records if "projection=64" in r.getMessage()]
+
+
+def test_auto_projection_sketches_only_when_a_layer_is_wide(monkeypatch, caplog):
+    """The default projection='auto' is exactly projection=AUTO_PROJECTION once a selected
+    layer's factor is wider than WIDE_FACTOR (and says so once), and exactly the unprojected
+    EK-FAC otherwise; the last layer alone is judged by its own width."""
+    import logging
+
+    import lightning_influence.scores as S
+
+    assert li.ScoreArguments().projection == "auto"
+    model = _model()
+    x, y = data_for(model, 12, seed=13)
+    plain = li.self_influence(model, (x, y), layers="all", projection=None)
+    assert torch.equal(li.self_influence(model, (x, y), layers="all"), plain)  # narrow: none
+    monkeypatch.setattr(S, "WIDE_FACTOR", 9)  # the conv's inputs are 10 wide, the fc's 4 and 5
+    monkeypatch.setattr(S, "AUTO_PROJECTION", 2)
+    monkeypatch.setattr(S, "_ANNOUNCED", set())
+    with caplog.at_level(logging.INFO):
+        auto = li.self_influence(model, (x, y), layers="all")
+    assert torch.equal(auto, li.self_influence(model, (x, y), layers="all", projection=2))
+    assert not torch.allclose(auto, plain)
+    said = [r.getMessage() for r in caplog.records if "projection='auto'" in r.getMessage()]
+    assert len(said) == 1 and "'conv', 10" in said[0] and "2 dimensions" in said[0]
+    last = li.self_influence(model, (x, y))  # the fc layer alone: 5 wide, not projected
+    assert torch.equal(last, li.self_influence(model, (x, y), projection=None))
+    with pytest.raises(ValueError, match="projection"):
+        li.ScoreArguments(projection="sometimes")
+    li.ScoreArguments(curvature="gauss_newton")  # 'auto' is no request: exact curvatures take it
 
 
 def test_projected_self_influence_is_the_diagonal_of_the_projected_scores():
