@@ -840,6 +840,7 @@ def _respond(
             lr=r.lr,
             every=r.every,
             patience=r.patience,
+            backtracks=r.backtracks,
             stop_at=problem.forget_target if problem.stop_response_when_complete else None,
             max_retain_drop=problem.max_retain_drop,
             retain_reference=retain_reference,

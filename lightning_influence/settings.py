@@ -469,6 +469,15 @@ class ResponseArguments:
             "added rows' terms."
         ),
     )
+    backtracks: int = field(
+        default=2,
+        metadata=_help(
+            "Times the descent starts again from its start at a quarter of the learning rate "
+            "when a point breaks the validation scorer's own floor before any point was kept "
+            "(the steps are too large for this model: a ResNet-18's first 4 steps took 20 "
+            "random samples below held-out accuracy). 0: never."
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.steps is not None and (
@@ -479,6 +488,14 @@ class ResponseArguments:
         if self.patience is not None:
             _check_positive_int(self.patience, "response.patience")
         _check_bool(self.selected_only, "response.selected_only")
+        if (
+            isinstance(self.backtracks, bool)
+            or not isinstance(self.backtracks, int)
+            or (self.backtracks < 0)
+        ):
+            raise ValueError(
+                f"response.backtracks must be an integer >= 0, got {self.backtracks!r}."
+            )
         for name in ("skip_when_complete", "stop_when_complete"):
             if getattr(self, name) is not None:
                 _check_bool(getattr(self, name), f"response.{name}")

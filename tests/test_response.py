@@ -168,6 +168,41 @@ def test_a_point_that_breaks_the_scorers_own_floor_is_never_kept():
     assert res.trials[2].guard_broken and res.trials[2].retain_acc == 0.95
 
 
+def test_an_overshoot_before_any_kept_point_restarts_smaller_and_keeps_a_point():
+    """The scorer's floor breaks wherever the weights moved farther than 0.05 from the
+    start; below that a longer move forgets more. At lr 0.05 the first scored point (5
+    steps) is already past it: without backtracking nothing is kept and the weights come
+    back bit for bit; with backtracking the descent starts again from the start at lr/4,
+    then lr/16, and keeps a point inside the floor. A break after a kept point still ends
+    the descent (no restart)."""
+    model, data, *_ = _problem()
+    start = [p.detach().clone() for p in model.parameters()]
+
+    def moved(m):
+        return (
+            sum(float((p - s).pow(2).sum()) for p, s in zip(m.parameters(), start, strict=True))
+            ** 0.5
+        )
+
+    def floor(m):
+        d = moved(m)
+        return Score(max(0.0, 1.0 - 10 * d), 1.0, guard_broken=d > 0.05)
+
+    args = (data, response_anchors(model, data.retained), floor, nn.functional.cross_entropy)
+    kw = {"steps": 40, "lr": 0.05, "every": 5, "max_retain_drop": 0.01}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = response_descent(model, *args, **kw)
+    assert not plain.applied and len(plain.trials) == 1 and plain.trials[0].guard_broken
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    res = response_descent(model, *args, **kw, backtracks=2)
+    assert res.applied and not res.best.guard_broken and moved(model) <= 0.05
+    assert res.trials[0].guard_broken, "the first start overshot"
+    assert "started again" in res.reason and "learning rate" in res.reason
+    assert max(t.radius_steps for t in res.trials) <= 40, "the steps are counted across starts"
+    with pytest.raises(ValueError, match="response.backtracks"):
+        ResponseArguments(backtracks=-1)
+
+
 def test_stop_at_ends_the_descent_at_the_first_point_that_completes_forgetting():
     """Scores: forgetting completes at the 2nd scored point (retained 0.9), later points
     keep it complete at a higher retained accuracy. By default the best F1 (the last) is
