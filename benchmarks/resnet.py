@@ -56,12 +56,16 @@ VARIANTS: dict[str | None, dict[str, Any]] = {
     "rounds 1": {"solve": {"rounds": 1}},
     "no response": {"response": {"steps": 0}},
     "rounds 1 no response": {"solve": {"rounds": 1}, "response": {"steps": 0}},
+    # the backdoor descent ends once forgetting is complete and retained accuracy is back
+    "stop when repaired": {"response": {"stop_when_repaired": True}},
     # sample removal's descent raises each forgotten row's loss only up to what its
     # validation neighbours say retraining would give it ("spec": attributes of cb.spec)
     "cap expected": {"spec": {"removal_cap": "expected"}},
 }
 #: levers of the self_last / self_all tasks: extra li.self_influence arguments
 SCORE_VARIANTS: dict[str, dict[str, Any]] = {
+    # the exact (unprojected) EK-FAC: the default before projection="auto"
+    "no projection": {"projection": None},
     "projection 64": {"projection": 64},
     "projection 16": {"projection": 16},
 }
@@ -225,21 +229,22 @@ def one(task: str, variant: str | None, seed: int = 0) -> dict[str, Any]:
 def _found(scores: torch.Tensor, d: dict[str, Any], task: str, variant: str | None, seed: int):
     """How well a self-influence ranking finds the corrupted rows (flipped and poisoned):
     precision in its top k (k = their number), next to the loss-free baseline of chance; the
-    scores are cached so that a lever's ranking can be compared with the default's."""
+    scores are cached so that a projected ranking can be compared with the exact
+    (unprojected) EK-FAC's, the ``no projection`` variant."""
     corrupted = torch.cat([d["flips"], d["poisoned"]])
     k = len(corrupted)
     top = torch.topk(scores, k).indices
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save(scores, CACHE / f"{task}_{(variant or 'default').replace(' ', '_')}_seed{seed}.pt")
     out = {"corrupted_precision": float(torch.isin(top, corrupted).float().mean())}
-    default = CACHE / f"{task}_default_seed{seed}.pt"
-    if variant is not None and default.exists():
-        ref = torch.load(default, weights_only=True)
+    exact = CACHE / f"{task}_no_projection_seed{seed}.pt"
+    if variant != "no projection" and exact.exists():
+        ref = torch.load(exact, weights_only=True)
         rank = lambda t: t.argsort().argsort().double()  # noqa: E731
-        out["spearman_to_default"] = float(
+        out["spearman_to_unprojected"] = float(
             torch.corrcoef(torch.stack([rank(scores), rank(ref)]))[0, 1]
         )
-        out["top_k_overlap_with_default"] = float(
+        out["top_k_overlap_with_unprojected"] = float(
             torch.isin(top, torch.topk(ref, k).indices).float().mean()
         )
     return out
@@ -282,7 +287,7 @@ def summarise(
     unlearn = [t for t in ("class", "samples", "relabel", "backdoor") if t in default]
     lever_keys = ("task", "variant", "seconds", "cpu_seconds", "applied", "complete",
                   "forget_score", "timed_out", "after", "peak_extra_bytes", "corrupted_precision",
-                  "spearman_to_default", "top_k_overlap_with_default")  # fmt: skip
+                  "spearman_to_unprojected", "top_k_overlap_with_unprojected")  # fmt: skip
     levers = [
         {k: r.get(k) for k in lever_keys}
         | {"seconds_over_epoch": r["seconds"] / epoch if epoch and "seconds" in r else None}
@@ -303,17 +308,21 @@ def summarise(
         "self_influence_all_layers_cpu_seconds_over_epoch": over(
             "self_all", "cpu_seconds", epoch_cpu
         ),
-        # the projected EK-FAC lever (ScoreArguments.projection): its CPU time over the
-        # epoch's and its rank agreement with the default's scores
+        # every layer's EK-FAC by projection (ScoreArguments.projection; the default 'auto'
+        # is 64 here): CPU time over the epoch's and rank agreement with the exact EK-FAC
         "self_influence_all_layers_projected": {
-            r["variant"]: {
+            (r.get("variant") or "default (auto)"): {
                 "cpu_seconds_over_epoch": r["cpu_seconds"] / epoch_cpu if epoch_cpu else None,
-                "spearman_to_default": r.get("spearman_to_default"),
-                "top_k_overlap_with_default": r.get("top_k_overlap_with_default"),
+                "peak_extra_gb": r["peak_extra_bytes"] / 2**30
+                if r.get("peak_extra_bytes") is not None
+                else None,
+                "spearman_to_unprojected": r.get("spearman_to_unprojected"),
+                "top_k_overlap_with_unprojected": r.get("top_k_overlap_with_unprojected"),
+                "corrupted_precision": r.get("corrupted_precision"),
             }
             for r in rows
             if r["task"] == "self_all"
-            and (r.get("variant") or "").startswith("projection")
+            and (r.get("variant") is None or r["variant"].startswith(("projection", "no proj")))
             and "cpu_seconds" in r
         },
         "timed_out": sorted(r["task"] for r in default.values() if r.get("timed_out")),
