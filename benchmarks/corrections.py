@@ -81,6 +81,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "no repair rows": {"backdoor_repair_rows": 0},
         "no response descent": {"response": {"steps": 0}},
         "response lr 1e-4": {"response": {"lr": 1e-4}},
+        # end the descent once forgetting is complete and retained accuracy is back
+        "stop when repaired": {"response": {"stop_when_repaired": True}},
     },
 }
 
@@ -224,27 +226,35 @@ def plot(summary: dict[str, dict[str, Any]], name: str = "corrections.png") -> N
 TASKS = ("relabel", "find_fix", "backdoor")
 
 
-def run(seeds: list[int], tasks: tuple[str, ...] = TASKS) -> dict[str, Any]:
+def run(
+    seeds: list[int], tasks: tuple[str, ...] = TASKS, only: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Every task's variants on every seed (``only``: just the variants of these names)."""
     torch.set_num_threads(1)
     splits = digits_splits(0)
     clean = _fit(splits[0], splits[1])
+    variants = {
+        task: {n: v for n, v in named.items() if only is None or n in only}
+        for task, named in VARIANTS.items()
+    }
     rows: list[dict] = []
     for seed in seeds:
-        relabel = VARIANTS["relabel"]
+        relabel = variants["relabel"]
         if "relabel" in tasks:
             rows += relabel_rows(seed, relabel, splits, clean)
         if "find_fix" in tasks:
             rows += find_fix_rows(seed, relabel, splits)
         if "backdoor" in tasks:
-            rows += backdoor_rows(seed, VARIANTS["backdoor"], splits)
+            rows += backdoor_rows(seed, variants["backdoor"], splits)
         print(f"seed {seed}: {len(rows)} rows", flush=True)
     summary = summarise(rows)
     return {
         "command": "python -m benchmarks.corrections --seeds "
         + " ".join(map(str, seeds))
-        + ("" if tasks == TASKS else " --tasks " + " ".join(tasks)),
+        + ("" if tasks == TASKS else " --tasks " + " ".join(tasks))
+        + ("" if only is None else " --variants " + " ".join(repr(n) for n in only)),
         "machine": machine(),
-        "variants": VARIANTS,
+        "variants": variants,
         "summary": summary,
         "rows": rows,
     }
@@ -259,8 +269,15 @@ def main(argv: list[str] | None = None) -> None:
         default=RESULT,
         help="result file under benchmarks/results (a task subset is best written to its own file)",
     )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=sorted({n for named in VARIANTS.values() for n in named}),
+        help="run only these variants (default: all)",
+    )
     a = p.parse_args(argv)
-    result = run(a.seeds, tuple(a.tasks))
+    result = run(a.seeds, tuple(a.tasks), None if a.variants is None else tuple(a.variants))
     write_json(a.out, result)
     plot(result["summary"], a.out.replace(".json", ".png"))
     for task, variants in result["summary"].items():

@@ -141,6 +141,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif target 0": ({"step": {"forget_target": 0.0}}, {}),
     "gif rounds 2": ({"solve": {"rounds": 2}}, {}),
     "gif every 20": ({"response": {"every": 20}}, {}),
+    "gif stop when repaired": ({"response": {"stop_when_repaired": True}}, {}),
     "gif rounds 2 every 20": ({"solve": {"rounds": 2}, "response": {"every": 20}}, {}),
     "gif no old-class floor": ({}, {"old_class_drop": None}),
     "gif skip response": ({"response": {"skip_when_complete": True}}, {}),

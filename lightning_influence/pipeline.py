@@ -842,6 +842,7 @@ def _respond(
             patience=r.patience,
             backtracks=r.backtracks,
             stop_at=problem.forget_target if problem.stop_response_when_complete else None,
+            repaired_at=problem.forget_target if r.stop_when_repaired else None,
             max_retain_drop=problem.max_retain_drop,
             retain_reference=retain_reference,
             masks=masks if r.selected_only else None,

@@ -132,6 +132,7 @@ def response_descent(
     progress: Callable[[int, StepTrial], None] | None = None,
     patience: int | None = None,
     stop_at: float | None = None,
+    repaired_at: float | None = None,
     backtracks: int = 0,
 ) -> StepResult:
     """Run ``steps`` Adam steps on J from the current weights; keep the best scored point.
@@ -167,6 +168,10 @@ def response_descent(
             floor that reaches it (None: all steps run). Past that point the best F1 is the
             highest retained accuracy, while the removal term keeps raising the forgotten
             rows' loss beyond what forgetting asked.
+        repaired_at: a forget score at which the descent ends once retained accuracy is
+            back at its reference too (the first point that completes forgetting and has
+            nothing left to repair; None: no such stop). ``stop_at`` stops at completion
+            whatever retained accuracy did.
         backtracks: times the descent starts again from its start weights at a quarter of
             the learning rate when a point breaks the scorer's own floor before any point was
             kept: the step was too large for this model (ResNet-18, 20 random samples: the
@@ -191,6 +196,7 @@ def response_descent(
             opt = torch.optim.Adam(list(named.values()), lr=lr)
             below = 0  # scored points below the floor in a row
             stopped = None  # the step at which forgetting completed (with ``stop_at``)
+            repaired = False  # ... and retained accuracy was back (with ``repaired_at``)
             restarts = []  # the steps after which the descent started again, smaller
             k = 0
             while k < steps:
@@ -244,6 +250,13 @@ def response_descent(
                 if stop_at is not None and trial.forget_acc <= stop_at:
                     stopped = k
                     break
+                if (
+                    repaired_at is not None
+                    and trial.forget_acc <= repaired_at
+                    and trial.retain_acc >= reference
+                ):
+                    stopped, repaired = k, True
+                    break
         restarted = f"; {_restarted(restarts, lr)}" if restarts else ""
         # a point below the floor ends the descent before it can become the best
         if best_trial is None or best_state is None:
@@ -262,7 +275,10 @@ def response_descent(
         result.outcome = StepOutcome.RESPONSE_KEPT
         result.reason = f"response descent kept step {int(best_trial.radius_steps)} of {steps}"
         if stopped is not None:
-            result.reason += f" (forgetting complete at step {stopped}: the descent stopped)"
+            done = "forgetting complete" + (
+                ", retained accuracy back at its reference" if repaired else ""
+            )
+            result.reason += f" ({done} at step {stopped}: the descent stopped)"
         result.reason += restarted
         return result
     except BaseException:

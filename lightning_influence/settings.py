@@ -445,6 +445,15 @@ class ResponseArguments:
             "retained accuracy)."
         ),
     )
+    stop_when_repaired: bool = field(
+        default=False,
+        metadata=_help(
+            "End the descent at the first scored point that completes forgetting with "
+            "retained validation accuracy back at its value before unlearning (nothing left "
+            "to forget or repair). A lever for tasks that go on past completion (backdoor "
+            "repair): a ResNet-18's backdoor descent kept step 16 and ran 184 more."
+        ),
+    )
     skip_when_complete: bool | None = field(
         default=None,
         metadata=_help(
@@ -488,6 +497,7 @@ class ResponseArguments:
         if self.patience is not None:
             _check_positive_int(self.patience, "response.patience")
         _check_bool(self.selected_only, "response.selected_only")
+        _check_bool(self.stop_when_repaired, "response.stop_when_repaired")
         if (
             isinstance(self.backtracks, bool)
             or not isinstance(self.backtracks, int)

@@ -228,3 +228,25 @@ def test_stop_at_ends_the_descent_at_the_first_point_that_completes_forgetting()
                                stop_at=0.0)  # fmt: skip
     assert stopped.applied and stopped.best.radius_steps == 10 and len(stopped.trials) == 2
     assert "forgetting complete at step 10" in stopped.reason
+
+
+def test_repaired_at_ends_the_descent_once_forgetting_is_complete_and_retained_is_back():
+    """Scores: forgetting completes at the 2nd scored point with retained accuracy 0.9,
+    below the reference 0.95 (the start's); at the 4th it is back at 0.95; later points
+    climb on. repaired_at=0 ends the descent at the 4th point (nothing left to forget or
+    repair), where stop_at=0 would end it at the 2nd and no stop runs all 8 points."""
+    script = [(1.0, 0.95), (0.5, 0.9), (0.0, 0.9), (0.0, 0.93), (0.0, 0.95), (0.0, 0.97)]
+    calls = []
+
+    def score(m):
+        calls.append(1)
+        return script[min(len(calls) - 1, len(script) - 1)]
+
+    model, data, *_ = _problem()
+    args = (data, response_anchors(model, data.retained), score, nn.functional.cross_entropy)
+    res = response_descent(model, *args, steps=40, lr=0.05, every=5, max_retain_drop=0.2,
+                           repaired_at=0.0)  # fmt: skip
+    assert res.applied and res.best.radius_steps == 20 and len(res.trials) == 4
+    assert "retained accuracy back at its reference at step 20" in res.reason
+    with pytest.raises(ValueError, match="response.stop_when_repaired"):
+        ResponseArguments(stop_when_repaired="yes")
