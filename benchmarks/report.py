@@ -419,6 +419,12 @@ def goals_section(data: dict[str, dict | None]) -> list[str]:
 def _partial(d: dict | None) -> str:
     """' (partial: ...)' for a faithfulness study short of the acceptance's 5 seeds."""
     summary = (d or {}).get("summary", {})
+    per_task = summary.get("seeds_per_task")
+    if per_task:  # every task needs 5 seeds
+        if min(per_task.values()) >= 5:
+            return ""
+        counts = ", ".join(f"{t} {n}" for t, n in per_task.items())
+        return f" (partial: seeds per task of 5: {counts})"
     if "seeds" not in summary or summary["seeds"] >= 5:
         return ""
     tasks = ", ".join(summary.get("tasks", []))
