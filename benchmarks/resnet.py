@@ -322,7 +322,7 @@ def summarise(
             }
             for r in rows
             if r["task"] == "self_all"
-            and (r.get("variant") is None or r["variant"].startswith(("projection", "no proj")))
+            and (r.get("variant") is None or r["variant"] in SCORE_VARIANTS)
             and "cpu_seconds" in r
         },
         "timed_out": sorted(r["task"] for r in default.values() if r.get("timed_out")),

@@ -363,8 +363,9 @@ def resolved_projection(model: nn.Module, args: ScoreArguments) -> int | None:
                 f"EK-FAC over layer(s) with factors wider than {WIDE_FACTOR} (widest: "
                 f"{name!r}, {width}): their eigendecompositions and per-sample rotations grow "
                 "with the square of the width (ResNet-18, layers='all': about 40 training "
-                "epochs of CPU time). projection=64 (or 'auto', the default) sketches wide "
-                "layers first (about 2 epochs there; see 'Projected EK-FAC' in docs/scores.md)."
+                f"epochs of CPU time). projection={AUTO_PROJECTION} (or 'auto', the default) "
+                "sketches wide layers first (about 2 epochs there; see 'Projected EK-FAC' in "
+                "docs/scores.md)."
             )
     return AUTO_PROJECTION if args.projection == AUTO else None
 

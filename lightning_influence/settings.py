@@ -79,6 +79,11 @@ def _check_positive_int(value: int, name: str) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
+def _check_nonnegative_int(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
+
+
 def _documented(cls: type) -> type:
     """Append an ``Args:`` section built from the fields' help to the class docstring.
 
@@ -383,8 +388,7 @@ class StepArguments:
             _check_choice(self.keep, ("smallest", "largest"), "step.keep")
         if self.max_val_samples is not None:
             _check_positive_int(self.max_val_samples, "step.max_val_samples")
-        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
-            raise ValueError(f"step.refine must be an integer >= 0, got {self.refine!r}.")
+        _check_nonnegative_int(self.refine, "step.refine")
         _check_number(self.min_radius, "step.min_radius")
         _check_number(self.max_radius, "step.max_radius")
         for name in ("forget_target", "max_retain_drop", "f1_tolerance"):
@@ -498,14 +502,7 @@ class ResponseArguments:
             _check_positive_int(self.patience, "response.patience")
         _check_bool(self.selected_only, "response.selected_only")
         _check_bool(self.stop_when_repaired, "response.stop_when_repaired")
-        if (
-            isinstance(self.backtracks, bool)
-            or not isinstance(self.backtracks, int)
-            or (self.backtracks < 0)
-        ):
-            raise ValueError(
-                f"response.backtracks must be an integer >= 0, got {self.backtracks!r}."
-            )
+        _check_nonnegative_int(self.backtracks, "response.backtracks")
         for name in ("skip_when_complete", "stop_when_complete"):
             if getattr(self, name) is not None:
                 _check_bool(getattr(self, name), f"response.{name}")
@@ -560,6 +557,5 @@ class UnlearnSettings:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}.")
+        _check_nonnegative_int(self.seed, "seed")
         _check_positive_int(self.batch_size, "batch_size")

@@ -197,8 +197,16 @@ def test_an_overshoot_before_any_kept_point_restarts_smaller_and_keeps_a_point()
     res = response_descent(model, *args, **kw, backtracks=2)
     assert res.applied and not res.best.guard_broken and moved(model) <= 0.05
     assert res.trials[0].guard_broken, "the first start overshot"
-    assert "started again" in res.reason and "learning rate" in res.reason
+    assert "started again 2 time(s)" in res.reason and "learning rate 0.00313" in res.reason
     assert max(t.radius_steps for t in res.trials) <= 40, "the steps are counted across starts"
+    assert res.trials[-1].guard_broken, "the break after the kept point ended the descent"
+    model, data, *_ = _problem()
+    args = (data, response_anchors(model, data.retained), floor, nn.functional.cross_entropy)
+    more = response_descent(
+        model, *args, **kw, backtracks=3
+    )  # one left: no restart after a kept point
+    assert [t.radius_steps for t in more.trials] == [t.radius_steps for t in res.trials]
+    assert "started again 2 time(s)" in more.reason
     with pytest.raises(ValueError, match="response.backtracks"):
         ResponseArguments(backtracks=-1)
 
