@@ -61,6 +61,27 @@ def default_loss(outputs: Tensor, targets: Tensor) -> Tensor:
     return nn.functional.cross_entropy(outputs, targets)
 
 
+def is_cross_entropy(loss_fn: LossFn) -> bool:
+    """Whether ``loss_fn`` is plain mean cross-entropy on logits and class labels.
+
+    True for :func:`default_loss`, ``torch.nn.functional.cross_entropy`` and an
+    ``nn.CrossEntropyLoss()`` without class weights or label smoothing that reduces by the
+    mean: the losses whose Fisher may draw labels from the softmax and whose per-sample
+    values take the fast path. Any other callable counts as a custom loss.
+
+    Args:
+        loss_fn: a mean-reducing loss ``loss_fn(outputs, targets)``.
+    """
+    if loss_fn is default_loss or loss_fn is nn.functional.cross_entropy:
+        return True
+    return (
+        type(loss_fn) is nn.CrossEntropyLoss
+        and loss_fn.reduction == "mean"
+        and loss_fn.weight is None
+        and loss_fn.label_smoothing == 0.0
+    )
+
+
 def per_sample_loss(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Tensor:
     """``loss_fn`` on each sample alone (``vmap`` over single-sample calls), shape ``[B]``.
 
@@ -71,7 +92,7 @@ def per_sample_loss(loss_fn: LossFn, outputs: Tensor, targets: Tensor) -> Tensor
         outputs: logits ``[B, ...]``.
         targets: targets ``[B, ...]``.
     """
-    if loss_fn is default_loss:
+    if is_cross_entropy(loss_fn):
         return nn.functional.cross_entropy(outputs, targets, reduction="none")
     return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(outputs, targets)
 

@@ -37,6 +37,7 @@ from lightning_influence.curvature import (
     HessianOperator,
     LossFn,
     default_loss,
+    is_cross_entropy,
     trainable_params,
 )
 from lightning_influence.ekfac import (
@@ -284,8 +285,9 @@ def preconditioner(
         hessian: the curvature's (weighted) batches.
         args: the settings.
     """
-    fisher = args.fisher or ("sampled" if loss_fn is default_loss else "empirical")
-    if fisher != "empirical" and loss_fn is not default_loss:
+    cross_entropy = is_cross_entropy(loss_fn)
+    fisher = args.fisher or ("sampled" if cross_entropy else "empirical")
+    if fisher != "empirical" and not cross_entropy:
         raise ValueError(
             f"fisher={fisher!r} draws labels from the softmax, which assumes cross-entropy; "
             "with a custom loss_fn pass fisher='empirical'."

@@ -315,6 +315,27 @@ def test_bad_input_raises_naming_the_fix(mlp_problem):
         li.self_influence(bn_only, (train[0], train[1] % 4))
 
 
+def test_cross_entropy_in_any_spelling_is_the_default_loss(mlp_problem):
+    """F.cross_entropy and a plain nn.CrossEntropyLoss() get the default loss's sampled
+    Fisher (the same scores, bit for bit); a loss that differs (label smoothing) or an opaque
+    callable is custom: the empirical Fisher, and 'sampled' is refused."""
+    from lightning_influence.curvature import is_cross_entropy
+
+    model, train, _ = mlp_problem
+    ref = li.self_influence(model, train, damping=0.1)
+    for same in (CE, nn.CrossEntropyLoss()):
+        assert is_cross_entropy(same)
+        assert torch.equal(li.self_influence(model, train, loss_fn=same, damping=0.1), ref)
+    smoothed = nn.CrossEntropyLoss(label_smoothing=0.1)
+    for custom in (smoothed, nn.CrossEntropyLoss(reduction="sum"), lambda o, t: CE(o, t)):
+        assert not is_cross_entropy(custom)
+    got = li.self_influence(model, train, loss_fn=smoothed, damping=0.1)
+    empirical = li.self_influence(model, train, loss_fn=smoothed, damping=0.1, fisher="empirical")
+    assert torch.equal(got, empirical) and not torch.allclose(got, ref)
+    with pytest.raises(ValueError, match="fisher='empirical'"):
+        li.self_influence(model, train, loss_fn=smoothed, fisher="sampled")
+
+
 def test_score_args_takes_the_settings_object_the_callback_takes():
     from lightning_influence.scores import ScoreArguments, _settings
 
