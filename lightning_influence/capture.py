@@ -26,6 +26,7 @@ from torch import nn
 
 from .batches import BatchParser, parse_batch
 from .forward import LogitsModel, call_model, logits_of
+from .hooks import ForwardRecorder
 from .pool import batch_ids
 
 __all__ = [
@@ -151,7 +152,12 @@ def find_feature_module(model: nn.Module, name: str | None = None) -> tuple[str,
     return linears[-1]
 
 
-class FeatureRecorder:
+def _flat_first_input(inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
+    x = inputs[0]
+    return x.reshape(x.shape[0], -1) if x.ndim != 2 else x
+
+
+class FeatureRecorder(ForwardRecorder):
     """Context manager: a forward hook that keeps the module's first input, flattened to [B, D].
 
     ``last`` holds the input of the most recent forward call (``None`` before any); ``reset()``
@@ -159,62 +165,31 @@ class FeatureRecorder:
     """
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.last: torch.Tensor | None = None
-        self.calls = 0
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        super().__init__({"feature": module}, _flat_first_input, last_only=True)
 
-    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        x = inputs[0]
-        self.last = x.reshape(x.shape[0], -1) if x.ndim != 2 else x
-        self.calls += 1
+    @property
+    def last(self) -> torch.Tensor | None:
+        kept = self.records["feature"]
+        return kept[-1] if kept else None
 
     def reset(self) -> None:
-        self.last = None
-        self.calls = 0
-
-    def register(self) -> FeatureRecorder:
-        if self._handle is None:
-            self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-
-    def __enter__(self) -> FeatureRecorder:
-        return self.register()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.remove()
+        self.pop()
 
 
-class _OutputRecorder:
-    """Forward hook that keeps a module's outputs during one batch (to find the logits).
+def recorded_logits(outputs: list[Any], batch_size: int) -> torch.Tensor | None:
+    """The most recent recorded output that looks like logits for this batch:
+    ``[batch_size, C]``.
 
-    Keeps every call, not just the last: under DDP, Lightning redirects the wrapped module's
-    ``forward`` to ``validation_step``, so the LightningModule's hook also fires with the
-    step's output (e.g. the loss) after the inner ``self(x)`` that produced the logits.
+    A LightningModule's forward hook keeps every call, not just the last: under DDP,
+    Lightning redirects the wrapped module's ``forward`` to ``validation_step``, so the hook
+    also fires with the step's output (e.g. the loss) after the inner ``self(x)`` that
+    produced the logits.
     """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.outputs: list[Any] = []
-        self._handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        self.outputs.append(output)
-
-    def logits(self, batch_size: int) -> torch.Tensor | None:
-        """The most recent output that looks like logits for this batch: [batch_size, C]."""
-        for out in reversed(self.outputs):
-            t = _logits_from(out)
-            if t is not None and t.ndim == 2 and int(t.shape[0]) == batch_size:
-                return t
-        return None
-
-    def remove(self) -> None:
-        self._handle.remove()
+    for out in reversed(outputs):
+        t = _logits_from(out)
+        if t is not None and t.ndim == 2 and int(t.shape[0]) == batch_size:
+            return t
+    return None
 
 
 def _logits_from(output: Any) -> torch.Tensor | None:
@@ -451,7 +426,7 @@ class CaptureCallback(pl.Callback):
         self._active = False
         self._acc: _Accumulator | None = None
         self._features: FeatureRecorder | None = None
-        self._outputs: _OutputRecorder | None = None
+        self._outputs: ForwardRecorder | None = None
         self._position = 0
         self._warned_no_ids = False
 
@@ -490,7 +465,7 @@ class CaptureCallback(pl.Callback):
             return
         _, module = find_feature_module(pl_module, self.feature_module)
         self._features = FeatureRecorder(module).register() if self.store_features else None
-        self._outputs = _OutputRecorder(pl_module)
+        self._outputs = ForwardRecorder({"step": pl_module}).register()
         self._acc = _Accumulator(
             self.dtype, self.store_features, self.max_bytes, scale=max(trainer.world_size, 1)
         )
@@ -509,7 +484,7 @@ class CaptureCallback(pl.Callback):
             if self._features is not None:
                 self._features.reset()
             if self._outputs is not None:
-                self._outputs.outputs.clear()
+                self._outputs.pop()
 
     def on_validation_batch_end(
         self,
@@ -545,7 +520,8 @@ class CaptureCallback(pl.Callback):
 
         logits = _logits_from(outputs) if not isinstance(outputs, (tuple, list)) else None
         if logits is None or logits.ndim != 2 or int(logits.shape[0]) != b:
-            logits = self._outputs.logits(b) if self._outputs is not None else None
+            recorded = self._outputs.records["step"] if self._outputs is not None else []
+            logits = recorded_logits(recorded, b)
         if logits is None:
             raise RuntimeError(
                 "CaptureCallback found no logits for this batch: return the logits (a Tensor or "

@@ -30,7 +30,6 @@ computed with them leave those parameters out (the choice kronfluence makes too)
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -41,6 +40,7 @@ from lightning_influence._modules import model_device
 from lightning_influence.batches import Batch
 from lightning_influence.curvature import LossFn, default_loss, per_sample_loss
 from lightning_influence.forward import call_model, inputs_take, inputs_to, logits_of
+from lightning_influence.hooks import ForwardRecorder
 from lightning_influence.operators import ParamOperator
 from lightning_influence.vectors import ParamDict
 
@@ -213,21 +213,10 @@ def layer_output_grads(layer: KroneckerLayer, g: Tensor) -> Tensor:
     return g.reshape(g.shape[0], -1, g.shape[-1])
 
 
-@contextmanager
-def _recording(layers: Mapping[str, KroneckerLayer]) -> Iterator[dict[str, list]]:
+def _recording(layers: Mapping[str, KroneckerLayer]) -> ForwardRecorder:
     """Within the block, every forward of a covered layer records (input, output)."""
-    seen: dict[str, list] = {name: [] for name in layers}
-    handles = [
-        layer.module.register_forward_hook(
-            lambda m, inp, out, name=name: seen[name].append((inp[0].detach(), out))
-        )
-        for name, layer in layers.items()
-    ]
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
+    modules = {name: layer.module for name, layer in layers.items()}
+    return ForwardRecorder(modules, keep=lambda inp, out: (inp[0].detach(), out))
 
 
 def _weights(batch: Batch, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -247,7 +236,8 @@ def per_sample_factors(
     cost of one backward pass, and a rotation can use them without forming it.
     """
     device = model_device(model)
-    with torch.enable_grad(), _recording(layers) as seen:
+    with torch.enable_grad(), _recording(layers) as recorder:
+        seen = recorder.records
         out = logits_of(call_model(model, inputs_to(batch.x, device)))
         loss = per_sample_loss(loss_fn, out, batch.y.to(device)).sum()
         calls = {}

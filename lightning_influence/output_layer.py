@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_influence._modules import eval_mode
+from lightning_influence.hooks import ForwardRecorder
 
 __all__ = ["OutputLayerInputs", "moving_module"]
 
@@ -35,6 +36,14 @@ def moving_module(model: nn.Module, names: Iterable[str]) -> str | None:
         return None
     own = {f"{owner}.{n}" if owner else n for n, _ in module.named_parameters(recurse=False)}
     return owner if set(names) <= own else None
+
+
+def _one_tensor_in_and_out(args: tuple[Any, ...], out: Any) -> tuple[Tensor, Tensor] | None:
+    """A call's (input, output), or None when it is not one tensor in, one tensor out (not
+    recordable)."""
+    if len(args) == 1 and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+        return args[0].detach(), out.detach()
+    return None
 
 
 class OutputLayerInputs:
@@ -61,23 +70,12 @@ class OutputLayerInputs:
             x: the scoring inputs.
         """
         layer = dict(model.named_modules())[layer_name]
-        inputs: list[Tensor] = []
-        outputs: list[Tensor] = []
-
-        def keep(_m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            if len(args) == 1 and isinstance(args[0], Tensor) and isinstance(out, Tensor):
-                inputs.append(args[0].detach())
-                outputs.append(out.detach())
-            else:  # anything but one tensor in, one tensor out: not recordable
-                inputs.append(None)  # type: ignore[arg-type]
-
-        handle = layer.register_forward_hook(keep)
-        try:
+        with ForwardRecorder({layer_name: layer}, keep=_one_tensor_in_and_out) as recorder:
             logits = predict(model, x)
-        finally:
-            handle.remove()
-        if not inputs or any(i is None for i in inputs):
+        calls = recorder.records[layer_name]
+        if not calls or any(c is None for c in calls):
             return None
+        inputs, outputs = [i for i, _ in calls], [o for _, o in calls]
         if sum(i.numel() for i in inputs) > MAX_ELEMENTS:
             return None
         recorded = cls(layer, torch.cat(inputs))

@@ -26,6 +26,7 @@ from lightning_influence.batches import Batch, as_batches
 from lightning_influence.curvature import LossFn, default_loss
 from lightning_influence.distributed import active_shards
 from lightning_influence.forward import call_model, inputs_to, logits_of
+from lightning_influence.hooks import ForwardRecorder
 
 SELECTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 METHODS = ("highest_outputs", "highest_gradients", "lowest_outputs", "lowest_gradients", "random")
@@ -65,19 +66,11 @@ def output_layer(model: nn.Module, data: Any) -> str:
         model: the model.
         data: a batch ``(x, y)`` or an iterable of batches (only the first is run).
     """
-    layers = selectable_layers(model)
-    order: list[str] = []
-    handles = [
-        layer.register_forward_hook(lambda *_, name=name: order.append(name))
-        for name, layer in layers.items()
-    ]
-    try:
-        batch = next(iter(as_batches(data, "forget_data")))
+    batch = next(iter(as_batches(data, "forget_data")))
+    with ForwardRecorder(selectable_layers(model), keep=lambda *_: None) as recorder:
         with torch.no_grad(), eval_mode(model):
             call_model(model, inputs_to(batch.x, model_device(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
+    order = recorder.order
     if not order:
         raise ValueError(
             "No selectable layer (trainable nn.Linear or nn.Conv) ran in the forward pass: "
@@ -137,35 +130,8 @@ def _per_unit_sums(out: Tensor, dim: int) -> Tensor:
     return out.movedim(dim, -1).reshape(-1, out.shape[dim]).sum(dim=0).double()
 
 
-class _OutputRecorder:
-    """Forward hooks that keep every output of the given layers (a layer may run twice)."""
-
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
-        self.outputs: dict[str, list[Tensor]] = {name: [] for name in layers}
-        self.handles = [
-            layer.register_forward_hook(self._hook(name)) for name, layer in layers.items()
-        ]
-
-    def _hook(self, name: str):
-        def record(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            self.outputs[name].append(output)
-
-        return record
-
-    def pop(self) -> dict[str, list[Tensor]]:
-        """The outputs recorded since the last call."""
-        outputs = self.outputs
-        self.outputs = {name: [] for name in outputs}
-        return outputs
-
-    def remove(self) -> None:
-        """Remove the hooks."""
-        for handle in self.handles:
-            handle.remove()
-
-
 def _recorded_outputs(
-    model: nn.Module, recorder: _OutputRecorder, batch: Batch
+    model: nn.Module, recorder: ForwardRecorder, batch: Batch
 ) -> dict[str, list[Tensor]]:
     """Every output of the recorded layers on one batch."""
     with torch.no_grad():
@@ -174,7 +140,7 @@ def _recorded_outputs(
 
 
 def _recorded_output_grads(
-    model: nn.Module, recorder: _OutputRecorder, batch: Batch, loss_fn: LossFn
+    model: nn.Module, recorder: ForwardRecorder, batch: Batch, loss_fn: LossFn
 ) -> dict[str, list[Tensor]]:
     """∂loss/∂output for every output of the recorded layers on one batch.
 
@@ -212,7 +178,7 @@ def _unit_scores(
         for name, layer in layers.items()
     }
     shards = active_shards()
-    recorder = _OutputRecorder(layers)
+    recorder = ForwardRecorder(layers).register()  # every output: a layer may run twice
     bad: str | None = None
     try:
         for batch in shards.chunks(as_batches(data, "forget_data")):
