@@ -35,6 +35,11 @@ from torch import Tensor, nn
 
 from lightning_influence._modules import named_tensors
 from lightning_influence.metrics import forgetting_f1
+from lightning_influence.settings import StepArguments
+
+#: the grid and refinement of UnlearnCallback's step search (``step.*`` settings), which
+#: ``step_search`` uses too when called directly
+_STEP_DEFAULTS = StepArguments()
 
 __all__ = [
     "Score",
@@ -202,12 +207,12 @@ def step_search(
     model: nn.Module,
     delta: Mapping[str, Tensor],
     score_fn: ScoreFn,
-    steps: int = 12,
-    min_radius: float = 1e-3,
-    max_radius: float = 0.5,
+    steps: int = _STEP_DEFAULTS.steps,
+    min_radius: float = _STEP_DEFAULTS.min_radius,
+    max_radius: float = _STEP_DEFAULTS.max_radius,
     forget_target: float = 0.0,
     max_retain_drop: float = 0.25,
-    refine: int = 3,
+    refine: int = _STEP_DEFAULTS.refine,
     progress: Callable[[int, StepTrial], None] | None = None,
     retain_reference: float | None = None,
     f1_tolerance: float = 0.0,

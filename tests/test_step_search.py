@@ -206,3 +206,16 @@ def test_the_outcome_names_a_walk_that_never_reached_the_target():
     model, delta, score = _toy(lambda r: (0.5, 0.9 + 0.01 * min(r, 1.0)))
     res = step_search(model, delta, score, steps=4, min_radius=1e-3, max_radius=1.0)
     assert res.outcome is StepOutcome.MAX_RADIUS and "stayed above" in res.reason
+
+
+def test_the_function_defaults_are_the_callbacks_step_settings():
+    """li.step_search called directly searches the grid UnlearnCallback's step.* settings
+    describe (they differed: 12 radii up to 0.5 and 3 bisections against 8 up to 5.0 and 4)."""
+    import inspect
+
+    from lightning_influence.settings import StepArguments
+
+    params = inspect.signature(step_search).parameters
+    defaults = StepArguments()
+    for name in ("steps", "min_radius", "max_radius", "refine"):
+        assert params[name].default == getattr(defaults, name), name
