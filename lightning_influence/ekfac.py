@@ -42,6 +42,7 @@ from lightning_influence.curvature import LossFn, default_loss, per_sample_loss
 from lightning_influence.forward import call_model, inputs_take, inputs_to, logits_of
 from lightning_influence.hooks import ForwardRecorder
 from lightning_influence.operators import ParamOperator
+from lightning_influence.selection import output_layer
 from lightning_influence.vectors import ParamDict
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "kronecker_layers",
     "projections",
     "select_layers",
+    "covered_output_layer",
 ]
 
 FISHERS = ("expected", "sampled", "empirical")
@@ -524,15 +526,38 @@ def fisher_rows(
     return out
 
 
+def covered_output_layer(
+    model: nn.Module, layers: Mapping[str, KroneckerLayer], batches: Sequence[Batch]
+) -> str:
+    """The model's output layer (:func:`~lightning_influence.selection.output_layer`: the
+    last trainable Linear/Conv layer that runs in the forward pass on the first batch), which
+    (E)K-FAC must cover.
+
+    Raises:
+        ValueError: when the output layer is not a covered layer (e.g. a Conv1d head).
+    """
+    name = output_layer(model, batches[:1])
+    if name not in layers:
+        raise ValueError(
+            f"layers='last' is the output layer {name!r}, which (E)K-FAC does not cover "
+            f"(Linear/Conv2d with a trainable weight: {list(layers)}): name covered layers in "
+            "layers=[...] or use curvature='gauss_newton'."
+        )
+    return name
+
+
 def select_layers(
-    layers: Mapping[str, KroneckerLayer], which: str | Sequence[str] | None
+    layers: Mapping[str, KroneckerLayer],
+    which: str | Sequence[str] | None,
+    output: str | None = None,
 ) -> dict[str, KroneckerLayer]:
     """The covered layers that ``which`` names, in model order.
 
     Args:
         layers: the covered layers (:func:`kronecker_layers`).
-        which: ``None``: all of them; ``"last"``: the last one registered in the model (the
-            output layer of a classifier); else module names, each of which must be covered.
+        which: ``None``: all of them; ``"last"``: the output layer, ``output`` (from
+            :func:`covered_output_layer`); else module names, each of which must be covered.
+        output: the output layer's name, needed for ``which="last"``.
 
     Raises:
         ValueError: for a name that is not a covered layer, or an empty selection.
@@ -542,8 +567,9 @@ def select_layers(
     if which == "last":
         if not layers:
             return {}
-        name = list(layers)[-1]
-        return {name: layers[name]}
+        if output is None:
+            raise TypeError("select_layers(which='last') needs the output layer's name: output=")
+        return {output: layers[output]}
     names = [which] if isinstance(which, str) else list(which)
     unknown = [n for n in names if n not in layers]
     if unknown or not names:
@@ -575,7 +601,8 @@ def fit_ekfac(
             K-FAC's s_i a_j.
         chunk: rows per pass.
         layers: which covered layers enter (:func:`select_layers`): ``None`` all, ``"last"``
-            the last one, or module names; the operator is zero on the others.
+            the output layer (the last trainable Linear/Conv that runs on the first batch),
+            or module names; the operator is zero on the others.
         projection: project every layer's inputs and output gradients wider than this to
             this many dimensions first (:func:`projections`; LoGra, Choe et al. 2024): the
             factors are at most ``projection`` wide, so the eigendecompositions and the
@@ -594,7 +621,8 @@ def fit_ekfac(
             "EK-FAC covers nn.Linear and nn.Conv2d layers with trainable weights; the model has "
             "none. Use curvature='gauss_newton' (exact)."
         )
-    layers = select_layers(covered, layers)
+    output = covered_output_layer(model, covered, batches) if layers == "last" else None
+    layers = select_layers(covered, layers, output)
     projected = {} if projection is None else projections(layers, projection, seed)
     blocks = {}
     factors = kronecker_factors(model, loss_fn, batches, layers, chunk, projected)

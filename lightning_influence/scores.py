@@ -44,6 +44,7 @@ from lightning_influence.ekfac import (
     FISHERS,
     EKFACInverse,
     check_projection,
+    covered_output_layer,
     fisher_rows,
     fit_ekfac,
     kronecker_layers,
@@ -97,8 +98,8 @@ class ScoreArguments:
     layers: str | list[str] | None = field(
         default=None,
         metadata={
-            "help": "(E)K-FAC: the covered layers that enter (None or 'last': the last "
-            "Linear/Conv2d layer, measured best for finding flipped labels; 'all': every "
+            "help": "(E)K-FAC: the covered layers that enter (None or 'last': the output layer, the "
+            "last Linear/Conv layer that runs, measured best for finding flipped labels; 'all': every "
             "covered layer; or module names); the exact curvatures take all parameters"
         },
     )
@@ -293,14 +294,15 @@ def preconditioner(
             "with a custom loss_fn pass fisher='empirical'."
         )
     if not args.exact:
-        projection = resolved_projection(model, args)
+        layers = kronecker_names(model, args, hessian)
+        projection = resolved_projection(model, args, layers)
         rows = fisher_rows(model, hessian, fisher, args.seed, args.batch_size)
         ekfac = fit_ekfac(
             model,
             loss_fn,
             rows,
             correct=args.curvature == "ekfac",
-            layers=args.kronecker_layers,
+            layers=layers,
             projection=projection,
             seed=args.seed,
         )
@@ -329,25 +331,48 @@ AUTO_PROJECTION = 64
 _ANNOUNCED: set[tuple[int, str]] = set()
 
 
-def _widest_factor(model: nn.Module, args: ScoreArguments) -> tuple[str, int] | None:
+def kronecker_names(
+    model: nn.Module, args: ScoreArguments, hessian: list[Batch]
+) -> list[str] | None:
+    """The covered layers ``args`` selects, by name (None: every covered layer): the
+    default, the output layer, is found by running the model on the curvature's first batch
+    (:func:`~lightning_influence.ekfac.covered_output_layer`)."""
+    which = args.kronecker_layers
+    if which != "last":
+        return which if which is None or isinstance(which, list) else [which]
+    covered = kronecker_layers(model)
+    if not covered:
+        return None  # fit_ekfac says what to do
+    return [covered_output_layer(model, covered, hessian)]
+
+
+def _widest_factor(model: nn.Module, layers: list[str] | None) -> tuple[str, int] | None:
     """The selected layer with the widest factor above :data:`WIDE_FACTOR`, and its width
     (None: no selected layer is that wide, or nothing is covered)."""
     covered = kronecker_layers(model)
     if not covered:
         return None  # fit_ekfac says what to do
-    layers = select_layers(covered, args.kronecker_layers)
+    layers = select_layers(covered, layers)
     wide = {n: w for n, layer in layers.items() if (w := max(layer_dims(layer))) > WIDE_FACTOR}
     return max(wide.items(), key=lambda nw: nw[1]) if wide else None
 
 
-def resolved_projection(model: nn.Module, args: ScoreArguments) -> int | None:
+def resolved_projection(
+    model: nn.Module, args: ScoreArguments, layers: list[str] | None
+) -> int | None:
     """The projection width EK-FAC is fitted with: ``args.projection``, where ``"auto"`` is
     :data:`AUTO_PROJECTION` when a selected layer's factor is wider than
     :data:`WIDE_FACTOR` and none otherwise. Says once per model and layer when a wide layer
-    is projected by ``"auto"`` or left whole by an explicit ``None``."""
+    is projected by ``"auto"`` or left whole by an explicit ``None``.
+
+    Args:
+        model: the model.
+        args: the settings.
+        layers: the covered layers EK-FAC is fitted on (:func:`kronecker_names`).
+    """
     if args.projection not in (None, AUTO):
         return args.projection
-    widest = _widest_factor(model, args)
+    widest = _widest_factor(model, layers)
     if widest is None:
         return None
     name, width = widest

@@ -465,3 +465,38 @@ def test_a_dataset_is_batched_not_taken_as_batches(digits):
     assert torch.allclose(
         li.self_influence(model, DataLoader(train, batch_size=7)), expected, rtol=1e-5
     )
+
+
+def test_the_default_layer_is_the_output_layer_that_runs_last_not_the_last_registered():
+    """One output-layer rule (selection.output_layer): the last trainable Linear/Conv that runs
+    in the forward pass. A head registered before its body is still the output layer; a head
+    EK-FAC does not cover (Conv1d) is an error naming the fix, not a silent fallback to an
+    inner layer."""
+
+    class HeadFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head, self.body = nn.Linear(6, 3), nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.body(x)))
+
+    torch.manual_seed(0)
+    model = HeadFirst().double().eval()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.arange(12) % 3
+    default = li.self_influence(model, (x, y), damping=0.1)
+    assert torch.equal(default, li.self_influence(model, (x, y), layers=["head"], damping=0.1))
+    assert not torch.allclose(
+        default, li.self_influence(model, (x, y), layers=["body"], damping=0.1)
+    )
+
+    class Conv1dHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 6), nn.Conv1d(6, 3, 1)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.body(x))[..., None])[..., 0]
+
+    with pytest.raises(ValueError, match="'head', which \\(E\\)K-FAC does not cover"):
+        li.self_influence(Conv1dHead().double().eval(), (x, y), damping=0.1)
