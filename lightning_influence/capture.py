@@ -24,6 +24,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from ._modules import eval_mode
 from .batches import BatchParser, parse_batch
 from .forward import LogitsModel, call_model, logits_of
 from .hooks import ForwardRecorder
@@ -331,37 +332,31 @@ def capture_pool(
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     module = find_feature_module(model, feature_module)[1] if store_features else None
-    modes = {m: m.training for m in model.modules()}
     acc = _Accumulator(dtype, store_features, max_bytes)
     warned = False
     position = 0
-    model.eval()
-    try:
-        recorder = FeatureRecorder(module) if module is not None else contextlib.nullcontext()
-        with torch.no_grad(), recorder as rec:
-            for batch in dataloader:
-                parsed = batch_parser(batch)
-                labels = _labels_of(parsed.y)
-                b = int(labels.shape[0])
-                ids = parsed.ids
-                if ids is None:
-                    if not warned:
-                        rank_zero_warn(
-                            "capture_pool: batches carry no sample ids; using running positions "
-                            "in the dataloader. Wrap the dataset in "
-                            "lightning_influence.IndexedDataset for stable ids."
-                        )
-                        warned = True
-                ids = batch_ids(parsed, position)
-                position += b
-                if rec is not None:
-                    rec.reset()
-                out = call_model(model, move_data_to_device(parsed.x, device))
-                logits = logits_of(out)
-                acc.add(ids, labels, logits, None if rec is None else rec.last)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    recorder = FeatureRecorder(module) if module is not None else contextlib.nullcontext()
+    with eval_mode(model), torch.no_grad(), recorder as rec:
+        for batch in dataloader:
+            parsed = batch_parser(batch)
+            labels = _labels_of(parsed.y)
+            b = int(labels.shape[0])
+            ids = parsed.ids
+            if ids is None:
+                if not warned:
+                    rank_zero_warn(
+                        "capture_pool: batches carry no sample ids; using running positions "
+                        "in the dataloader. Wrap the dataset in "
+                        "lightning_influence.IndexedDataset for stable ids."
+                    )
+                    warned = True
+            ids = batch_ids(parsed, position)
+            position += b
+            if rec is not None:
+                rec.reset()
+            out = call_model(model, move_data_to_device(parsed.x, device))
+            logits = logits_of(out)
+            acc.add(ids, labels, logits, None if rec is None else rec.last)
     result = acc.concat()
     if result is None:
         raise ValueError("capture_pool: the dataloader yielded no batches; nothing captured.")
