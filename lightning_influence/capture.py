@@ -24,11 +24,12 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from ._modules import eval_mode
-from .batches import BatchParser, parse_batch
+from ._modules import eval_mode, model_device
+from .batches import Batch, BatchParser, parse_batch
 from .forward import LogitsModel, call_model, logits_of
 from .hooks import ForwardRecorder
 from .pool import batch_ids
+from .selection import output_layer
 
 __all__ = [
     "CaptureResult",
@@ -126,12 +127,22 @@ def _nbytes(t: torch.Tensor | None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def find_feature_module(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+def find_feature_module(
+    model: nn.Module, name: str | None = None, data: Any = None
+) -> tuple[str, nn.Module]:
     """Return ``(name, module)`` whose *input* is the per-sample feature.
 
-    Default: the model's last ``nn.Linear`` in ``named_modules()`` order (the classifier head;
-    its input is the penultimate representation). A given ``name`` must be in
-    ``model.named_modules()``.
+    Default: the model's output layer, found by the one rule the package uses everywhere
+    (:func:`~lightning_influence.selection.output_layer`: the last trainable ``nn.Linear`` /
+    ``nn.Conv`` layer that runs in the forward pass on the first batch of ``data``); its
+    input is the penultimate representation. A given ``name`` must be in
+    ``model.named_modules()`` (no data needed).
+
+    Args:
+        model: the model.
+        name: a submodule's name, or None for the output layer.
+        data: a batch ``(x, y)``, a :class:`~lightning_influence.Batch` or an iterable of
+            batches, run once to find the output layer (needed when ``name`` is None).
     """
     modules = dict(model.named_modules())
     if name is not None:
@@ -144,13 +155,20 @@ def find_feature_module(model: nn.Module, name: str | None = None) -> tuple[str,
             f"feature_module {name!r} is not a submodule of {type(model).__name__}; valid names "
             f"include {some}{' ...' if len(modules) > 9 else ''}."
         )
-    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
-    if not linears:
+    if data is None:
         raise ValueError(
-            f"{type(model).__name__} has no nn.Linear layer to take features from; pass "
-            "feature_module=<name of a submodule whose input is the feature>."
+            "find_feature_module(model) finds the output layer by running the model: pass "
+            "data=<a batch>, or name=<the submodule whose input is the feature>."
         )
-    return linears[-1]
+    try:
+        found = output_layer(model, data)
+    except ValueError as err:
+        raise ValueError(
+            f"{type(model).__name__} has no trainable nn.Linear/nn.Conv layer that runs in its "
+            "forward pass to take features from; pass feature_module=<name of a submodule "
+            "whose input is the feature>."
+        ) from err
+    return found, modules[found]
 
 
 def _flat_first_input(inputs: tuple[Any, ...], output: Any) -> torch.Tensor:
@@ -322,7 +340,8 @@ def capture_pool(
 ) -> CaptureResult:
     """One ``no_grad`` pass of ``model`` in ``eval()`` mode over ``dataloader``.
 
-    Records the input of ``feature_module`` (default: the last ``nn.Linear``) as features and
+    Records the input of ``feature_module`` (default: the output layer, found on the first
+    batch by :func:`find_feature_module`) as features and
     the model output (a Tensor, a dict's ``"logits"`` or a tuple's first item) as logits. The
     training mode of every submodule is restored afterwards. Batches without ids get their
     running position in the loader as id (with a warning): only stable if the loader does not
@@ -331,16 +350,22 @@ def capture_pool(
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
-    module = find_feature_module(model, feature_module)[1] if store_features else None
+    if store_features and feature_module is not None:  # a wrong name fails before the pass
+        find_feature_module(model, feature_module)
     acc = _Accumulator(dtype, store_features, max_bytes)
     warned = False
     position = 0
-    recorder = FeatureRecorder(module) if module is not None else contextlib.nullcontext()
-    with eval_mode(model), torch.no_grad(), recorder as rec:
+    rec: FeatureRecorder | None = None
+    with eval_mode(model), torch.no_grad(), contextlib.ExitStack() as hooks:
         for batch in dataloader:
             parsed = batch_parser(batch)
             labels = _labels_of(parsed.y)
             b = int(labels.shape[0])
+            x = move_data_to_device(parsed.x, device)
+            if store_features and rec is None:  # the output layer: found on the first batch
+                found = Batch(x, labels.to(model_device(model)))
+                module = find_feature_module(model, feature_module, [found])[1]
+                rec = hooks.enter_context(FeatureRecorder(module))
             ids = parsed.ids
             if ids is None:
                 if not warned:
@@ -354,7 +379,7 @@ def capture_pool(
             position += b
             if rec is not None:
                 rec.reset()
-            out = call_model(model, move_data_to_device(parsed.x, device))
+            out = call_model(model, x)
             logits = logits_of(out)
             acc.add(ids, labels, logits, None if rec is None else rec.last)
     result = acc.concat()
@@ -376,8 +401,9 @@ class CaptureCallback(pl.Callback):
 
     Where the numbers come from, per validation batch:
 
-    - **features**: a forward hook on ``feature_module`` (default: the last ``nn.Linear`` of the
-      LightningModule) keeps its input from the latest call in that batch;
+    - **features**: a forward hook on ``feature_module`` (default: the output layer of the
+      LightningModule, found by running it once on the first batch) keeps its input from the
+      latest call in that batch;
     - **logits**: the ``validation_step`` output if it is a Tensor ``[B, C]`` or a dict with
       ``"logits"``; otherwise the output of the LightningModule's own ``forward`` (a hook on
       ``pl_module``), so ``validation_step`` must either return logits or call ``self(x)``;
@@ -458,8 +484,10 @@ class CaptureCallback(pl.Callback):
         self._cleanup()
         if not self._should_capture(trainer):
             return
-        _, module = find_feature_module(pl_module, self.feature_module)
-        self._features = FeatureRecorder(module).register() if self.store_features else None
+        self._features = None  # the default (the output layer's input): on the first batch
+        if self.store_features and self.feature_module is not None:
+            _, module = find_feature_module(pl_module, self.feature_module)
+            self._features = FeatureRecorder(module).register()
         self._outputs = ForwardRecorder({"step": pl_module}).register()
         self._acc = _Accumulator(
             self.dtype, self.store_features, self.max_bytes, scale=max(trainer.world_size, 1)
@@ -476,6 +504,11 @@ class CaptureCallback(pl.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._active:
+            if self.store_features and self._features is None:
+                parsed = self.batch_parser(batch)
+                found = Batch(parsed.x, _labels_of(parsed.y))
+                _, module = find_feature_module(pl_module, None, [found])
+                self._features = FeatureRecorder(module).register()
             if self._features is not None:
                 self._features.reset()
             if self._outputs is not None:

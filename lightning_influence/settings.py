@@ -122,7 +122,8 @@ class HessianArguments:
         default=None,
         metadata=_help(
             "Submodule whose input is the per-sample feature for sampler='feature' (default: "
-            "the model's last nn.Linear). A CaptureCallback in the Trainer uses its own."
+            "the model's output layer: the last trainable Linear/Conv that runs in the "
+            "forward pass). A CaptureCallback in the Trainer uses its own."
         ),
     )
     added_budget: int | None = field(

@@ -235,10 +235,36 @@ def test_wrong_feature_module_name():
     assert "body.0" in str(err.value)
     with pytest.raises(ValueError, match="not a submodule"):
         _fit(CaptureCallback(feature_module="nope"), num_sanity_val_steps=0)
-    assert find_feature_module(model)[0] == "head"
+    x = torch.randn(3, D_IN)
+    assert find_feature_module(model, data=(x, torch.zeros(3, dtype=torch.long)))[0] == "head"
     assert find_feature_module(model, "body.0")[1] is model.body[0]
-    with pytest.raises(ValueError, match="no nn.Linear"):
-        find_feature_module(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="pass data=<a batch>"):
+        find_feature_module(model)
+    with pytest.raises(ValueError, match="no trainable nn.Linear/nn.Conv layer that runs"):
+        find_feature_module(nn.Sequential(nn.ReLU()), data=(x, torch.zeros(3)))
+
+
+def test_the_default_feature_is_the_input_of_the_output_layer_that_runs_last():
+    """One output-layer rule: the features are the input of the last trainable Linear/Conv
+    that runs, not of the last nn.Linear registered (here an auxiliary head the forward
+    never calls), in capture_pool (the callback: the test below)."""
+
+    class AuxLast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head, self.aux = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.body(x)))
+
+    torch.manual_seed(0)
+    model = AuxLast()
+    x, y = torch.randn(10, 4), torch.arange(10) % 3
+    loader = DataLoader(IndexedDataset(TensorDataset(x, y)), batch_size=4)
+    got = capture_pool(model, loader)
+    assert got.features.shape == (10, 6)
+    expected = torch.tanh(model.body(x)).detach()
+    assert torch.allclose(got.features, expected, atol=1e-6)
 
 
 def test_capture_pool_matches_reference_and_restores_mode():
@@ -332,3 +358,20 @@ def test_indexed_dataset():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(ds) == 6
+
+
+def test_the_callbacks_default_feature_is_the_output_layers_input_too():
+    """The callback finds the output layer on the first validation batch: an nn.Linear
+    registered after the head (never run) does not become the feature module."""
+
+    class AuxLast(TinyModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.aux = nn.Linear(D_IN, 2)
+
+    cb = CaptureCallback()
+    module, _ = _fit(cb, AuxLast(), num_sanity_val_steps=0)
+    feats, logits = _reference(module)
+    result = cb.require_result()
+    assert torch.allclose(result.features, feats, atol=1e-6)
+    assert torch.allclose(result.logits, logits, atol=1e-6)
