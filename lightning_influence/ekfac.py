@@ -1,9 +1,9 @@
-"""K-FAC and EK-FAC: a Kronecker-factored curvature of Linear and Conv2d layers, and its inverse.
+"""K-FAC and EK-FAC: a Kronecker-factored curvature of Linear and Conv layers, and its inverse.
 
 For one layer with weight W ``[out, in]`` (a bias is an extra input column of ones; a
-Conv2d's weight is flattened to ``[out, in·kh·kw]`` and its input unfolded into patches),
+convolution's weight is flattened to ``[out, in·k…]`` and its input unfolded into patches),
 the per-sample gradient is G = Σₜ gₜ aₜᵀ: a sum over positions t (one for a Linear on flat
-inputs, every output pixel of a Conv2d) of the output gradient g times the input a. The
+inputs, every output position of a convolution) of the output gradient g times the input a. The
 Fisher F = E[vec(G) vec(G)ᵀ] of the layer is approximated by
 
     F ≈ A ⊗ S,   A = E[(1/T) Σₜ aₜ aₜᵀ],   S = E[Σₜ gₜ gₜᵀ]   (K-FAC),
@@ -21,7 +21,7 @@ carry decides which matrix F is (:func:`fisher_rows`): the *expected* Fisher (ev
 with weight p_c, for cross-entropy exactly the Gauss–Newton matrix), one *sampled* label per
 row, or the *empirical* Fisher (the data's labels).
 
-Layers that are not Linear/Conv2d (BatchNorm, LayerNorm, embeddings), Conv2d layers with
+Layers that are not Linear/Conv1d/Conv2d/Conv3d (BatchNorm, LayerNorm, embeddings), convolutions with
 groups, non-zero padding modes or asymmetric ``"same"`` padding, and layers whose weight is
 frozen are **not covered**: the operators are zero on their parameters, so influence scores
 computed with them leave those parameters out (the choice kronfluence makes too).
@@ -29,6 +29,7 @@ computed with them leave those parameters out (the choice kronfluence makes too)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -63,7 +64,7 @@ FISHERS = ("expected", "sampled", "empirical")
 
 @dataclass
 class KroneckerLayer:
-    """A Linear or Conv2d layer whose curvature is Kronecker-factored.
+    """A Linear or Conv1d/2d/3d layer whose curvature is Kronecker-factored.
 
     Args:
         module: the layer.
@@ -82,8 +83,8 @@ class KroneckerLayer:
 
 
 def layer_dims(layer: KroneckerLayer) -> tuple[int, int]:
-    """``(in, out)`` of the layer's factors: the width of its inputs ``a`` (a Conv2d's patch,
-    in·kh·kw; +1 with a bias) and of its output gradients ``g``."""
+    """``(in, out)`` of the layer's factors: the width of its inputs ``a`` (a convolution's
+    patch, in·k…; +1 with a bias) and of its output gradients ``g``."""
     w = layer.module.weight
     return w[0].numel() + (1 if layer.bias else 0), w.shape[0]
 
@@ -166,29 +167,34 @@ def _gaussian(size: int, dim: int, gen: torch.Generator, device: torch.device) -
     return (torch.randn(size, dim, generator=gen, dtype=torch.float64) / size**0.5).to(device)
 
 
-def _conv_padding(conv: nn.Conv2d) -> tuple[int, int] | None:
-    """The conv's symmetric integer padding, or None when unfold cannot express it."""
+#: the convolutions EK-FAC covers, as the unit selection does (selection.SELECTABLE)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _conv_padding(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> tuple[int, ...] | None:
+    """The conv's symmetric integer padding per spatial dimension, or None when the patches
+    cannot express it (groups, a non-zero padding mode, asymmetric 'same')."""
     if conv.groups != 1 or conv.padding_mode != "zeros":
         return None
     if conv.padding == "valid":
-        return (0, 0)
+        return (0,) * len(conv.kernel_size)
     if conv.padding == "same":
         total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
-        return None if any(t % 2 for t in total) else (total[0] // 2, total[1] // 2)
-    return tuple(conv.padding)  # type: ignore[return-value]
+        return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
+    return tuple(conv.padding)  # type: ignore[arg-type]
 
 
 def kronecker_layers(model: nn.Module) -> dict[str, KroneckerLayer]:
-    """The covered layers by module name: Linear and Conv2d with a trainable weight.
+    """The covered layers by module name: Linear and Conv1d/2d/3d with a trainable weight.
 
     Args:
         model: the model.
     """
     out = {}
     for name, m in model.named_modules():
-        if not isinstance(m, (nn.Linear, nn.Conv2d)) or not m.weight.requires_grad:
+        if not isinstance(m, (nn.Linear, *CONVS)) or not m.weight.requires_grad:
             continue
-        if isinstance(m, nn.Conv2d) and _conv_padding(m) is None:
+        if isinstance(m, CONVS) and _conv_padding(m) is None:
             continue
         prefix = f"{name}." if name else ""
         has_bias = m.bias is not None and m.bias.requires_grad
@@ -196,11 +202,29 @@ def kronecker_layers(model: nn.Module) -> dict[str, KroneckerLayer]:
     return out
 
 
+def _patches(conv: nn.Conv1d | nn.Conv3d, x: Tensor) -> Tensor:
+    """A Conv1d's or Conv3d's input as patches ``[B, T, in·k…]`` (channel-major, as its weight
+    is flattened): ``F.unfold`` is 2-d only, so the spatial dimensions are unfolded one by one
+    (a window of the dilated kernel's extent, every ``dilation``-th entry kept)."""
+    pad = _conv_padding(conv)
+    assert pad is not None
+    x = F.pad(x, [p for q in reversed(pad) for p in (q, q)])
+    dims = len(conv.kernel_size)
+    for i, (k, d, s) in enumerate(zip(conv.kernel_size, conv.dilation, conv.stride, strict=True)):
+        x = x.unfold(2 + i, d * (k - 1) + 1, s)[..., ::d]
+    # [B, C, *positions, *kernel] -> [B, positions, C·kernel]
+    b, c = x.shape[:2]
+    order = [0, *range(2, 2 + dims), 1, *range(2 + dims, 2 + 2 * dims)]
+    return x.permute(order).reshape(b, -1, c * math.prod(conv.kernel_size))
+
+
 def layer_inputs(layer: KroneckerLayer, x: Tensor) -> Tensor:
-    """The layer's inputs a as ``[B, T, in(+1)]`` (Conv2d: unfolded patches; +1: the bias)."""
+    """The layer's inputs a as ``[B, T, in(+1)]`` (a conv: its patches; +1: the bias)."""
     m = layer.module
     if isinstance(m, nn.Conv2d):
         a = F.unfold(x, m.kernel_size, m.dilation, _conv_padding(m), m.stride).transpose(1, 2)
+    elif isinstance(m, CONVS):
+        a = _patches(m, x)
     else:
         a = x.reshape(x.shape[0], -1, x.shape[-1])
     if layer.bias:
@@ -210,7 +234,7 @@ def layer_inputs(layer: KroneckerLayer, x: Tensor) -> Tensor:
 
 def layer_output_grads(layer: KroneckerLayer, g: Tensor) -> Tensor:
     """The gradients of the layer's outputs as ``[B, T, out]``."""
-    if isinstance(layer.module, nn.Conv2d):
+    if isinstance(layer.module, CONVS):
         return g.flatten(2).transpose(1, 2)
     return g.reshape(g.shape[0], -1, g.shape[-1])
 
@@ -534,13 +558,13 @@ def covered_output_layer(
     (E)K-FAC must cover.
 
     Raises:
-        ValueError: when the output layer is not a covered layer (e.g. a Conv1d head).
+        ValueError: when the output layer is not a covered layer (e.g. a grouped conv head).
     """
     name = output_layer(model, batches[:1])
     if name not in layers:
         raise ValueError(
             f"layers='last' is the output layer {name!r}, which (E)K-FAC does not cover "
-            f"(Linear/Conv2d with a trainable weight: {list(layers)}): name covered layers in "
+            f"(Linear/Conv with a trainable weight: {list(layers)}): name covered layers in "
             "layers=[...] or use curvature='gauss_newton'."
         )
     return name
@@ -575,7 +599,7 @@ def select_layers(
     if unknown or not names:
         raise ValueError(
             f"layers={which!r}: {unknown or 'nothing'} is not a covered layer; covered "
-            f"(Linear/Conv2d with a trainable weight): {list(layers)}."
+            f"(Linear/Conv with a trainable weight): {list(layers)}."
         )
     return {n: layer for n, layer in layers.items() if n in names}
 
@@ -618,7 +642,7 @@ def fit_ekfac(
     covered = kronecker_layers(model)
     if not covered:
         raise ValueError(
-            "EK-FAC covers nn.Linear and nn.Conv2d layers with trainable weights; the model has "
+            "EK-FAC covers nn.Linear and nn.Conv1d/2d/3d layers with trainable weights; the model has "
             "none. Use curvature='gauss_newton' (exact)."
         )
     output = covered_output_layer(model, covered, batches) if layers == "last" else None

@@ -77,7 +77,7 @@ class ScoreArguments:
     curvature: str = field(
         default="ekfac",
         metadata={
-            "help": "ekfac | kfac (Linear/Conv2d layers, Kronecker-factored) | gauss_newton "
+            "help": "ekfac | kfac (Linear/Conv layers, Kronecker-factored) | gauss_newton "
             "(alias exact) | hessian: the exact matrix, solved densely or by MINRES"
         },
     )

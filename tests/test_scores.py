@@ -234,6 +234,37 @@ def test_conv_factors_rebuild_the_per_sample_gradient():
     assert torch.allclose(G[..., -1], ref["0.bias"], atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (nn.Conv1d(2, 3, 3, stride=2, padding=1), (4, 2, 7)),
+        (nn.Conv1d(2, 3, 2, dilation=2, padding="same"), (4, 2, 6)),
+        (nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(0, 1, 1)), (4, 2, 3, 5, 4)),
+        (nn.Conv3d(2, 2, 3, dilation=(1, 2, 1), padding=1), (4, 2, 4, 6, 4)),
+    ],
+)
+def test_conv1d_and_conv3d_patches_rebuild_the_per_sample_gradient(conv, shape):
+    """The same check for the convolutions F.unfold does not cover (one set of layer types
+    for the unit selection and EK-FAC: Linear and Conv1d/2d/3d), strides, dilations and
+    padding included."""
+    torch.manual_seed(2)
+    conv = conv.double()
+    x, y = torch.randn(*shape, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
+    width = conv(x)[0].numel()
+    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(width, 2)).double().eval()
+    layer = kronecker_layers(model)["0"]
+    out = conv(x)
+    loss = CE(model[3](model[2](model[1](out))), y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, out)
+    a, go = layer_inputs(layer, x), layer_output_grads(layer, g)
+    G = torch.einsum("nto,nti->noi", go, a)
+    ref = per_sample_gradients(model, CE, li.Batch(x, y))
+    assert torch.allclose(
+        G[..., :-1], ref["0.weight"].reshape(4, conv.out_channels, -1), atol=1e-12
+    )
+    assert torch.allclose(G[..., -1], ref["0.bias"], atol=1e-12)
+
+
 def test_ekfac_correlates_with_exact_gauss_newton():
     """Measured on this trained tiny MLP (damping 1e-2): Pearson 0.84 over the 20 x 100
     query-train scores, Spearman 0.99 over the 100 self-influences."""
@@ -470,8 +501,8 @@ def test_a_dataset_is_batched_not_taken_as_batches(digits):
 def test_the_default_layer_is_the_output_layer_that_runs_last_not_the_last_registered():
     """One output-layer rule (selection.output_layer): the last trainable Linear/Conv that runs
     in the forward pass. A head registered before its body is still the output layer; a head
-    EK-FAC does not cover (Conv1d) is an error naming the fix, not a silent fallback to an
-    inner layer."""
+    EK-FAC does not cover (a grouped convolution) is an error naming the fix, not a silent
+    fallback to an inner layer."""
 
     class HeadFirst(nn.Module):
         def __init__(self) -> None:
@@ -490,13 +521,13 @@ def test_the_default_layer_is_the_output_layer_that_runs_last_not_the_last_regis
         default, li.self_influence(model, (x, y), layers=["body"], damping=0.1)
     )
 
-    class Conv1dHead(nn.Module):
+    class GroupedHead(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.body, self.head = nn.Linear(4, 6), nn.Conv1d(6, 3, 1)
+            self.body, self.head = nn.Linear(4, 6), nn.Conv1d(6, 4, 1, groups=2)
 
         def forward(self, x):
             return self.head(torch.tanh(self.body(x))[..., None])[..., 0]
 
     with pytest.raises(ValueError, match="'head', which \\(E\\)K-FAC does not cover"):
-        li.self_influence(Conv1dHead().double().eval(), (x, y), damping=0.1)
+        li.self_influence(GroupedHead().double().eval(), (x, y), damping=0.1)
