@@ -21,16 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from torch import Tensor
 
 from lightning_influence import vectors as V
 from lightning_influence.operators import IdentityOperator, MaskOperator, ParamOperator
+from lightning_influence.settings import EstimatorName
 from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC, SolveReport, solve
 from lightning_influence.vectors import Masks, ParamDict
 
-ESTIMATORS = ("gif", "fif", "pif", "if")
+ESTIMATORS: tuple[str, ...] = get_args(EstimatorName)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from lightning_influence.curvature import (
     trainable_params,
 )
 from lightning_influence.estimators import ESTIMATORS, build_system
+from lightning_influence.settings import CurvatureName
 from lightning_influence.solvers import SOLVERS, SolveReport
 from lightning_influence.vectors import ParamDict
 
@@ -46,7 +47,7 @@ class InfluenceReport(SolveReport):
     total_params: int = 0
 
 
-CURVATURES = ("hessian", "gauss_newton")
+CURVATURES: tuple[str, ...] = get_args(CurvatureName)
 
 
 def validate_selection(

@@ -26,16 +26,17 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
 
 from lightning_influence import vectors as V
 from lightning_influence.operators import IdentityOperator, ParamOperator
+from lightning_influence.settings import SolverName
 from lightning_influence.vectors import Masks, ParamDict
 
-SOLVERS = ("krylov", "lissa", "dense")
+SOLVERS: tuple[str, ...] = get_args(SolverName)
 LEAST_SQUARES = "least_squares"
 SYMMETRIC = "symmetric"
 KINDS = (LEAST_SQUARES, SYMMETRIC)
