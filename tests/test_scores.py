@@ -217,34 +217,19 @@ def test_expected_fisher_of_softmax_regression_is_the_hessian():
     )
 
 
-def test_conv_factors_rebuild_the_per_sample_gradient():
-    """Σₜ gₜ aₜᵀ from the unfolded inputs and output gradients is the conv's weight gradient."""
-    torch.manual_seed(1)
-    conv = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()
-    model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(3 * 3 * 3, 2)).double().eval()
-    x, y = torch.randn(4, 2, 5, 5, dtype=torch.float64), torch.tensor([0, 1, 1, 0])
-    layer = kronecker_layers(model)["0"]
-    out = conv(x)
-    loss = CE(model[3](model[2](model[1](out))), y, reduction="sum")
-    (g,) = torch.autograd.grad(loss, out)
-    a, go = layer_inputs(layer, x), layer_output_grads(layer, g)
-    G = torch.einsum("nto,nti->noi", go, a)
-    ref = per_sample_gradients(model, CE, li.Batch(x, y))
-    assert torch.allclose(G[..., :-1], ref["0.weight"].reshape(4, 3, -1), atol=1e-12)
-    assert torch.allclose(G[..., -1], ref["0.bias"], atol=1e-12)
-
-
 @pytest.mark.parametrize(
     "conv, shape",
     [
+        (nn.Conv2d(2, 3, 3, stride=2, padding=1), (4, 2, 5, 5)),
         (nn.Conv1d(2, 3, 3, stride=2, padding=1), (4, 2, 7)),
         (nn.Conv1d(2, 3, 2, dilation=2, padding="same"), (4, 2, 6)),
         (nn.Conv3d(2, 3, (2, 3, 2), stride=(1, 2, 1), padding=(0, 1, 1)), (4, 2, 3, 5, 4)),
         (nn.Conv3d(2, 2, 3, dilation=(1, 2, 1), padding=1), (4, 2, 4, 6, 4)),
     ],
 )
-def test_conv1d_and_conv3d_patches_rebuild_the_per_sample_gradient(conv, shape):
-    """The same check for the convolutions F.unfold does not cover (one set of layer types
+def test_conv_patches_rebuild_the_per_sample_gradient(conv, shape):
+    """Σₜ gₜ aₜᵀ from the patches and output gradients is the conv's weight gradient, for
+    Conv2d (F.unfold) and the convolutions F.unfold does not cover (one set of layer types
     for the unit selection and EK-FAC: Linear and Conv1d/2d/3d), strides, dilations and
     padding included."""
     torch.manual_seed(2)
