@@ -76,8 +76,8 @@ def forget_tasks() -> dict[str, Any]:
     poisoned, ids, true_labels = poison(train, trigger, 0, 0.05, seed=0)
     backdoored = fit(poisoned)
     backdoor = {"backdoor_trigger": trigger, "backdoor_target": 0, "forget_ids": ids}
-    out = {"trained": {n: weights_digest(m) for n, m in
-                       (("clean", clean), ("flipped", flipped), ("backdoored", backdoored))}}  # fmt: skip
+    trained = {"clean": clean, "flipped": flipped, "backdoored": backdoored}
+    out: dict[str, Any] = {"trained": {n: weights_digest(m) for n, m in trained.items()}}
     runs: dict[str, Callable[[], dict[str, Any]]] = {
         "class": lambda: _unlearned(clean, train, val, forget_classes=[3]),
         "class_gauss_newton": lambda: _unlearned(

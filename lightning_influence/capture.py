@@ -350,8 +350,9 @@ def capture_pool(
     if device is None:
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
-    if store_features and feature_module is not None:  # a wrong name fails before the pass
-        find_feature_module(model, feature_module)
+    module = None  # a named feature module is found (or refused) before the pass
+    if store_features and feature_module is not None:
+        module = find_feature_module(model, feature_module)[1]
     acc = _Accumulator(dtype, store_features, max_bytes)
     warned = False
     position = 0
@@ -362,9 +363,10 @@ def capture_pool(
             labels = _labels_of(parsed.y)
             b = int(labels.shape[0])
             x = move_data_to_device(parsed.x, device)
-            if store_features and rec is None:  # the output layer: found on the first batch
-                found = Batch(x, labels.to(model_device(model)))
-                module = find_feature_module(model, feature_module, [found])[1]
+            if store_features and rec is None:
+                if module is None:  # the default, the output layer: found on the first batch
+                    found = Batch(x, labels.to(model_device(model)))
+                    module = find_feature_module(model, None, [found])[1]
                 rec = hooks.enter_context(FeatureRecorder(module))
             ids = parsed.ids
             if ids is None:

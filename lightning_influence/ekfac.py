@@ -21,8 +21,8 @@ carry decides which matrix F is (:func:`fisher_rows`): the *expected* Fisher (ev
 with weight p_c, for cross-entropy exactly the Gauss–Newton matrix), one *sampled* label per
 row, or the *empirical* Fisher (the data's labels).
 
-Layers that are not Linear/Conv1d/Conv2d/Conv3d (BatchNorm, LayerNorm, embeddings), convolutions with
-groups, non-zero padding modes or asymmetric ``"same"`` padding, and layers whose weight is
+Layers that are not Linear/Conv1d/Conv2d/Conv3d (BatchNorm, LayerNorm, embeddings),
+convolutions with groups, non-zero padding modes or asymmetric ``"same"`` padding, and layers whose weight is
 frozen are **not covered**: the operators are zero on their parameters, so influence scores
 computed with them leave those parameters out (the choice kronfluence makes too).
 """
@@ -642,8 +642,8 @@ def fit_ekfac(
     covered = kronecker_layers(model)
     if not covered:
         raise ValueError(
-            "EK-FAC covers nn.Linear and nn.Conv1d/2d/3d layers with trainable weights; the model has "
-            "none. Use curvature='gauss_newton' (exact)."
+            "EK-FAC covers nn.Linear and nn.Conv1d/2d/3d layers with trainable weights; the "
+            "model has none. Use curvature='gauss_newton' (exact)."
         )
     output = covered_output_layer(model, covered, batches) if layers == "last" else None
     layers = select_layers(covered, layers, output)

@@ -98,9 +98,10 @@ class ScoreArguments:
     layers: str | list[str] | None = field(
         default=None,
         metadata={
-            "help": "(E)K-FAC: the covered layers that enter (None or 'last': the output layer, the "
-            "last Linear/Conv layer that runs, measured best for finding flipped labels; 'all': every "
-            "covered layer; or module names); the exact curvatures take all parameters"
+            "help": "(E)K-FAC: the covered layers that enter (None or 'last': the output "
+            "layer, the last Linear/Conv layer that runs, measured best for finding flipped "
+            "labels; 'all': every covered layer; or module names); the exact curvatures "
+            "take all parameters"
         },
     )
     projection: int | str | None = field(
