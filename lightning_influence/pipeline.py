@@ -4,9 +4,11 @@
 
 1. :func:`~lightning_influence.pool.read_training_data`: one pass over the training data
    keeps the forget rows and a bounded pool of retained Hessian candidates;
-2. :func:`capture_candidates`: logits (and features) of the candidates, from a
-   :class:`~lightning_influence.CaptureCallback` that already recorded them or one no-grad pass;
-3. :func:`sample_hessian_subset`: the weighted Hessian subset (faiss k-means or random);
+2. :func:`~lightning_influence.subset.capture_candidates`: logits (and features) of the
+   candidates, from a :class:`~lightning_influence.CaptureCallback` that already recorded them
+   or one no-grad pass;
+3. :func:`~lightning_influence.subset.draw_subset`: the weighted Hessian subset (faiss k-means
+   or random), the front end the influence scores share;
 4. for each (ratio, damping) candidate, :func:`try_candidate`: select the parameters that may
    move, solve for the influence direction, search the step on validation data;
 5. the best candidate by validation score is kept; the report says what was done.
@@ -28,10 +30,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_influence.batches import Batch, BatchParser
-from lightning_influence.capture import CaptureResult, capture_pool
-from lightning_influence.distributed import Shards, active_shards
+from lightning_influence.capture import CaptureResult
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.forward import LossFn, call_model, inputs_finite, inputs_take, inputs_to
+from lightning_influence.forward import LossFn, call_model, inputs_take, inputs_to
 from lightning_influence.influence import InfluenceReport, influence
 from lightning_influence.output_layer import moving_module
 from lightning_influence.pool import (
@@ -53,7 +54,7 @@ from lightning_influence.report import (
 )
 from lightning_influence.response import ResponseData, response_anchors, response_descent
 from lightning_influence.rounds import RoundGradient
-from lightning_influence.sampling import SubsetSelection, get_sampler
+from lightning_influence.sampling import SubsetSelection
 from lightning_influence.scoring import MembershipScorer, Scorer, mia_efficacy
 from lightning_influence.selection import named_layers, select_parameters, selectable_layers
 from lightning_influence.settings import UnlearnSettings
@@ -66,12 +67,17 @@ from lightning_influence.step import (
     step_search,
     weights_snapshot,
 )
+from lightning_influence.subset import (
+    Counted,
+    capture_candidates,
+    check_finite_inputs,
+    draw_subset,
+    subset_rows,
+)
 
 __all__ = [
     "Problem",
-    "capture_candidates",
     "run_unlearning",
-    "sample_hessian_subset",
     "try_candidate",
 ]
 
@@ -167,7 +173,7 @@ def run_unlearning(
     h = settings.hessian
     with timer("read"), progress_bar(show_progress, _length(train_loader), "unlearn: read") as bar:
         data = read_training_data(
-            _Counted(train_loader, bar, "training batches"),
+            Counted(train_loader, bar, "training batches"),
             batch_parser,
             spec.forget_mask,
             h.pool_size,
@@ -175,19 +181,19 @@ def run_unlearning(
             needs_ids=spec.forgotten_ids is not None,
         )
         val = read_rows(val_loader, batch_parser, "validation")
-        _check_finite(val.x, "validation")
+        check_finite_inputs(val.x, "validation")
     spec.check(data)
     _check_output(model, data.candidates, device)
     with timer("capture"):
         pool, report.capture_source = capture_candidates(
-            model, data.candidates, settings, device, capture, show_progress
+            model, data.candidates, h, settings.batch_size, device, capture, show_progress
         )
     check_label_range(data.labels, int(pool.logits.shape[1]), "training")
     check_label_range(val.y, int(pool.logits.shape[1]), "validation")
     _check_scalar_loss(loss_fn, pool.logits[:4].to(device), pool.labels[:4].to(device))
     spec.check_labels(num_classes=int(pool.logits.shape[1]))
     with timer("sample"):
-        subset = sample_hessian_subset(pool, settings)
+        subset = draw_subset(pool, h, settings.seed)
     with timer("prepare"):  # g's data and its round-1 gradient, the scorers
         problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
@@ -253,21 +259,6 @@ def _with_mia(model: nn.Module, problem: Problem, metrics: dict[str, float]) -> 
         **metrics,
         "mia_efficacy": mia_efficacy(model, problem.forget, problem.members, problem.val),
     }
-
-
-class _Counted:
-    """``loader`` (its attributes too) whose iteration advances ``bar`` batch by batch."""
-
-    def __init__(self, loader: Iterable[Any], bar: Any, unit: str) -> None:
-        self._loader, self._bar, self._unit = loader, bar, unit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-    def __iter__(self) -> Any:
-        for k, batch in enumerate(self._loader, start=1):
-            yield batch
-            self._bar.advance(k, f"{k} {self._unit}")
 
 
 def _length(loader: Any) -> int | None:
@@ -408,92 +399,6 @@ def _check_scalar_loss(loss_fn: LossFn, logits: Tensor, labels: Tensor) -> None:
         )
 
 
-def _check_finite(x: Any, what: str) -> None:
-    if not inputs_finite(x):
-        raise FloatingPointError(
-            f"The {what} inputs contain NaN or inf: clean them (or drop those samples) first."
-        )
-
-
-def capture_candidates(
-    model: nn.Module,
-    candidates: Rows,
-    settings: UnlearnSettings,
-    device: torch.device,
-    capture: CaptureResult | None = None,
-    show_progress: bool = False,
-) -> tuple[CaptureResult, str]:
-    """Logits (and features for the feature sampler) of the candidate pool, sorted by id.
-
-    Args:
-        model: the model at the weights to unlearn from (on ``device``).
-        candidates: the retained rows the sampler may pick.
-        settings: the run's settings (sampler, feature module, batch size).
-        device: where the forward pass runs.
-        capture: a capture recorded at the current weights; used when it holds every
-            candidate with the same labels (and features where needed).
-
-    Returns:
-        The capture of the candidates and where it came from (``capture_callback``/``pass``).
-    """
-    if len(candidates) == 0:
-        raise ValueError("No retained training sample is left to estimate the Hessian on.")
-    _check_finite(candidates.x, "training")
-    need_features = settings.hessian.sampler == "feature"
-    if capture is not None and (capture.features is not None or not need_features):
-        try:
-            known = capture.subset(candidates.ids)
-        except KeyError:
-            known = None  # the capture does not cover the training pool
-        if known is not None and torch.equal(known.labels, candidates.y.long()):
-            return known, "capture_callback"
-    shards = active_shards()  # under DDP each process captures its block of candidates
-    mine = candidates
-    if shards.split:
-        mine = candidates.take(torch.arange(len(candidates))[shards.block(len(candidates))])
-    batches = mine.batches(settings.batch_size, device)
-    with progress_bar(show_progress, len(batches), "unlearn: capture") as bar:
-        pool = capture_pool(
-            model,
-            _Counted(batches, bar, "candidate batches"),
-            settings.hessian.feature_module,
-            device=device,
-            store_features=need_features,
-        )
-    if shards.split:
-        pool = _gathered(pool, shards, len(candidates))
-    if not bool(torch.isfinite(pool.logits).all()):
-        raise FloatingPointError(
-            "The model produces NaN/inf logits on the training data: check the inputs and the "
-            "weights before unlearning."
-        )
-    return pool, "pass"
-
-
-def _gathered(part: CaptureResult, shards: Shards, n: int) -> CaptureResult:
-    """Every process's block of the candidates' capture, on every process, sorted by id."""
-    ids = shards.gather(part.ids, n)
-    order = torch.argsort(ids.cpu())
-    fields = (part.labels, part.logits, part.features)
-    labels, logits, features = (
-        None if t is None else shards.gather(t, n)[order.to(t.device)] for t in fields
-    )
-    assert labels is not None and logits is not None
-    return CaptureResult(ids[order.to(ids.device)], labels, logits, features)
-
-
-def sample_hessian_subset(pool: CaptureResult, settings: UnlearnSettings) -> SubsetSelection:
-    """The weighted Hessian subset drawn from the candidate pool (forget rows are not in it).
-
-    Args:
-        pool: the candidates' capture (retained samples only).
-        settings: the run's settings (sampler, budget, seed).
-    """
-    h = settings.hessian
-    budget = min(h.budget, len(pool))
-    return get_sampler(h.sampler).select(pool, budget, seed=settings.seed)
-
-
 def _build_problem(
     model: nn.Module,
     loss_fn: LossFn,
@@ -512,7 +417,7 @@ def _build_problem(
     n, m = len(data), len(data.forget)
     k = 0 if added is None else len(added)
     remove_weight, add_weight, retain_share = spec.gradient_weights(n, m, k)
-    rows, weights = _subset_rows(data, subset)
+    rows, weights = subset_rows(data.candidates, subset), subset.weights.to(torch.float32)
     retained = rows.batches(size, device, weights)
     forget = data.forget.to(device)
     val_on_device = val.to(device)
@@ -618,12 +523,6 @@ def _attack_members(data: TrainingData, val: Rows, seed: int) -> Rows:
 def _shuffled(rows: Rows, seed: int) -> Rows:
     """The rows in a seeded random order (mini-batches that mix classes and ids)."""
     return rows.take(torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)))
-
-
-def _subset_rows(data: TrainingData, subset: SubsetSelection) -> tuple[Rows, Tensor]:
-    """The Hessian subset's retained rows and weights (their weighted mean loss estimates L_R)."""
-    rows = data.candidates.take(data.candidates.positions(subset.ids))
-    return rows, subset.weights.to(torch.float32)
 
 
 def _corrected_hessian_batches(

@@ -32,6 +32,7 @@ from lightning_influence.forward import (
 )
 
 __all__ = [
+    "BoundedPool",
     "Rows",
     "TrainingData",
     "batch_ids",
@@ -233,7 +234,7 @@ def id_hash(ids: Tensor, seed: int) -> Tensor:
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(2**53))
 
 
-class _BoundedPool:
+class BoundedPool:
     """Keeps the ``size`` rows with the smallest id hash seen so far (all rows if ``None``)."""
 
     def __init__(self, size: int | None, seed: int) -> None:
@@ -271,7 +272,7 @@ def read_training_data(
 ) -> TrainingData:
     """One pass: ids and labels of every row, the forget rows, a bounded candidate pool."""
     all_ids, all_labels, forget_parts = [], [], []
-    pool = _BoundedPool(pool_size, seed)
+    pool = BoundedPool(pool_size, seed)
     like: Rows | None = None
     for b, ids in _parsed(loader, parser, "training", needs_ids):
         rows = Rows(b.x, b.y, ids)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_influence._modules import eval_mode, model_device
 from lightning_influence.batches import Batch, as_batches, iter_batches
-from lightning_influence.capture import CaptureResult
 from lightning_influence.curvature import (
     DenseHessianOperator,
     GaussNewtonOperator,
@@ -51,14 +50,15 @@ from lightning_influence.ekfac import (
     layer_dims,
     select_layers,
 )
-from lightning_influence.forward import call_model, inputs_finite, inputs_take, inputs_to, logits_of
+from lightning_influence.forward import inputs_finite, inputs_take
 from lightning_influence.gradients import flat_rows, per_sample_gradients
 from lightning_influence.loaders import data_pass
 from lightning_influence.operators import DenseMatrixOperator, IdentityOperator, ParamOperator
-from lightning_influence.pool import Rows, _BoundedPool, batch_ids
+from lightning_influence.pool import BoundedPool, Rows, batch_ids
 from lightning_influence.progress import progress_bar as _bar
-from lightning_influence.sampling import get_sampler
+from lightning_influence.settings import HessianArguments, SamplerName
 from lightning_influence.solvers import solve_krylov
+from lightning_influence.subset import hessian_subset as draw_hessian_subset
 from lightning_influence.vectors import ParamDict
 
 __all__ = ["CURVATURES", "ScoreArguments", "influence_scores", "self_influence"]
@@ -146,7 +146,10 @@ class ScoreArguments:
         for name in ("budget", "pool_size", "batch_size", "max_params", "max_iter"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        get_sampler(self.sampler)  # raises for an unknown name
+        samplers = get_args(SamplerName)
+        if self.sampler not in samplers:
+            raise ValueError(f"Unknown sampler {self.sampler!r}: choose one of {samplers}.")
+        self.hessian  # noqa: B018  (the subset's group checks its fields as unlearning's does)
         if self.projection not in (None, AUTO):
             try:
                 check_projection(self.projection)
@@ -173,6 +176,14 @@ class ScoreArguments:
         if self.layers is None:
             return "last"
         return None if self.layers == "all" else self.layers
+
+    @property
+    def hessian(self) -> HessianArguments:
+        """The Hessian subset's settings in the group unlearning uses (one front end, one
+        check). A budget above the pool takes the whole pool, as a budget equal to it does."""
+        return HessianArguments(
+            sampler=self.sampler, budget=min(self.budget, self.pool_size), pool_size=self.pool_size
+        )
 
     @property
     def exact(self) -> bool:
@@ -215,40 +226,29 @@ def hessian_subset(
 ) -> list[Batch]:
     """The sampler's weighted subset of (a bounded random pool of) the training data.
 
+    The pool is read here (any form of data :func:`influence_scores` takes); the subset is
+    drawn by the front end unlearning uses too (:func:`lightning_influence.subset.hessian_subset`).
+
     Args:
         model: the model, in ``eval()``.
         train_data: the training data (any form :func:`influence_scores` takes).
         args: ``sampler``, ``budget``, ``pool_size``, ``seed`` and ``batch_size``.
         name: what the data is called in error messages.
     """
-    pool = _BoundedPool(args.pool_size, args.seed)
+    pool = BoundedPool(args.pool_size, args.seed)
     like = None
     for batch, ids in chunks(train_data, name, args.batch_size):
         rows = Rows(batch.x, batch.y, ids)
         like = like or rows
         pool.add(rows)
     assert like is not None
-    rows = pool.result(like)
-    if len(rows) <= args.budget:
-        return rows.batches(args.batch_size, model_device(model))
-    logits = _logits(model, rows, args.batch_size)
-    picked = get_sampler(args.sampler).select(
-        CaptureResult(rows.ids, rows.y, logits), args.budget, seed=args.seed
-    )
-    chosen = rows.take(rows.positions(picked.ids))
-    return chosen.batches(args.batch_size, model_device(model), picked.weights)
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, rows: Rows, size: int) -> Tensor:
-    device = model_device(model)
-    return torch.cat(
-        [
-            logits_of(call_model(model, inputs_to(inputs_take(rows.x, slice(i, i + size)), device)))
-            .float()
-            .cpu()
-            for i in range(0, len(rows), size)
-        ]
+    return draw_hessian_subset(
+        model,
+        pool.result(like),
+        args.hessian,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=model_device(model),
     )
 
 
