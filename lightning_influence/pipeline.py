@@ -35,6 +35,7 @@ from lightning_influence.forget import ForgetSpec
 from lightning_influence.forward import LossFn, call_model, inputs_take, inputs_to
 from lightning_influence.influence import InfluenceReport, influence
 from lightning_influence.output_layer import moving_module
+from lightning_influence.plan import Plan, resolve_plan
 from lightning_influence.pool import (
     Rows,
     TrainingData,
@@ -91,22 +92,12 @@ class Problem:
     selection_rows: list[Batch]
     scorer: Scorer
     search_scorer: Scorer
+    #: the settings with the task's defaults applied (:mod:`lightning_influence.plan`)
+    plan: Plan
+    #: the forget score at which forgetting is complete (the plan's, or the task's own
+    #: computed at the trained weights)
     forget_target: float
-    max_retain_drop: float
-    f1_tolerance: float
-    keep: str
-    dampings: list[float]
-    curvature: str
-    rounds: int
-    selection_method: str
-    selection_layers: str | list[str]
-    min_units: int
-    ratio: float
-    polish: bool
     response: ResponseData | None = None
-    response_steps: int = 0
-    skip_response_when_complete: bool = False
-    stop_response_when_complete: bool = False
     #: forgotten rows, membership-attack members (None: no MIA-efficacy, the task forgets
     #: no given ids) and validation rows, on the device
     forget: Rows | None = None
@@ -197,7 +188,10 @@ def run_unlearning(
     with timer("prepare"):  # g's data and its round-1 gradient, the scorers
         problem = _build_problem(model, loss_fn, spec, data, val, subset, settings, device)
     _fill_sizes(report, data, subset)
-    _warn_small_validation(len(val), settings.step.max_val_samples, problem.max_retain_drop)
+    report.plan = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in asdict(problem.plan).items()
+    }
+    _warn_small_validation(len(val), settings.step.max_val_samples, problem.plan.max_retain_drop)
     if show_progress:
         _announce(problem, settings, report, len(val))
     with timer("measure"):
@@ -206,7 +200,7 @@ def run_unlearning(
             scorer.remember_reference(model)  # a scorer's own floor, from the unchanged model
         _set_removal_caps(problem, spec, settings.batch_size)
         start_score = problem.search_scorer.score(model)[0]
-    if start_score <= problem.forget_target and not problem.polish:
+    if start_score <= problem.forget_target and not problem.plan.polish:
         return _nothing_to_do(report, problem, before, start_score, timer, device)
     best, candidates = _search_candidates(
         model, problem, settings, loss_fn, timer, show_progress, before
@@ -277,7 +271,7 @@ def _announce(
     and their sum as training epochs at most (:func:`worst_case_epochs`)."""
     hessian_rows = sum(len(b) for b in problem.hessian)
     s, st = settings.solve, settings.step
-    candidates = len(settings.selection.ratios or [problem.ratio]) * len(problem.dampings)
+    candidates = len(problem.plan.ratios) * len(problem.plan.dampings)
     val = n_val if st.max_val_samples is None else min(n_val, st.max_val_samples)
     iterations = "" if s.solver == "dense" else f", up to {s.max_iter} solver iterations each"
     cost = worst_case_epochs(problem, settings, report.pool_size, val, candidates)
@@ -291,7 +285,7 @@ def _announce(
     )
     rank_zero_info(
         f"unlearn: {report.forget_size} forgotten of {report.pool_size} training samples; "
-        f"Hessian on {hessian_rows} rows; {candidates} candidate(s) x {problem.rounds} "
+        f"Hessian on {hessian_rows} rows; {candidates} candidate(s) x {problem.plan.rounds} "
         f"round(s){iterations} (each iteration: two products with the Hessian over those rows); "
         f"up to {st.steps + st.refine} step trials per round on {val} validation rows"
         + _announce_response(problem)
@@ -309,12 +303,14 @@ def _set_removal_caps(problem: Problem, spec: ForgetSpec, size: int) -> None:
 
 
 def _announce_response(problem: Problem) -> str:
-    if not problem.response_steps:
+    if not problem.plan.response_steps:
         return ""
     when = (
-        " if the rounds leave forgetting incomplete" if problem.skip_response_when_complete else ""
+        " if the rounds leave forgetting incomplete"
+        if problem.plan.skip_response_when_complete
+        else ""
     )
-    return f"; then {problem.response_steps} response steps{when}"
+    return f"; then {problem.plan.response_steps} response steps{when}"
 
 
 #: training passes (forward and backward) one Hessian-vector product costs per row: measured
@@ -338,14 +334,14 @@ def worst_case_epochs(
     hessian_rows = sum(len(b) for b in problem.hessian)
     products = 2 if s.estimator == "gif" else 1
     per_iteration = products * HVP_PASSES * hessian_rows
-    solve = candidates * problem.rounds * (s.max_iter * per_iteration + hessian_rows)
-    search = candidates * problem.rounds * (st.steps + st.refine) * val / 3
+    solve = candidates * problem.plan.rounds * (s.max_iter * per_iteration + hessian_rows)
+    search = candidates * problem.plan.rounds * (st.steps + st.refine) * val / 3
     response = 0.0
-    if problem.response is not None and problem.response_steps:
+    if problem.response is not None and problem.plan.response_steps:
         r = problem.response
         step_rows = sum(len(group[0]) for group in (r.retained, r.add, r.remove) if group)
-        scored = problem.response_steps / max(settings.response.every, 1)
-        response = problem.response_steps * step_rows + scored * val / 3
+        scored = problem.plan.response_steps / max(settings.response.every, 1)
+        response = problem.plan.response_steps * step_rows + scored * val / 3
     return (solve + search + response) / pool_size, per_iteration / pool_size
 
 
@@ -412,8 +408,7 @@ def _build_problem(
     size = settings.batch_size
     remove, add = spec.gradient_data(data.forget, data.candidates, settings.seed)
     added = None if add is None or len(add) == 0 else add
-    step = settings.step
-    rounds = spec.rounds if settings.solve.rounds is None else settings.solve.rounds
+    plan = resolve_plan(spec, settings)
     n, m = len(data), len(data.forget)
     k = 0 if added is None else len(added)
     remove_weight, add_weight, retain_share = spec.gradient_weights(n, m, k)
@@ -422,13 +417,12 @@ def _build_problem(
     forget = data.forget.to(device)
     val_on_device = val.to(device)
     scorer = spec.scorer(val_on_device, forget, loss_fn)
-    searched = stratified_rows(val, step.max_val_samples, settings.seed)
+    searched = stratified_rows(val, settings.step.max_val_samples, settings.seed)
     search_scorer = scorer if searched is val else spec.scorer(searched.to(device), forget, loss_fn)
     if search_scorer is not scorer and isinstance(search_scorer, MembershipScorer):
         assert isinstance(scorer, MembershipScorer)
         search_scorer.share_memorised(scorer)  # one judgement of which rows are memorised
     r = settings.response
-    response_steps = spec.response_steps if r.steps is None else r.steps
     gradient = RoundGradient(
         model,
         loss_fn,
@@ -438,9 +432,8 @@ def _build_problem(
         remove_weight=remove_weight,
         add_weight=add_weight,
         retain_share=retain_share,
-        rounds=rounds,
+        rounds=plan.rounds,
     )
-    h = settings.hessian
     return Problem(
         hessian=(
             retained
@@ -452,7 +445,7 @@ def _build_problem(
                 n - m,
                 size,
                 device,
-                h.budget if h.added_budget is None else h.added_budget,
+                plan.added_budget,
                 settings.seed,
             )
         ),
@@ -466,24 +459,12 @@ def _build_problem(
         ).batches(size, device),
         scorer=scorer,
         search_scorer=search_scorer,
+        plan=plan,
         forget_target=(
             spec.completion_target(model, val_on_device)
-            if step.forget_target is None
-            else step.forget_target
+            if plan.forget_target is None
+            else plan.forget_target
         ),
-        max_retain_drop=(
-            spec.max_retain_drop if step.max_retain_drop is None else step.max_retain_drop
-        ),
-        f1_tolerance=spec.f1_tolerance if step.f1_tolerance is None else step.f1_tolerance,
-        keep=spec.keep_step if step.keep is None else step.keep,
-        dampings=settings.solve.dampings or [spec.damping],
-        curvature=settings.solve.curvature or spec.curvature,
-        rounds=rounds,
-        selection_method=settings.selection.method or spec.selection,
-        selection_layers=settings.selection.layers or spec.layers,
-        min_units=spec.min_units,
-        ratio=spec.ratio,
-        polish=settings.solve.polish,
         response=ResponseData(
             retained=_shuffled(data.candidates, settings.seed).batches(size, device),
             add=None if added is None else added.batches(size, device),
@@ -491,19 +472,8 @@ def _build_problem(
             remove_weight=r.remove_weight,
             retain_weight=r.retain_weight,
         )
-        if response_steps > 0
+        if plan.response_steps > 0
         else None,
-        response_steps=response_steps,
-        skip_response_when_complete=(
-            spec.skip_response_when_complete
-            if r.skip_when_complete is None
-            else r.skip_when_complete
-        ),
-        stop_response_when_complete=(
-            spec.stop_response_when_complete
-            if r.stop_when_complete is None
-            else r.stop_when_complete
-        ),
         forget=forget,
         members=(
             _attack_members(data, val, settings.seed).to(device)
@@ -577,8 +547,8 @@ def _search_candidates(
     best: _Outcome | None = None
     best_rank: tuple[bool, float] | None = None
     tried: list[CandidateResult] = []
-    ratios = settings.selection.ratios or [problem.ratio]
-    grid = [(r, d) for r in ratios for d in problem.dampings]
+    ratios = problem.plan.ratios
+    grid = [(r, d) for r in ratios for d in problem.plan.dampings]
     masks_by_ratio: dict[float, dict[str, Tensor] | None] = {}
     for k, (ratio, damping) in enumerate(grid):
         restore_weights(model, base)  # units are ranked, and every candidate starts, at θ₀
@@ -624,7 +594,7 @@ def _accepted(
 def _select(
     model: nn.Module, problem: Problem, settings: UnlearnSettings, ratio: float, loss_fn: LossFn
 ) -> dict[str, Tensor] | None:
-    method = problem.selection_method
+    method = problem.plan.selection_method
     if method == "all":
         return None
     return select_parameters(
@@ -634,8 +604,8 @@ def _select(
         ratio=ratio,
         loss_fn=loss_fn,
         seed=settings.seed,
-        layers=problem.selection_layers,
-        min_units=problem.min_units,
+        layers=problem.plan.selection_layers,
+        min_units=problem.plan.min_units,
     )
 
 
@@ -653,7 +623,7 @@ def try_candidate(
 ) -> _Outcome:
     """Solve for the direction with these masks and damping, then search the step.
 
-    With ``problem.rounds > 1`` the solve is re-linearised: after a kept step that has not
+    With ``problem.plan.rounds > 1`` the solve is re-linearised: after a kept step that has not
     completed forgetting, g and H are formed again at the new weights and another step is
     searched; every round's floor is the task's retained-accuracy budget below the best
     retained accuracy seen so far (before round 1 or at any trial).
@@ -676,8 +646,8 @@ def try_candidate(
     anchors = None
     if problem.response is not None:  # the model is at θ₀ here: the Bregman term's reference
         anchors = response_anchors(model, problem.response.retained)
-    for k in range(problem.rounds):
-        tag = f"{label} round {k + 1}/{problem.rounds}" if problem.rounds > 1 else label
+    for k in range(problem.plan.rounds):
+        tag = f"{label} round {k + 1}/{problem.plan.rounds}" if problem.plan.rounds > 1 else label
         with timer("solve"):
             g = problem.gradient.at(model, k)
             delta, solve = _solve(model, problem, settings, g, masks, damping, loss_fn, show, tag)
@@ -687,10 +657,10 @@ def try_candidate(
         solves.append(solve)
         if not step.applied or step.best is None:
             break
-        if step.best.forget_acc <= problem.forget_target and not problem.polish:
+        if step.best.forget_acc <= problem.forget_target and not problem.plan.polish:
             break
         peak = best_retained(steps)
-        if step.best.retain_acc <= peak - problem.max_retain_drop:
+        if step.best.retain_acc <= peak - problem.plan.max_retain_drop:
             break  # the budget below the best retained accuracy seen is spent
     if anchors is not None and not _skip_response(steps, problem, settings):
         reference = steps[0].before.retain_acc if steps[0].before is not None else None
@@ -703,7 +673,7 @@ def try_candidate(
 
 def _skip_response(steps: list[StepResult], problem: Problem, settings: UnlearnSettings) -> bool:
     """``response.skip_when_complete`` and the rounds left forgetting complete."""
-    if not problem.skip_response_when_complete or problem.polish:
+    if not problem.plan.skip_response_when_complete or problem.plan.polish:
         return False
     kept = [s.best for s in steps if s.applied and s.best is not None]
     before = steps[0].before
@@ -727,7 +697,7 @@ def _respond(
     (the retained accuracy before unlearning) and the descent's start."""
     assert problem.response is not None
     r = settings.response
-    total = problem.response_steps
+    total = problem.plan.response_steps
     with progress_bar(show, -(-total // r.every), f"unlearn{label}: response descent") as bar:
         return response_descent(
             model,
@@ -740,9 +710,9 @@ def _respond(
             every=r.every,
             patience=r.patience,
             backtracks=r.backtracks,
-            stop_at=problem.forget_target if problem.stop_response_when_complete else None,
+            stop_at=problem.forget_target if problem.plan.stop_response_when_complete else None,
             repaired_at=problem.forget_target if r.stop_when_repaired else None,
-            max_retain_drop=problem.max_retain_drop,
+            max_retain_drop=problem.plan.max_retain_drop,
             retain_reference=retain_reference,
             masks=masks if r.selected_only else None,
             progress=bar.step_callback,
@@ -833,7 +803,7 @@ def _solve(
                 selection=masks,
                 estimator=s.estimator,
                 solver=s.solver,
-                curvature=problem.curvature,
+                curvature=problem.plan.curvature,
                 damping=damping,
                 params=_curvature_params(problem, masks),
                 **options,
@@ -856,7 +826,7 @@ def _cheap_scorer(
 def _curvature_params(problem: Problem, masks: dict[str, Tensor] | None) -> list[str] | None:
     """The parameters whose curvature enters: with ``selection.layers`` other than 'all',
     those of the chosen layers (the rest of the network held fixed); else every one."""
-    if masks is None or problem.selection_layers == "all":
+    if masks is None or problem.plan.selection_layers == "all":
         return None
     return list(masks)
 
@@ -886,12 +856,12 @@ def _search(
             min_radius=st.min_radius,
             max_radius=st.max_radius,
             forget_target=problem.forget_target,
-            max_retain_drop=problem.max_retain_drop,
+            max_retain_drop=problem.plan.max_retain_drop,
             refine=st.refine,
             progress=bar.step_callback,
             retain_reference=retain_reference,
-            f1_tolerance=problem.f1_tolerance,
-            keep=problem.keep,
+            f1_tolerance=problem.plan.f1_tolerance,
+            keep=problem.plan.keep,
         )
 
 

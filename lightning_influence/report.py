@@ -59,6 +59,9 @@ class UnlearnReport:
             where not measured (a report of an older version).
         source: which weights ``on_fit_end`` unlearned: ``last`` or the best checkpoint's
             path (empty for a manual ``unlearn``/``unlearn_model``).
+        plan: the settings the run used, the task's defaults applied
+            (:class:`~lightning_influence.plan.Plan`: ``max_retain_drop``, ``keep``,
+            ``dampings``, ``curvature``, ``rounds``, ``selection_method``, ``ratios``, ...).
     """
 
     task: str = ""
@@ -88,6 +91,7 @@ class UnlearnReport:
     forget_target: float = math.nan
     complete: bool | None = None
     source: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

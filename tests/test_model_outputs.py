@@ -98,6 +98,9 @@ def reference(trained, digits):
         model, DataLoader(IndexedDataset(train), batch_size=64), DataLoader(val, batch_size=256)
     )
     assert report.applied
+    # the report says which settings ran: class removal's own, applied once (plan.py)
+    assert report.plan["rounds"] == 3 and report.plan["ratios"] == [0.05]
+    assert report.plan["selection_layers"] == "output" and report.plan["min_units"] == 1
     return model.state_dict(), report
 
 
