@@ -58,6 +58,7 @@ from lightning_influence.metrics import (
     unlearning_metrics,
 )
 from lightning_influence.metrics import evaluate as evaluate_forgetting
+from lightning_influence.model_task import ModelTask
 from lightning_influence.pipeline import run_unlearning
 from lightning_influence.report import CandidateResult
 from lightning_influence.sampling import (
@@ -84,6 +85,7 @@ __all__ = [
     "ClassRemoval",
     "ForgetSpec",
     "LabelChange",
+    "ModelTask",
     "SampleRemoval",
     "run_unlearning",
     "ESTIMATORS",

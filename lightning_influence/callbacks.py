@@ -21,15 +21,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_influence._modules import compute_dtype, eval_mode, model_device
-from lightning_influence.batches import Batch, inputs_as, parse_batch
+from lightning_influence.batches import Batch
 from lightning_influence.capture import CaptureCallback, CaptureResult
 from lightning_influence.checkpoints import load_best_weights, refresh_checkpoints
-from lightning_influence.curvature import default_loss
 from lightning_influence.distributed import Shards, sharded
 from lightning_influence.forget import ForgetSpec, forget_spec_from_arguments
-from lightning_influence.forward import LogitsModel
 from lightning_influence.loaders import data_pass, first_loader
 from lightning_influence.loggers import log_report
+from lightning_influence.model_task import ModelTask
 from lightning_influence.pipeline import run_unlearning
 from lightning_influence.preflight import preflight
 from lightning_influence.progress import trainer_progress
@@ -93,6 +92,8 @@ class UnlearnCallback(pl.Callback):
             tensor is the logits (those three are found without it).
         batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`
             (default: :func:`~lightning_influence.parse_batch`).
+        model_task: the three above as one :class:`~lightning_influence.ModelTask` (give
+            either it or the loose keywords).
         weights: which weights ``on_fit_end`` unlearns: ``'last'`` (the model as ``fit``
             leaves it) or ``'best'`` (the best checkpoint of the first ``ModelCheckpoint``
             that monitors a metric, loaded into the model first; ``best_model_score`` is then
@@ -121,6 +122,7 @@ class UnlearnCallback(pl.Callback):
         logits_fn: Callable[[Any], Tensor] | None = None,
         batch_parser: Callable[[Any], Batch] | None = None,
         weights: Literal["last", "best"] = "last",
+        model_task: ModelTask | None = None,
     ) -> None:
         super().__init__()
         if weights not in ("last", "best"):
@@ -149,11 +151,9 @@ class UnlearnCallback(pl.Callback):
             batch_size=batch_size,
         )
         self.progress_bar = bool(progress_bar)
-        self.loss_fn = loss_fn or default_loss
-        if logits_fn is not None and not callable(logits_fn):
-            raise ValueError("logits_fn must be a callable (model output -> logits tensor).")
-        self.logits_fn = logits_fn
-        self.batch_parser = batch_parser or parse_batch
+        self.model_task = ModelTask.of(
+            model_task, loss_fn=loss_fn, batch_parser=batch_parser, logits_fn=logits_fn
+        )
         self.report: UnlearnReport | None = None
         #: ``trainer.global_step`` when ``on_fit_end`` last unlearned (kept in checkpoints)
         self.unlearned_step: int | None = None
@@ -165,6 +165,21 @@ class UnlearnCallback(pl.Callback):
     def task(self) -> str:
         """``class``, ``samples``, ``relabel`` or ``backdoor``."""
         return self.spec.task
+
+    @property
+    def loss_fn(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The model task's loss."""
+        return self.model_task.loss_fn
+
+    @property
+    def logits_fn(self) -> Callable[[Any], Tensor] | None:
+        """The model task's ``logits_fn`` (None: the logits are found in the output)."""
+        return self.model_task.logits_fn
+
+    @property
+    def batch_parser(self) -> Callable[[Any], Batch]:
+        """The model task's batch parser."""
+        return self.model_task.batch_parser
 
     @property
     def state_key(self) -> str:
@@ -184,7 +199,7 @@ class UnlearnCallback(pl.Callback):
         if _plain_module(trainer):  # one training sample through the model (also fast_dev_run)
             train = first_loader(_source_loaders(_train_source(trainer)))
             val = first_loader(_source_loaders(_val_source(trainer)))
-            preflight(pl_module, train, self.spec, self.batch_parser, self.logits_fn, val)
+            preflight(pl_module, train, self.spec, self.model_task, val)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted:
@@ -299,13 +314,12 @@ class UnlearnCallback(pl.Callback):
             with eval_mode(model), compute_dtype(model) as dtype:
                 model.to(dev)
                 self.report = run_unlearning(
-                    model if self.logits_fn is None else LogitsModel(model, self.logits_fn),
+                    model,
                     data_pass(train_dataloader),
                     data_pass(val_dataloader),
                     self.spec,
                     self.settings,
-                    loss_fn=self.loss_fn,
-                    batch_parser=inputs_as(self.batch_parser, dtype),
+                    model_task=self.model_task.inputs_as(dtype),
                     device=dev,
                     capture=capture,
                     show_progress=self.progress_bar if progress_bar is None else progress_bar,

@@ -14,7 +14,7 @@ detached CPU tensors that are *not* inference tensors (they can be used with aut
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from ._modules import eval_mode, model_device
 from .batches import Batch, BatchParser, parse_batch
 from .forward import LogitsModel, call_model, logits_of
 from .hooks import ForwardRecorder
+from .model_task import ModelTask
 from .pool import batch_ids
 from .selection import output_layer
 
@@ -195,27 +196,32 @@ class FeatureRecorder(ForwardRecorder):
         self.pop()
 
 
-def recorded_logits(outputs: list[Any], batch_size: int) -> torch.Tensor | None:
+def recorded_logits(
+    outputs: list[Any], batch_size: int, find: Callable[[Any], torch.Tensor] = logits_of
+) -> torch.Tensor | None:
     """The most recent recorded output that looks like logits for this batch:
     ``[batch_size, C]``.
 
     A LightningModule's forward hook keeps every call, not just the last: under DDP,
     Lightning redirects the wrapped module's ``forward`` to ``validation_step``, so the hook
     also fires with the step's output (e.g. the loss) after the inner ``self(x)`` that
-    produced the logits.
+    produced the logits. ``find`` takes the logits out of one output (a ``logits_fn``).
     """
     for out in reversed(outputs):
-        t = _logits_from(out)
+        t = _logits_from(out, find)
         if t is not None and t.ndim == 2 and int(t.shape[0]) == batch_size:
             return t
     return None
 
 
-def _logits_from(output: Any) -> torch.Tensor | None:
-    """Logits from a model/step output (see :func:`~lightning_influence.forward.logits_of`)."""
+def _logits_from(
+    output: Any, find: Callable[[Any], torch.Tensor] = logits_of
+) -> torch.Tensor | None:
+    """Logits from a model/step output (see :func:`~lightning_influence.forward.logits_of`);
+    None where ``find`` finds none (a step's loss, an output a ``logits_fn`` cannot read)."""
     try:
-        return logits_of(output)
-    except TypeError:
+        return find(output)
+    except (TypeError, KeyError, IndexError, AttributeError):
         return None
 
 
@@ -418,6 +424,9 @@ class CaptureCallback(pl.Callback):
     Under DDP the rows are gathered across ranks and the duplicates a ``DistributedSampler``
     pads in are dropped (first occurrence kept); every rank ends with the same result, sorted
     by id. ``max_bytes`` bounds the gathered result; the check runs before each batch is stored.
+    Batches are read with ``batch_parser``; a ``model_task``
+    (:class:`~lightning_influence.ModelTask`) gives it together with a ``logits_fn`` for
+    outputs whose logits are not found by themselves (give either, not both).
     """
 
     def __init__(
@@ -428,7 +437,8 @@ class CaptureCallback(pl.Callback):
         max_bytes: int = 2**30,
         every_n_epochs: int = 1,
         dataloader_idx: int = 0,
-        batch_parser: BatchParser = parse_batch,
+        batch_parser: BatchParser | None = None,
+        model_task: ModelTask | None = None,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
@@ -441,7 +451,7 @@ class CaptureCallback(pl.Callback):
         self.max_bytes = int(max_bytes)
         self.every_n_epochs = int(every_n_epochs)
         self.dataloader_idx = int(dataloader_idx)
-        self.batch_parser = batch_parser
+        self.model_task = ModelTask.of(model_task, batch_parser=batch_parser)
         self.result: CaptureResult | None = None
         self.captured_epoch: int | None = None
         #: ``trainer.global_step`` at the capture: the weights it describes (None: not yet)
@@ -452,6 +462,11 @@ class CaptureCallback(pl.Callback):
         self._outputs: ForwardRecorder | None = None
         self._position = 0
         self._warned_no_ids = False
+
+    @property
+    def batch_parser(self) -> BatchParser:
+        """The model task's batch parser."""
+        return self.model_task.batch_parser
 
     @property
     def state_key(self) -> str:
@@ -507,7 +522,7 @@ class CaptureCallback(pl.Callback):
     ) -> None:
         if self._active:
             if self.store_features and self._features is None:
-                parsed = self.batch_parser(batch)
+                parsed = self.model_task.parse(batch)
                 found = Batch(parsed.x, _labels_of(parsed.y))
                 _, module = find_feature_module(pl_module, None, [found])
                 self._features = FeatureRecorder(module).register()
@@ -527,7 +542,7 @@ class CaptureCallback(pl.Callback):
     ) -> None:
         if not self._active or dataloader_idx != self.dataloader_idx or self._acc is None:
             return
-        parsed = self.batch_parser(batch)
+        parsed = self.model_task.parse(batch)
         labels = _labels_of(parsed.y)
         b = int(labels.shape[0])
         ids = parsed.ids
@@ -548,10 +563,11 @@ class CaptureCallback(pl.Callback):
         ids = batch_ids(parsed, self._position)
         self._position += b
 
-        logits = _logits_from(outputs) if not isinstance(outputs, (tuple, list)) else None
+        find = self.model_task.logits_of
+        logits = _logits_from(outputs, find) if not isinstance(outputs, (tuple, list)) else None
         if logits is None or logits.ndim != 2 or int(logits.shape[0]) != b:
             recorded = self._outputs.records["step"] if self._outputs is not None else []
-            logits = recorded_logits(recorded, b)
+            logits = recorded_logits(recorded, b, find)
         if logits is None:
             raise RuntimeError(
                 "CaptureCallback found no logits for this batch: return the logits (a Tensor or "

@@ -26,14 +26,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from lightning_influence.batches import BatchParser, parse_batch
+from lightning_influence.batches import BatchParser
 from lightning_influence.figures import (
     AUM_HISTOGRAM_TAG,
     log_figure,
     score_histogram_array,
     takes_images,
 )
-from lightning_influence.forward import logits_of
+from lightning_influence.model_task import ModelTask
 from lightning_influence.settings import _check_number
 
 __all__ = ["MarginCallback", "margins"]
@@ -67,14 +67,17 @@ class MarginCallback(pl.Callback):
         flag_share: the share of recorded samples :meth:`flagged` returns (the lowest AUM),
             also the cut drawn on the AUM histogram that the end of training logs to every
             logger that takes images (``dynamics/aum_histogram``; needs matplotlib).
+        model_task: ``batch_parser`` and ``logits_fn`` as one
+            :class:`~lightning_influence.ModelTask` (give either it or the loose keywords).
     """
 
     def __init__(
         self,
-        batch_parser: BatchParser = parse_batch,
+        batch_parser: BatchParser | None = None,
         logits_fn: Callable[[Any], Tensor] | None = None,
         start_epoch: int = 0,
         flag_share: float = 0.05,
+        model_task: ModelTask | None = None,
     ) -> None:
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch!r}.")
@@ -82,7 +85,8 @@ class MarginCallback(pl.Callback):
         if not 0.0 < flag_share <= 1.0:
             raise ValueError(f"flag_share must be in (0, 1], got {flag_share!r}.")
         self.flag_share = float(flag_share)
-        self.batch_parser, self.logits_fn, self.start_epoch = batch_parser, logits_fn, start_epoch
+        self.model_task = ModelTask.of(model_task, batch_parser=batch_parser, logits_fn=logits_fn)
+        self.start_epoch = start_epoch
         self.sums = torch.zeros(0, dtype=torch.float64)
         self.counts = torch.zeros(0, dtype=torch.long)
         self._pending: tuple[Tensor, Tensor] | None = None
@@ -124,7 +128,7 @@ class MarginCallback(pl.Callback):
         if trainer.current_epoch < self.start_epoch:
             return
         start = time.perf_counter()
-        parsed = self.batch_parser(batch)
+        parsed = self.model_task.parse(batch)
         if parsed.ids is None:
             raise ValueError(
                 "MarginCallback needs sample ids in the training batches ((x, y, idx) or a dict "
@@ -150,7 +154,7 @@ class MarginCallback(pl.Callback):
             return
         start = time.perf_counter()
         ids, labels = self._pending
-        logits = self.logits_fn(output) if self.logits_fn is not None else logits_of(output)
+        logits = self.model_task.logits_of(output)
         if logits.ndim != 2 or logits.shape[0] != ids.numel():
             return  # a forward on other rows than the batch's
         self._pending = None  # one record per batch

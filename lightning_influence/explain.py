@@ -30,6 +30,7 @@ from lightning_influence.curvature import LossFn, default_loss, per_sample_loss
 from lightning_influence.figures import log_gallery
 from lightning_influence.forward import call_model, inputs_cat, inputs_take, inputs_to, logits_of
 from lightning_influence.loaders import first_loader
+from lightning_influence.model_task import ModelTask
 from lightning_influence.scores import ScoreArguments, chunks, influence_scores
 from lightning_influence.settings import _check_positive_int
 
@@ -202,6 +203,10 @@ class InfluenceCallback(pl.Callback):
         loss_fn: a mean-reducing loss (``None``: cross-entropy).
         batch_parser: reads the loaders' batches (default: ``li.parse_batch``).
         log_images: log the image grids where the inputs are images.
+        model_task: loss, batch parser and ``logits_fn`` as one
+            :class:`~lightning_influence.ModelTask` (give either it or the loose keywords;
+            with a ``logits_fn`` the scored model is wrapped, so named layers take the
+            prefix ``model.``).
 
     Attributes:
         explanation: the latest :class:`Explanation` (``None`` before the first).
@@ -214,8 +219,9 @@ class InfluenceCallback(pl.Callback):
         every_n_epochs: int = 1,
         scores: ScoreArguments | dict | None = None,
         loss_fn: LossFn | None = None,
-        batch_parser: BatchParser = parse_batch,
+        batch_parser: BatchParser | None = None,
         log_images: bool = True,
+        model_task: ModelTask | None = None,
     ) -> None:
         _check_positive_int(top_k, "InfluenceCallback top_k")
         _check_positive_int(num_queries, "InfluenceCallback num_queries")
@@ -233,11 +239,10 @@ class InfluenceCallback(pl.Callback):
                 f"InfluenceCallback scores must be a ScoreArguments or a dict of its fields "
                 f"(e.g. {{'curvature': 'ekfac'}}), got {scores!r}."
             )
-        if not callable(batch_parser) or (loss_fn is not None and not callable(loss_fn)):
-            raise ValueError("InfluenceCallback loss_fn and batch_parser must be callables.")
+        self.model_task = ModelTask.of(model_task, loss_fn=loss_fn, batch_parser=batch_parser)
         self.top_k, self.num_queries, self.every_n_epochs = top_k, num_queries, every_n_epochs
         self.scores = ScoreArguments(**scores) if isinstance(scores, dict) else scores
-        self.loss_fn, self.batch_parser, self.log_images = loss_fn, batch_parser, bool(log_images)
+        self.log_images = bool(log_images)
         self.explanation: Explanation | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -263,15 +268,16 @@ class InfluenceCallback(pl.Callback):
                 "InfluenceCallback needs training and validation loaders: pass them to "
                 "explain_now(trainer, model, train_dataloader, val_dataloader)."
             )
-        if self.batch_parser is not parse_batch:
-            train, val = _Parsed(train, self.batch_parser), _Parsed(val, self.batch_parser)
+        task = self.model_task
+        if task.batch_parser is not parse_batch:
+            train, val = _Parsed(train, task.batch_parser), _Parsed(val, task.batch_parser)
         exp, queries, inputs = explain(
-            model,
+            task.logits_model(model),
             train,
             val,
             top_k=self.top_k,
             num_queries=self.num_queries,
-            loss_fn=self.loss_fn,
+            loss_fn=task.loss_fn,
             scores=self.scores,
         )
         self.explanation = exp

@@ -34,6 +34,7 @@ from lightning_influence.capture import CaptureResult
 from lightning_influence.forget import ForgetSpec
 from lightning_influence.forward import LossFn, call_model, inputs_take, inputs_to
 from lightning_influence.influence import InfluenceReport, influence
+from lightning_influence.model_task import ModelTask
 from lightning_influence.output_layer import moving_module
 from lightning_influence.plan import Plan, resolve_plan
 from lightning_influence.pool import (
@@ -123,9 +124,10 @@ def run_unlearning(
     spec: ForgetSpec,
     settings: UnlearnSettings,
     *,
-    loss_fn: LossFn,
-    batch_parser: BatchParser,
     device: torch.device,
+    model_task: ModelTask | None = None,
+    loss_fn: LossFn | None = None,
+    batch_parser: BatchParser | None = None,
     capture: CaptureResult | None = None,
     show_progress: bool = False,
 ) -> UnlearnReport:
@@ -137,13 +139,18 @@ def run_unlearning(
         val_loader: validation data: the step is chosen on it, never on test data.
         spec: what to forget (:mod:`lightning_influence.forget`).
         settings: every setting of the run (:mod:`lightning_influence.settings`).
-        loss_fn: ``loss_fn(logits, targets)``, mean-reduced.
-        batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`.
         device: where the work runs.
+        model_task: how batches are read, where the logits are and the loss
+            (:class:`~lightning_influence.ModelTask`; default: ``(x, y[, ids])`` batches,
+            cross-entropy). With a ``logits_fn`` the model is wrapped so that its forward
+            returns the logits (parameters shared).
+        loss_fn, batch_parser: sugar for ``model_task=ModelTask(loss_fn, batch_parser)``.
         capture: logits/features of the training samples recorded at the current weights
             (e.g. by a ``CaptureCallback``); used when it covers the candidate pool.
         show_progress: show progress bars.
     """
+    task = ModelTask.of(model_task, loss_fn=loss_fn, batch_parser=batch_parser)
+    model, loss_fn, batch_parser = task.logits_model(model), task.loss_fn, task.batch_parser
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(
             f"Every parameter of {type(model).__name__} is frozen (requires_grad=False): "

@@ -12,7 +12,6 @@ are left to the run itself. It runs under ``fast_dev_run`` too, Lightning's smok
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,9 +19,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_influence._modules import compute_dtype, eval_mode, model_device
-from lightning_influence.batches import Batch, BatchParser, IndexedDataset
+from lightning_influence.batches import Batch, IndexedDataset
 from lightning_influence.forget import ForgetSpec
-from lightning_influence.forward import call_model, inputs_float_as, inputs_to, logits_of
+from lightning_influence.forward import inputs_float_as, inputs_to
+from lightning_influence.model_task import ModelTask
 from lightning_influence.pool import check_label_range, parse_checked
 
 __all__ = ["preflight"]
@@ -32,8 +32,7 @@ def preflight(
     model: nn.Module,
     train_loader: Any,
     spec: ForgetSpec,
-    batch_parser: BatchParser,
-    logits_fn: Callable[[Any], Tensor] | None = None,
+    model_task: ModelTask,
     val_loader: Any = None,
 ) -> None:
     """Raise, naming the fix, if unlearning ``model`` on these loaders cannot work.
@@ -42,8 +41,7 @@ def preflight(
         model: the model to unlearn (its weights are not changed).
         train_loader: the training loader (only a map-style ``DataLoader`` is checked).
         spec: what to forget.
-        batch_parser: turns a loader's batch into a :class:`~lightning_influence.Batch`.
-        logits_fn: ``logits_fn(output) -> logits`` where the output is not the logits.
+        model_task: how batches are read and where the logits are.
         val_loader: the validation loader (checked like the training loader, if given).
     """
     width = None
@@ -51,10 +49,10 @@ def preflight(
         sample = _first_batch(loader)
         if sample is None:
             continue
-        batch = parse_checked(batch_parser, sample, what)
+        batch = parse_checked(model_task.batch_parser, sample, what)
         if what == "training":
             _check_ids(spec, loader, batch)
-        width = width or _logits_width(model, batch.x, logits_fn)
+        width = width or _logits_width(model, batch.x, model_task)
         check_label_range(batch.y, width, what)
     if width is not None:
         spec.check_labels(num_classes=width)
@@ -86,12 +84,11 @@ def _check_ids(spec: ForgetSpec, loader: DataLoader, batch: Batch) -> None:
         )
 
 
-def _logits_width(model: nn.Module, x: Any, logits_fn: Callable[[Any], Tensor] | None) -> int:
+def _logits_width(model: nn.Module, x: Any, model_task: ModelTask) -> int:
     """The number of classes the model's logits hold, from one no-grad forward on ``x``."""
     with eval_mode(model), compute_dtype(model) as dtype, torch.no_grad():
         x = inputs_to(inputs_float_as(x, dtype), model_device(model))
-        output = call_model(model, x)
-        logits = logits_fn(output) if logits_fn is not None else logits_of(output)
+        logits = model_task.logits(model, x)
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(

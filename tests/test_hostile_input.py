@@ -224,7 +224,8 @@ def test_nan_inputs_to_self_influence_are_named(digits, model):
         ({"num_queries": "8"}, "num_queries must be a positive integer"),
         ({"every_n_epochs": 0.5}, "every_n_epochs must be an integer"),
         ({"scores": "ekfac"}, r"scores must be a ScoreArguments or a dict"),
-        ({"loss_fn": "ce"}, "must be callables"),
+        ({"loss_fn": "ce"}, "loss_fn must be a callable"),
+        ({"batch_parser": 3}, "batch_parser must be a callable"),
     ],
 )
 def test_influence_callback_checks_its_arguments_at_construction(kwargs, match):

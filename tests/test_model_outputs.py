@@ -7,12 +7,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_influence import IndexedDataset, UnlearnCallback
+from lightning_influence import CaptureCallback, IndexedDataset, ModelTask, UnlearnCallback
 from lightning_influence.demos.models import train_classifier
 
 torch.set_num_threads(1)
@@ -135,6 +136,47 @@ def test_logits_fn_reads_logits_from_anywhere(trained, digits, reference):
         assert torch.equal(model.state_dict()[k], v), k
     _unlearn(model, *loaders, logits_fn=lambda out: out["scores"])
     _assert_same_weights(model, reference[0])
+
+
+def test_a_model_task_is_what_the_loose_keywords_build(trained, digits, reference):
+    """ModelTask(logits_fn=...) unlearns as logits_fn=... does; a CaptureCallback given the
+    same task finds the logits in the dict output during validation and serves the run."""
+    train, val, _ = digits
+    task = ModelTask(logits_fn=lambda out: out["scores"])
+    model = Wrapped(copy.deepcopy(trained), "scores")
+    _unlearn(model, DataLoader(IndexedDataset(train), batch_size=64), DataLoader(val, batch_size=256),
+             model_task=task)  # fmt: skip
+    _assert_same_weights(model, reference[0])
+    with pytest.raises(ValueError, match="not both"):
+        UnlearnCallback(forget_classes=FORGET, model_task=task, loss_fn=nn.functional.cross_entropy)
+    with pytest.raises(TypeError, match="ModelTask"):
+        UnlearnCallback(forget_classes=FORGET, model_task=lambda out: out)
+    with pytest.raises(ValueError, match="logits_fn must be a callable"):
+        ModelTask(logits_fn="scores")
+    model = _Validated(Wrapped(copy.deepcopy(trained), "scores"))
+    capture = CaptureCallback(store_features=False, model_task=task)
+    trainer = pl.Trainer(callbacks=[capture], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)  # fmt: skip
+    trainer.validate(model, DataLoader(IndexedDataset(train), batch_size=64), verbose=False)
+    xs = torch.stack([train[i][0] for i in range(5)])
+    with torch.no_grad():
+        expected = model(xs)["scores"]
+    assert torch.equal(capture.require_result().ids[:5], torch.arange(5))
+    assert torch.allclose(capture.require_result().logits[:5], expected, atol=1e-5)
+
+
+class _Validated(pl.LightningModule):
+    """A LightningModule whose forward returns {"scores": logits} (found only by logits_fn)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
 
 
 def test_two_inputs_as_a_tuple(trained, digits, reference):
