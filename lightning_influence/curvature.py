@@ -231,13 +231,15 @@ def mean_gradient(model: nn.Module, loss_fn: LossFn, batches: Any, name: str = "
     return total
 
 
-class HessianOperator(ParamOperator):
-    """H = ∇²(weighted mean loss over ``batches``) at the model's current weights.
+class CurvatureOperator(ParamOperator):
+    """A curvature matrix of the weighted mean loss over ``batches``, at the current weights.
 
-    A symmetric :class:`~lightning_influence.operators.ParamOperator`: ``H @ v`` takes and
-    returns dicts keyed like ``trainable_params(model)``; each mat-vec is one HVP over all
-    batches and is counted in ``hvp_count``. Put the model in ``eval()`` first if it has
-    BatchNorm or dropout (``li.influence`` does this for you).
+    The one data loop of the curvature operators (as curvlinops' ``_matmat_batch``): a
+    mat-vec sums :meth:`batch_product` over the batches in float64 (and over the processes
+    under DDP); a subclass writes only the product on one batch. Mat-vecs take and return
+    dicts keyed like ``trainable_params(model)`` and are counted in ``hvp_count``. Put the
+    model in ``eval()`` first if it has BatchNorm or dropout (``li.influence`` does this
+    for you).
 
     Args:
         model: the model; only its parameters with ``requires_grad`` are differentiated.
@@ -267,7 +269,7 @@ class HessianOperator(ParamOperator):
         return sum(p.numel() for p in self.params.values())
 
     def matvec(self, v: Mapping[str, Tensor]) -> ParamDict:
-        """One Hessian-vector product ``H v``, summed over the batches.
+        """One product with the curvature, summed over the batches.
 
         Args:
             v: a parameter dict keyed like :attr:`params`.
@@ -276,10 +278,12 @@ class HessianOperator(ParamOperator):
         out: ParamDict | None = None
         with torch.enable_grad():  # callers may sit under no_grad (e.g. Lightning hooks)
             for f in self.losses:
-                with FORWARD_AD_LOCK:
-                    _, hv = jvp(grad(f), (self.params,), (dict(v),))
-                out = self._add(out, hv)
+                out = self._add(out, self.batch_product(f, dict(v)))
         return self._summed(out, v)
+
+    def batch_product(self, f: BatchLoss, v: ParamDict) -> ParamDict:
+        """One batch's part of the product (its loss ``f`` is a function of the parameters)."""
+        raise NotImplementedError
 
     @staticmethod
     def _add(out: ParamDict | None, part: ParamDict) -> ParamDict:
@@ -294,7 +298,17 @@ class HessianOperator(ParamOperator):
         return self.shards.reduce_dict(out, dtype=next(iter(v.values())).dtype)
 
 
-class GaussNewtonOperator(HessianOperator):
+class HessianOperator(CurvatureOperator):
+    """H = ∇²(weighted mean loss over ``batches``): each mat-vec is one Hessian-vector
+    product (forward-over-reverse) per batch. Arguments as :class:`CurvatureOperator`."""
+
+    def batch_product(self, f: BatchLoss, v: ParamDict) -> ParamDict:
+        with FORWARD_AD_LOCK:
+            _, hv = jvp(grad(f), (self.params,), (v,))
+        return hv
+
+
+class GaussNewtonOperator(CurvatureOperator):
     """G = Σ Jᵀ (∇²_z ℓ) J: the generalised Gauss–Newton matrix of the same loss and data.
 
     J is the Jacobian of the logits z with respect to the parameters and ∇²_z ℓ the Hessian
@@ -310,18 +324,13 @@ class GaussNewtonOperator(HessianOperator):
         batches: a batch or an iterable of batches, as for :class:`HessianOperator`.
     """
 
-    def matvec(self, v: Mapping[str, Tensor]) -> ParamDict:
-        self.hvp_count += 1
-        out: ParamDict | None = None
-        with torch.enable_grad():
-            for f in self.losses:
-                with FORWARD_AD_LOCK:
-                    z, jv = jvp(f.outputs, (self.params,), (dict(v),))
-                    _, hjv = jvp(grad(f.loss_on), (z,), (jv,))
-                _, pullback = vjp(f.outputs, self.params)
-                (gv,) = pullback(hjv)
-                out = self._add(out, gv)
-        return self._summed(out, v)
+    def batch_product(self, f: BatchLoss, v: ParamDict) -> ParamDict:
+        with FORWARD_AD_LOCK:
+            z, jv = jvp(f.outputs, (self.params,), (v,))
+            _, hjv = jvp(grad(f.loss_on), (z,), (jv,))
+        _, pullback = vjp(f.outputs, self.params)
+        (gv,) = pullback(hjv)
+        return gv
 
 
 def dense_gauss_newton(

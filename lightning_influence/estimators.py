@@ -28,7 +28,7 @@ from torch import Tensor
 from lightning_influence import vectors as V
 from lightning_influence.operators import IdentityOperator, MaskOperator, ParamOperator
 from lightning_influence.settings import EstimatorName
-from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC, SolveReport, solve
+from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC, InverseOperator, SolveReport
 from lightning_influence.vectors import Masks, ParamDict
 
 ESTIMATORS: tuple[str, ...] = get_args(EstimatorName)
@@ -65,16 +65,16 @@ class LinearSystem:
         Returns:
             The masked solution and the solver's report.
         """
-        x, report = solve(
-            solver,
-            self.operator,
-            self.rhs,
-            self.kind,
-            damping=self.damping,
-            domain=self.domain,
-            **options,
+        inverse = self.inverse(solver, **options)
+        x = inverse @ self.rhs
+        assert isinstance(x, dict) and inverse.last_report is not None
+        return V.mask(x, self.output_mask), inverse.last_report
+
+    def inverse(self, solver: str = "krylov", **options: Any) -> InverseOperator:
+        """The system's solver as an operator (``inverse @ rhs`` is the unmasked solution)."""
+        return InverseOperator(
+            self.operator, solver, self.kind, self.damping, self.domain, **options
         )
-        return V.mask(x, self.output_mask), report
 
 
 def build_system(

@@ -57,7 +57,7 @@ from lightning_influence.operators import DenseMatrixOperator, IdentityOperator,
 from lightning_influence.pool import BoundedPool, Rows, batch_ids
 from lightning_influence.progress import progress_bar as _bar
 from lightning_influence.settings import HessianArguments, SamplerName
-from lightning_influence.solvers import solve_krylov
+from lightning_influence.solvers import InverseOperator
 from lightning_influence.subset import hessian_subset as draw_hessian_subset
 from lightning_influence.vectors import ParamDict
 
@@ -255,27 +255,6 @@ def hessian_subset(
 # ----------------------------------------------------------------------------- curvature
 
 
-class KrylovInverse(ParamOperator):
-    """(H + λI)⁻¹ v by one MINRES solve per vector: a solver as an operator.
-
-    Args:
-        operator: the symmetric curvature H.
-        damping: λ ≥ 0.
-        tol: the relative residual of each solve.
-        max_iter: the most iterations per solve.
-    """
-
-    symmetric = True
-
-    def __init__(self, operator: ParamOperator, damping: float, tol: float, max_iter: int):
-        self.system = operator + damping * IdentityOperator() if damping else operator
-        self.tol, self.max_iter = tol, max_iter
-
-    def matvec(self, v: dict[str, Tensor]) -> ParamDict:
-        x, _ = solve_krylov(self.system, v, "symmetric", tol=self.tol, max_iter=self.max_iter)
-        return x
-
-
 def preconditioner(
     model: nn.Module, loss_fn: LossFn, hessian: list[Batch], args: ScoreArguments
 ) -> tuple[ParamOperator, list[str]]:
@@ -320,7 +299,9 @@ def preconditioner(
         inverse = torch.linalg.solve(H.matrix + damping * eye, eye)
         return DenseMatrixOperator(inverse, H.params, symmetric=True), names
     op_class = GaussNewtonOperator if kind == "gauss_newton" else HessianOperator
-    return KrylovInverse(op_class(model, loss_fn, hessian), damping, args.tol, args.max_iter), names
+    H = op_class(model, loss_fn, hessian)
+    system = H + damping * IdentityOperator() if damping else H
+    return InverseOperator(system, "krylov", tol=args.tol, max_iter=args.max_iter), names
 
 
 #: a factor wider than this makes an unprojected EK-FAC slow: ``projection="auto"`` projects

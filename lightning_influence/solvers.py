@@ -17,6 +17,8 @@ Families:
   (``gelsd``), the float64 reference for tiny models.
 
 Every solver returns ``(x, SolveReport)`` and never hides non-convergence.
+:class:`InverseOperator` makes any of them an operator (as curvlinops' ``inverse.py``):
+``A⁻¹ @ b`` is one solve, and its report is kept.
 """
 
 from __future__ import annotations
@@ -123,6 +125,49 @@ def solve(
     if solver == "dense":
         return solve_dense(operator, rhs, kind, damping, domain)
     raise ValueError(f"Unknown solver {solver!r}: choose one of {SOLVERS}.")
+
+
+class InverseOperator(ParamOperator):
+    """A solver as an operator: ``inv @ b`` solves the system of ``operator`` for ``b``.
+
+    The estimators' systems (unlearning) and the exact curvatures' inverses (influence
+    scores) are the same object; ``last_report`` holds the most recent solve's report.
+
+    Args:
+        operator: the operator ``A``.
+        solver: ``krylov``, ``lissa`` or ``dense``.
+        kind: ``least_squares`` (then ``inv @ b`` is the Tikhonov-damped least-squares
+            solution, not a symmetric inverse) or ``symmetric``.
+        damping: the Tikhonov λ of a least-squares system.
+        domain: the coordinates the solution may use (``None``: all).
+        **options: the solver's options (``tol``, ``max_iter``, ...).
+    """
+
+    def __init__(
+        self,
+        operator: ParamOperator,
+        solver: str = "krylov",
+        kind: str = SYMMETRIC,
+        damping: float = 0.0,
+        domain: Masks | None = None,
+        **options: Any,
+    ) -> None:
+        self.operator, self.solver, self.kind = operator, solver, kind
+        self.damping, self.domain, self.options = damping, domain, options
+        self.symmetric = kind == SYMMETRIC and operator.symmetric
+        self.last_report: SolveReport | None = None
+
+    def matvec(self, v: Mapping[str, Tensor]) -> ParamDict:
+        x, self.last_report = solve(
+            self.solver,
+            self.operator,
+            v,
+            self.kind,
+            damping=self.damping,
+            domain=self.domain,
+            **self.options,
+        )
+        return x
 
 
 def _record(report: SolveReport, iteration: int, residual: float, progress: Progress | None):

@@ -129,3 +129,27 @@ def test_nesting_is_flattened_and_bad_operands_rejected(ops):
         ParamOperator().T @ random_vector(0)  # noqa: B018
     with pytest.raises(ValueError, match="coordinates"):
         DenseMatrixOperator(torch.eye(3), LAYOUT)
+
+
+@pytest.mark.parametrize("solver", ["krylov", "dense", "lissa"])
+def test_a_solver_is_an_inverse_operator(solver):
+    """InverseOperator(A, solver) @ b equals the dense float64 solution, for each solver:
+    (A + λI)⁻¹ b for a symmetric positive-definite A, and the ridge solution of a
+    least-squares system (AᵀA + λI)⁻¹ Aᵀ b for a non-symmetric one."""
+    from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC, InverseOperator
+
+    M = random_matrix(3)
+    spd = M @ M.T / N + torch.eye(N, dtype=torch.float64)
+    b = random_vector(4)
+    options = {"krylov": {"tol": 1e-12, "max_iter": 200}, "dense": {},
+               "lissa": {"tol": 1e-10, "max_iter": 20000}}[solver]  # fmt: skip
+    inv = InverseOperator(DenseMatrixOperator(spd, LAYOUT, symmetric=True), solver, SYMMETRIC,
+                          **options)  # fmt: skip
+    x = V.flatten(inv @ b)
+    assert torch.allclose(x, torch.linalg.solve(spd, V.flatten(b)), atol=1e-7)
+    assert inv.symmetric and inv.last_report is not None and inv.last_report.converged
+    lam = 0.3
+    ridge = InverseOperator(DenseMatrixOperator(M, LAYOUT), solver, LEAST_SQUARES, lam, **options)
+    want = torch.linalg.solve(M.T @ M + lam * torch.eye(N, dtype=torch.float64), M.T @ V.flatten(b))
+    assert torch.allclose(V.flatten(ridge @ b), want, atol=1e-7)
+    assert not ridge.symmetric
