@@ -2,7 +2,7 @@
 
 Sample removal needs to know how far forgetting should go: a model that never saw a row
 still predicts most rows right (those it can learn from other data) and few of those the
-trained model memorised. :mod:`lightning_influence.memorised` estimates this from the
+trained model memorised. :mod:`lightning_influence.unlearn.memorised` estimates this from the
 validation rows: each forgotten row's *neighbour estimate* (its 10 nearest validation rows'
 mean probability of its label, in the output layer's input space) and its *calibrated rate*
 (the share of validation rows with a like estimate that the model predicts right). This
@@ -33,9 +33,9 @@ import torch
 from benchmarks import faithfulness as F
 from benchmarks import memorised as M
 from benchmarks.common import RESULTS, machine, mean_std, write_json
-from lightning_influence.memorised import memorised_rows
-from lightning_influence.pool import Rows
-from lightning_influence.scoring import predict_logits
+from lightning_influence.data.pool import Rows
+from lightning_influence.unlearn.memorised import memorised_rows
+from lightning_influence.unlearn.scoring import predict_logits
 
 NAME = "calibration.json"
 #: (task, seed) of full Fashion-MNIST whose base and retrained models are cached

@@ -8,7 +8,7 @@ and is reported on the forget set, the retained training data and the TEST data:
 
 - UA (1 - accuracy on the forget set), MIA-efficacy (SalUn's confidence attack), RA, TA and
   the **Avg. Gap** to the retrained model in percentage points
-  (:mod:`lightning_influence.faithfulness`);
+  (:mod:`lightning_influence.measure.faithfulness`);
 - class removal: relearn accuracy on the class's test images after 5 Adam steps (lr 1e-3,
   batches of 32 with 4 forgotten images), measured after the class's output row and bias are
   reset to the other rows' mean, so only what the features hold can come back
@@ -67,13 +67,13 @@ import lightning_influence as li
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, write_json
 from benchmarks.fashion import RECIPE, MaskedLogit, fit
 from lightning_influence.demos.corruptions import attack_success_rate, corner_trigger
-from lightning_influence.faithfulness import (
+from lightning_influence.measure.faithfulness import (
     avg_gap,
     faithfulness,
     relearn_accuracy,
     reset_output_rows,
 )
-from lightning_influence.metrics import forgetting_f1
+from lightning_influence.measure.metrics import forgetting_f1
 
 RESULT = "faithfulness_fashion.json"
 TASKS = (

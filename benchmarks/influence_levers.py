@@ -35,12 +35,12 @@ from torch.utils.data import TensorDataset
 
 from benchmarks.common import mean_std, write_json
 from benchmarks.influence import flip_labels, rank_loss, splits, trained
-from lightning_influence._modules import eval_mode
-from lightning_influence.batches import Batch
-from lightning_influence.curvature import default_loss
-from lightning_influence.ekfac import fisher_rows, fit_ekfac
-from lightning_influence.gradients import per_sample_gradients
-from lightning_influence.scores import ScoreArguments, hessian_subset
+from lightning_influence.attribution.scores import ScoreArguments, hessian_subset
+from lightning_influence.data._modules import eval_mode
+from lightning_influence.data.batches import Batch
+from lightning_influence.solve.curvature import default_loss
+from lightning_influence.solve.ekfac import fisher_rows, fit_ekfac
+from lightning_influence.solve.gradients import per_sample_gradients
 
 ALPHAS = (1.0, 0.1, 0.01, 1e-3, 1e-4)
 FISHERS = ("sampled", "expected", "empirical")

@@ -40,9 +40,9 @@ from torch import nn
 
 import lightning_influence as li
 from benchmarks.common import machine, write_json
-from lightning_influence.curvature import dense_gauss_newton, trainable_params
 from lightning_influence.demos.datasets import FASHION_MNIST_DEBIAN_DIR, digits_splits, read_idx
-from lightning_influence.ekfac import fisher_rows, fit_ekfac
+from lightning_influence.solve.curvature import dense_gauss_newton, trainable_params
+from lightning_influence.solve.ekfac import fisher_rows, fit_ekfac
 
 RESULT = "libraries.json"
 
@@ -126,7 +126,7 @@ def compare_matvecs(kind: str, model: nn.Module, n: int, size: int, repeats: int
 
 
 def li_unflatten(v: torch.Tensor, model: nn.Module) -> dict[str, torch.Tensor]:
-    from lightning_influence import vectors as V
+    from lightning_influence.solve import vectors as V
 
     return V.unflatten(v, trainable_params(model))
 

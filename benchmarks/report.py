@@ -1307,7 +1307,7 @@ def calibration_section(d: dict | None) -> list[str]:
         "",
         f"Command: `{d['command']}`. Sample removal's over-forgetting floor and its "
         "memorised-row targets rest on estimates from validation rows "
-        "(`lightning_influence.memorised`): `raw`, the 10 nearest validation rows' mean "
+        "(`lightning_influence.unlearn.memorised`): `raw`, the 10 nearest validation rows' mean "
         "probability of a row's label; `calibrated`, the share of validation rows with a like "
         "raw value that the model predicts right; `unseen`, the floor's estimate (memorised "
         "rows at 0, the others calibrated; the floor is 3 standard errors below it). Against "

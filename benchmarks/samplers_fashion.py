@@ -58,10 +58,10 @@ from benchmarks.common import (
 )
 from benchmarks.fashion import cached_fit, splits, without
 from benchmarks.unlearning import PeakRSS
-from lightning_influence._modules import eval_mode
-from lightning_influence.curvature import default_loss
-from lightning_influence.influence import influence_gradient
-from lightning_influence.selection import output_layer
+from lightning_influence.data._modules import eval_mode
+from lightning_influence.solve.curvature import default_loss
+from lightning_influence.solve.influence import influence_gradient
+from lightning_influence.unlearn.selection import output_layer
 
 RESULT = "samplers_fashion.json"
 SAMPLERS = ("random", "feature", "logit")

@@ -7,9 +7,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_influence.callbacks import UnlearnCallback
+from lightning_influence.callbacks.unlearn import UnlearnCallback
 from lightning_influence.demos.models import DigitsDataModule, ImageClassifier
-from lightning_influence.metrics import evaluate
+from lightning_influence.measure.metrics import evaluate
 
 
 def main() -> None:

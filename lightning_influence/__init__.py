@@ -1,6 +1,8 @@
 """lightning_influence: influence functions and unlearning as Lightning callbacks.
 
-The pipeline, one module each: read → capture → sample → select → solve → step → measure.
+The pipeline, one module each, in one folder per part of the work (``data/``, ``sample/``,
+``solve/``, ``unlearn/``, ``measure/``, ``attribution/``, ``callbacks/``; every public name is
+re-exported here): read → capture → sample → select → solve → step → measure.
 
 - capture:  :class:`CaptureCallback`, :func:`capture_pool` (features/logits/ids per sample)
 - sample:   :func:`get_sampler` (``random`` | ``feature`` | ``logit``) picks the Hessian subset
@@ -14,40 +16,19 @@ The pipeline, one module each: read → capture → sample → select → solve 
 :class:`UnlearnCallback` runs the whole pipeline after ``Trainer.fit``.
 """
 
-from lightning_influence import settings as _settings
-from lightning_influence.batches import (
+from lightning_influence.attribution.dynamics import MarginCallback
+from lightning_influence.attribution.explain import Explanation, InfluenceCallback
+from lightning_influence.attribution.scores import ScoreArguments, influence_scores, self_influence
+from lightning_influence.callbacks.unlearn import UnlearnCallback, UnlearnReport
+from lightning_influence.data.batches import (
     Batch,
     IndexedDataset,
     ParsedBatch,
     as_batches,
     parse_batch,
 )
-from lightning_influence.callbacks import UnlearnCallback, UnlearnReport
-from lightning_influence.capture import (
-    CaptureCallback,
-    CaptureResult,
-    capture_pool,
-    find_feature_module,
-)
-from lightning_influence.curvature import (
-    GaussNewtonOperator,
-    HessianOperator,
-    default_loss,
-    mean_gradient,
-)
-from lightning_influence.dynamics import MarginCallback
-from lightning_influence.ekfac import EKFACOperator, fit_ekfac
-from lightning_influence.estimators import ESTIMATORS
-from lightning_influence.explain import Explanation, InfluenceCallback
-from lightning_influence.forget import (
-    BackdoorRepair,
-    ClassRemoval,
-    ForgetSpec,
-    LabelChange,
-    SampleRemoval,
-)
-from lightning_influence.influence import InfluenceReport, influence
-from lightning_influence.metrics import (
+from lightning_influence.data.model_task import ModelTask
+from lightning_influence.measure.metrics import (
     ExclusiveLoss,
     ForgetAccuracy,
     ForgettingF1,
@@ -57,11 +38,14 @@ from lightning_influence.metrics import (
     forgetting_f1,
     unlearning_metrics,
 )
-from lightning_influence.metrics import evaluate as evaluate_forgetting
-from lightning_influence.model_task import ModelTask
-from lightning_influence.pipeline import run_unlearning
-from lightning_influence.report import CandidateResult
-from lightning_influence.sampling import (
+from lightning_influence.measure.metrics import evaluate as evaluate_forgetting
+from lightning_influence.sample.capture import (
+    CaptureCallback,
+    CaptureResult,
+    capture_pool,
+    find_feature_module,
+)
+from lightning_influence.sample.sampling import (
     FeatureSampler,
     LogitSampler,
     RandomSampler,
@@ -69,11 +53,29 @@ from lightning_influence.sampling import (
     SubsetSelection,
     get_sampler,
 )
-from lightning_influence.scores import ScoreArguments, influence_scores, self_influence
-from lightning_influence.selection import select_parameters, selectable_layers
-from lightning_influence.settings import *  # noqa: F403  (the settings groups, settings.__all__)
-from lightning_influence.solvers import ConvergenceWarning, SolveReport
-from lightning_influence.step import StepOutcome, StepResult, step_search
+from lightning_influence.solve.curvature import (
+    GaussNewtonOperator,
+    HessianOperator,
+    default_loss,
+    mean_gradient,
+)
+from lightning_influence.solve.ekfac import EKFACOperator, fit_ekfac
+from lightning_influence.solve.estimators import ESTIMATORS
+from lightning_influence.solve.influence import InfluenceReport, influence
+from lightning_influence.solve.solvers import ConvergenceWarning, SolveReport
+from lightning_influence.unlearn import settings as _settings
+from lightning_influence.unlearn.forget import (
+    BackdoorRepair,
+    ClassRemoval,
+    ForgetSpec,
+    LabelChange,
+    SampleRemoval,
+)
+from lightning_influence.unlearn.pipeline import run_unlearning
+from lightning_influence.unlearn.report import CandidateResult
+from lightning_influence.unlearn.selection import select_parameters, selectable_layers
+from lightning_influence.unlearn.settings import *  # noqa: F403  (the settings groups, settings.__all__)
+from lightning_influence.unlearn.step import StepOutcome, StepResult, step_search
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["unlearn"]:  # its own LightningCLI-style parser (class paths, YAML)
-        from lightning_influence.unlearn_command import main as main_unlearn
+        from lightning_influence.callbacks.unlearn_command import main as main_unlearn
 
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         return main_unlearn(argv[1:])

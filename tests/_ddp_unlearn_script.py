@@ -6,8 +6,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_influence.batches import IndexedDataset
-from lightning_influence.callbacks import UnlearnCallback
+from lightning_influence.callbacks.unlearn import UnlearnCallback
+from lightning_influence.data.batches import IndexedDataset
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_influence import vectors as V
-from lightning_influence.curvature import trainable_params
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.curvature import trainable_params
 
 
 def mse_onehot(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

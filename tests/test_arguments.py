@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lightning_influence import UnlearnCallback
-from lightning_influence.settings import StepArguments
+from lightning_influence.unlearn.settings import StepArguments
 
 
 @pytest.mark.parametrize(

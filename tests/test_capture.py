@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_influence.batches import IndexedDataset, ParsedBatch, parse_batch
-from lightning_influence.capture import (
+from lightning_influence.data.batches import IndexedDataset, ParsedBatch, parse_batch
+from lightning_influence.sample.capture import (
     CaptureCallback,
     CaptureResult,
     FeatureRecorder,

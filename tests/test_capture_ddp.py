@@ -38,8 +38,8 @@ def _run(out_dir: str) -> None:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lightning_influence.batches import IndexedDataset
-    from lightning_influence.capture import CaptureCallback
+    from lightning_influence.data.batches import IndexedDataset
+    from lightning_influence.sample.capture import CaptureCallback
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:

@@ -140,7 +140,7 @@ def test_unlearn_command_unlearns_a_saved_checkpoint(tmp_path):
 
     from lightning_influence.__main__ import main
     from lightning_influence.demos.models import DigitsDataModule, ImageClassifier
-    from lightning_influence.metrics import evaluate
+    from lightning_influence.measure.metrics import evaluate
 
     trained = _digits_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "out"

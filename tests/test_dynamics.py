@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from trainer_fixtures import quiet_trainer
 
 import lightning_influence as li
+from lightning_influence.attribution.dynamics import margins
 from lightning_influence.demos.corruptions import flip_uniform
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier
-from lightning_influence.dynamics import margins
 
 torch.set_num_threads(1)
 
@@ -139,7 +139,7 @@ def test_the_aum_histogram_is_logged_with_the_flagging_cut(tmp_path):
 
 def test_score_histogram_counts_the_flagged_side():
     pytest.importorskip("matplotlib")
-    from lightning_influence.figures import score_histogram_figure
+    from lightning_influence.attribution.figures import score_histogram_figure
 
     fig = score_histogram_figure(torch.arange(10.0), cut=2.0, flag="below")
     assert "3 at or below the cut" in fig.axes[0].get_title()

@@ -12,10 +12,10 @@ from test_scores import ref_grads
 from torch import nn
 
 import lightning_influence as li
-from lightning_influence import vectors as V
-from lightning_influence.curvature import default_loss, trainable_params
-from lightning_influence.ekfac import fisher_rows, fit_ekfac, layer_dims, projections
-from lightning_influence.gradients import per_sample_gradients
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.curvature import default_loss, trainable_params
+from lightning_influence.solve.ekfac import fisher_rows, fit_ekfac, layer_dims, projections
+from lightning_influence.solve.gradients import per_sample_gradients
 
 
 def _model():
@@ -164,7 +164,7 @@ def test_a_very_wide_layer_is_announced_with_the_fix_before_the_fit(monkeypatch,
     so, naming projection=64; with a projection, or narrow layers, it says nothing."""
     import logging
 
-    import lightning_influence.scores as S
+    import lightning_influence.attribution.scores as S
 
     model = _model()
     x, y = data_for(model, 8, seed=11)
@@ -192,7 +192,7 @@ def test_auto_projection_sketches_only_when_a_layer_is_wide(monkeypatch, caplog)
     EK-FAC otherwise; the last layer alone is judged by its own width."""
     import logging
 
-    import lightning_influence.scores as S
+    import lightning_influence.attribution.scores as S
 
     assert li.ScoreArguments().projection == "auto"
     model = _model()

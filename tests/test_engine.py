@@ -24,13 +24,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
-from lightning_influence import vectors as V
-from lightning_influence.batches import Batch, IndexedDataset, as_batches
-from lightning_influence.curvature import DenseHessianOperator, HessianOperator, trainable_params
-from lightning_influence.estimators import build_system
-from lightning_influence.operators import ParamOperator
-from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC
-from lightning_influence.vectors import as_masks
+from lightning_influence.data.batches import Batch, IndexedDataset, as_batches
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.curvature import (
+    DenseHessianOperator,
+    HessianOperator,
+    trainable_params,
+)
+from lightning_influence.solve.estimators import build_system
+from lightning_influence.solve.operators import ParamOperator
+from lightning_influence.solve.solvers import LEAST_SQUARES, SYMMETRIC
+from lightning_influence.solve.vectors import as_masks
 
 ESTIMATORS = ["gif", "fif", "pif", "if"]
 

@@ -107,8 +107,8 @@ def test_find_then_fix_on_digits_with_flipped_labels():
 
 
 def _small_explanation():
-    from lightning_influence.batches import Batch
-    from lightning_influence.explain import Explanation
+    from lightning_influence.attribution.explain import Explanation
+    from lightning_influence.data.batches import Batch
 
     torch.manual_seed(0)
     exp = Explanation(
@@ -128,7 +128,7 @@ def _small_explanation():
 
 
 def test_the_gallery_is_one_captioned_image_under_one_tag():
-    from lightning_influence.figures import GALLERY_TAG, gallery_figure, log_gallery
+    from lightning_influence.attribution.figures import GALLERY_TAG, gallery_figure, log_gallery
 
     exp, queries, inputs = _small_explanation()
     fig = gallery_figure(exp, queries, inputs)

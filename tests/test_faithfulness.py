@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_influence.faithfulness import (
+from lightning_influence.measure.faithfulness import (
     ConfidenceAttack,
     avg_gap,
     faithfulness,

@@ -28,8 +28,8 @@ from lightning_influence.demos.corruptions import (
     without_ids,
 )
 from lightning_influence.demos.models import train_classifier
-from lightning_influence.metrics import evaluate
-from lightning_influence.selection import output_layer
+from lightning_influence.measure.metrics import evaluate
+from lightning_influence.unlearn.selection import output_layer
 
 torch.set_num_threads(1)
 

@@ -14,9 +14,9 @@ from engine_fixtures import data_for, tiny_cnn, tiny_mlp
 from torch import nn
 
 import lightning_influence as li
-from lightning_influence import vectors as V
-from lightning_influence.batches import Batch
-from lightning_influence.curvature import (
+from lightning_influence.data.batches import Batch
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.curvature import (
     GaussNewtonOperator,
     dense_gauss_newton,
     dense_hessian,

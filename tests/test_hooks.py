@@ -1,11 +1,11 @@
-"""lightning_influence.hooks: the one forward-hook helper every stage records with."""
+"""lightning_influence.data.hooks: the one forward-hook helper every stage records with."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from lightning_influence.hooks import ForwardRecorder
+from lightning_influence.data.hooks import ForwardRecorder
 
 
 def _shared() -> nn.Module:

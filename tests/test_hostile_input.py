@@ -22,7 +22,7 @@ from trainer_fixtures import quiet_trainer, split_loaders
 
 import lightning_influence as li
 from lightning_influence import UnlearnCallback
-from lightning_influence.checkpoints import CheckpointWriteError
+from lightning_influence.callbacks.checkpoints import CheckpointWriteError
 from lightning_influence.demos.datasets import read_idx
 from lightning_influence.demos.models import ImageClassifier, train_classifier
 
@@ -147,7 +147,7 @@ def test_a_failure_restores_a_model_in_half_precision_bit_for_bit(digits, model,
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("lightning_influence.pipeline.step_search", boom)
+    monkeypatch.setattr("lightning_influence.unlearn.pipeline.step_search", boom)
     with pytest.raises(RuntimeError, match="boom"):
         _quiet(forget_classes=[3]).unlearn_model(model, train, val)
     _assert_unchanged(model, snap)
@@ -469,7 +469,7 @@ def test_a_validation_label_outside_the_logits_fails_before_training(digits, tmp
 def test_a_failed_write_on_rank_zero_still_meets_the_other_ranks_barrier(tmp_path):
     """Only rank 0 writes; if the write raises, rank 0 skips Trainer.save_checkpoint's barrier,
     which the other ranks wait at: the check must take that barrier before its broadcast."""
-    from lightning_influence.checkpoints import _save
+    from lightning_influence.callbacks.checkpoints import _save
 
     calls = []
 

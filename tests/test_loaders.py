@@ -166,7 +166,7 @@ def test_ddp_wrapper_around_a_subset_sampler_reads_the_subset():
     DistributedSampler): the samples read are still those the wrapped sampler yields."""
     from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
-    from lightning_influence.loaders import data_pass
+    from lightning_influence.data.loaders import data_pass
 
     data = TensorDataset(torch.arange(100.0).reshape(100, 1), torch.zeros(100, dtype=torch.long))
     inner = SubsetRandomSampler(list(range(10, 40)))

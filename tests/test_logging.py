@@ -16,7 +16,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from trainer_fixtures import digits_loaders, quiet_trainer
 
-from lightning_influence import UnlearnCallback, progress
+from lightning_influence import UnlearnCallback
+from lightning_influence.callbacks import progress
 from lightning_influence.demos.models import ImageClassifier
 
 torch.set_num_threads(1)
@@ -151,8 +152,8 @@ class _BrokenTable(_TableLogger):
 
 
 def test_a_logger_whose_table_fails_only_warns_and_still_gets_the_curve():
-    from lightning_influence.loggers import log_report
-    from lightning_influence.report import UnlearnReport
+    from lightning_influence.callbacks.loggers import log_report
+    from lightning_influence.unlearn.report import UnlearnReport
 
     rep = UnlearnReport(
         task="class",
@@ -299,7 +300,7 @@ def test_an_unlearning_run_raises_no_torch_jit_warning():
         "import warnings; warnings.simplefilter('always')\n"
         "import torch, lightning_influence as li\n"
         "from torch import nn\n"
-        "from lightning_influence.curvature import HessianOperator\n"
+        "from lightning_influence.solve.curvature import HessianOperator\n"
         "m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))\n"
         "x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
@@ -324,7 +325,7 @@ def test_the_settings_reach_log_hyperparams(logged):
 
 
 def test_the_step_search_figure_reaches_image_loggers(logged):
-    from lightning_influence.figures import STEP_SEARCH_TAG, step_search_figure
+    from lightning_influence.attribution.figures import STEP_SEARCH_TAG, step_search_figure
 
     trainer, rep, (_, tb_logger, _) = logged
     fig = step_search_figure(rep.trials, rep.radius)

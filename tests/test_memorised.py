@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_influence.memorised import memorised_rows
-from lightning_influence.pool import Rows
-from lightning_influence.scoring import MembershipScorer, predict_logits
+from lightning_influence.data.pool import Rows
+from lightning_influence.unlearn.memorised import memorised_rows
+from lightning_influence.unlearn.scoring import MembershipScorer, predict_logits
 
 
 def _model() -> nn.Module:
@@ -123,7 +123,7 @@ def test_rows_with_dict_inputs_and_a_tuple_output_are_judged():
 
 
 def test_the_removal_caps_come_from_the_judged_rows_only_when_asked():
-    from lightning_influence.forget import SampleRemoval
+    from lightning_influence.unlearn.forget import SampleRemoval
 
     scorer = MembershipScorer(_rows([0.05, 2.05], [1, 1]), _val())
     scorer.score(_model())  # judged at these weights
@@ -147,7 +147,7 @@ def test_the_calibrated_rate_equals_a_dense_count_over_alike_validation_rows():
     estimate is within 0.05 of the row's and that the model predicts right + 20 x the
     row's estimate) / (those rows + 20), each validation row's estimate taken without
     itself: recomputed here by brute force."""
-    from lightning_influence.memorised import CALIBRATION_WIDTH, PRIOR_ROWS
+    from lightning_influence.unlearn.memorised import CALIBRATION_WIDTH, PRIOR_ROWS
 
     model, val = _model(), _spread_val()
     forget = _rows([-0.51, 0.3, 1.2], [1, 1, 1])  # among the mislabelled rows; two typical
@@ -181,7 +181,7 @@ def test_forgetting_far_past_what_unseen_rows_get_breaks_the_guard():
     """Typical rows (the model and their neighbours agree on their labels): unfitting them
     all is further than a model that never saw them would go, so the point breaks the
     scorer's guard and is never kept; the start does not."""
-    from lightning_influence.step import guard_broken
+    from lightning_influence.unlearn.step import guard_broken
 
     model, val = _model(), _spread_val()
     forget = _rows([0.3 + 0.05 * i for i in range(20)], [1] * 20)
@@ -201,7 +201,7 @@ def test_the_calibration_is_fitted_on_a_bounded_subset_of_many_validation_rows(m
     """Above MAX_CALIBRATION_ROWS validation rows, a seeded subset is calibrated (each row's
     neighbours still among all of them): the same rates as a dense count over that subset,
     and the same on a second call."""
-    import lightning_influence.memorised as mem
+    import lightning_influence.unlearn.memorised as mem
 
     monkeypatch.setattr(mem, "MAX_CALIBRATION_ROWS", 40)
     model, val = _model(), _spread_val()  # 60 rows

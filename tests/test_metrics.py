@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_influence.batches import IndexedDataset
-from lightning_influence.metrics import (
+from lightning_influence.data.batches import IndexedDataset
+from lightning_influence.measure.metrics import (
     ExclusiveLoss,
     ForgetAccuracy,
     ForgettingF1,

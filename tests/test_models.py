@@ -18,7 +18,7 @@ from lightning_influence.demos.models import (
     SmallCNN,
     train_classifier,
 )
-from lightning_influence.metrics import evaluate
+from lightning_influence.measure.metrics import evaluate
 
 
 def _n_params(m: nn.Module) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_influence import vectors as V
-from lightning_influence.operators import (
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.operators import (
     AdjointOperator,
     DenseMatrixOperator,
     IdentityOperator,
@@ -136,7 +136,7 @@ def test_a_solver_is_an_inverse_operator(solver):
     """InverseOperator(A, solver) @ b equals the dense float64 solution, for each solver:
     (A + λI)⁻¹ b for a symmetric positive-definite A, and the ridge solution of a
     least-squares system (AᵀA + λI)⁻¹ Aᵀ b for a non-symmetric one."""
-    from lightning_influence.solvers import LEAST_SQUARES, SYMMETRIC, InverseOperator
+    from lightning_influence.solve.solvers import LEAST_SQUARES, SYMMETRIC, InverseOperator
 
     M = random_matrix(3)
     spd = M @ M.T / N + torch.eye(N, dtype=torch.float64)

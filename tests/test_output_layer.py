@@ -10,12 +10,12 @@ from engine_fixtures import closed_form, data_for, dense_reference, tiny_cnn, ti
 from torch import nn
 
 import lightning_influence as li
-from lightning_influence import vectors as V
-from lightning_influence.curvature import trainable_params
-from lightning_influence.output_layer import OutputLayerInputs, moving_module
-from lightning_influence.scoring import SplitScorer, predict_logits
-from lightning_influence.selection import output_layer
-from lightning_influence.vectors import as_masks
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.curvature import trainable_params
+from lightning_influence.solve.vectors import as_masks
+from lightning_influence.unlearn.output_layer import OutputLayerInputs, moving_module
+from lightning_influence.unlearn.scoring import SplitScorer, predict_logits
+from lightning_influence.unlearn.selection import output_layer
 
 
 class HeadFirst(nn.Module):
@@ -155,7 +155,7 @@ def test_recording_refused_when_the_head_output_is_not_the_logits():
 def test_predict_logits_chunks_equal_one_pass():
     """Scoring forwards run in chunks (128 rows on CPU by default); the logits are the
     one-pass logits whatever the chunk."""
-    from lightning_influence.scoring import CPU_CHUNK
+    from lightning_influence.unlearn.scoring import CPU_CHUNK
 
     torch.manual_seed(0)
     model, x = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), torch.randn(300, 3)

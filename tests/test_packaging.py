@@ -74,7 +74,7 @@ def test_import_works_without_posix_only_modules():
     code = (
         "import sys; sys.modules['resource'] = None\n"
         "import torch, lightning_influence as li\n"
-        "from lightning_influence.report import peak_memory\n"
+        "from lightning_influence.unlearn.report import peak_memory\n"
         "print(peak_memory(torch.device('cpu')))\n"
     )
     out = subprocess.run(

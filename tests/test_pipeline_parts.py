@@ -7,17 +7,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_influence.batches import parse_batch
-from lightning_influence.forget import (
+from lightning_influence.data.batches import parse_batch
+from lightning_influence.data.pool import Rows, id_hash, read_rows, read_training_data
+from lightning_influence.unlearn.forget import (
     BackdoorRepair,
     ClassRemoval,
     LabelChange,
     SampleRemoval,
     forget_spec_from_arguments,
 )
-from lightning_influence.pool import Rows, id_hash, read_rows, read_training_data
-from lightning_influence.scoring import MembershipScorer, SplitScorer
-from lightning_influence.settings import (
+from lightning_influence.unlearn.scoring import MembershipScorer, SplitScorer
+from lightning_influence.unlearn.settings import (
     GridArguments,
     HessianArguments,
     SelectionArguments,
@@ -224,7 +224,7 @@ def test_membership_scorer_measures_the_target_once():
 
 
 def test_stratified_rows_keeps_every_label_and_its_share():
-    from lightning_influence.pool import Rows, stratified_rows
+    from lightning_influence.data.pool import Rows, stratified_rows
 
     y = torch.cat([torch.zeros(900, dtype=torch.long), torch.ones(100, dtype=torch.long)])
     rows = Rows(torch.arange(1000.0).reshape(-1, 1), y, torch.arange(1000))
@@ -237,8 +237,8 @@ def test_stratified_rows_keeps_every_label_and_its_share():
 
 def test_membership_scorer_uses_the_run_loss():
     """Sample removal's held-out comparison uses the callback's loss_fn, per sample."""
-    from lightning_influence.pool import Rows
-    from lightning_influence.scoring import MembershipScorer
+    from lightning_influence.data.pool import Rows
+    from lightning_influence.unlearn.scoring import MembershipScorer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 4)
@@ -259,8 +259,8 @@ def test_fitted_scorer_scores_mean_label_confidence():
     """SampleRemoval(completion='budget'): the forget score is the forgotten rows' mean
     label confidence (no completion short of 0), the retained score validation accuracy.
     (MIA-efficacy is added by the pipeline: test_forget_tasks.py.)"""
-    from lightning_influence.forget import SampleRemoval
-    from lightning_influence.scoring import FittedScorer
+    from lightning_influence.unlearn.forget import SampleRemoval
+    from lightning_influence.unlearn.scoring import FittedScorer
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
     model = _constant_model(logits)
@@ -277,7 +277,7 @@ def test_fitted_scorer_scores_mean_label_confidence():
 
 
 def test_added_rows_in_the_hessian_subset_are_capped_and_weigh_for_all():
-    from lightning_influence.pipeline import _corrected_hessian_batches
+    from lightning_influence.unlearn.pipeline import _corrected_hessian_batches
 
     def rows(n, start):
         return Rows(torch.randn(n, 3), torch.arange(n) % 2, torch.arange(start, start + n))

@@ -6,9 +6,14 @@ import dataclasses
 
 import pytest
 
-from lightning_influence import settings as S
-from lightning_influence.forget import BackdoorRepair, ClassRemoval, LabelChange, SampleRemoval
-from lightning_influence.plan import TASK_SETTINGS, TASKS, resolve_plan, task_defaults
+from lightning_influence.unlearn import settings as S
+from lightning_influence.unlearn.forget import (
+    BackdoorRepair,
+    ClassRemoval,
+    LabelChange,
+    SampleRemoval,
+)
+from lightning_influence.unlearn.plan import TASK_SETTINGS, TASKS, resolve_plan, task_defaults
 
 SPECS = {
     "class": ClassRemoval([1, 2]),

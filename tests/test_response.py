@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_influence.batches import Batch
-from lightning_influence.response import ResponseData, response_anchors, response_descent
-from lightning_influence.settings import ResponseArguments
-from lightning_influence.step import Score
+from lightning_influence.data.batches import Batch
+from lightning_influence.unlearn.response import ResponseData, response_anchors, response_descent
+from lightning_influence.unlearn.settings import ResponseArguments
+from lightning_influence.unlearn.step import Score
 
 
 def _problem(seed: int = 0):

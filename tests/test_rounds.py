@@ -2,7 +2,7 @@
 
 On a convex float64 model trained to its optimum (∇L_D(θ₀) = 0 to round-off) and with the
 "subset" B equal to the whole retained set, the control-variate g_k of
-:class:`~lightning_influence.rounds.RoundGradient` must equal −∇J(θ_k) exactly, for removal
+:class:`~lightning_influence.unlearn.rounds.RoundGradient` must equal −∇J(θ_k) exactly, for removal
 (J = mean over R) and for label change (J = (Σ_R ℓ + Σ_A ℓ) / n).
 """
 
@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_influence import vectors as V
-from lightning_influence.batches import Batch
-from lightning_influence.curvature import default_loss
-from lightning_influence.forget import ClassRemoval
-from lightning_influence.rounds import RoundGradient
+from lightning_influence.data.batches import Batch
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.curvature import default_loss
+from lightning_influence.unlearn.forget import ClassRemoval
+from lightning_influence.unlearn.rounds import RoundGradient
 
 N, M, D, C = 60, 6, 3, 3
 

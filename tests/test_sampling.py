@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
 
-from lightning_influence.capture import CaptureResult
-from lightning_influence.sampling import (
+from lightning_influence.sample.capture import CaptureResult
+from lightning_influence.sample.sampling import (
     ClusterSampler,
     FeatureSampler,
     LogitSampler,
@@ -320,7 +320,8 @@ def test_cluster_samplers_estimate_the_hessian_better_than_random(data_seed: int
 
 def test_weights_plug_into_the_engine_hessian_operator(one_thread):
     """The engine's HessianOperator with weighted batches equals the local weighted HVP."""
-    from lightning_influence import Batch, curvature
+    from lightning_influence import Batch
+    from lightning_influence.solve import curvature
 
     x, y = _mixture(0)
     model = _trained_mlp(x, y)

@@ -13,9 +13,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lightning_influence as li
-from lightning_influence import vectors as V
-from lightning_influence.curvature import trainable_params
-from lightning_influence.ekfac import (
+from lightning_influence.solve import vectors as V
+from lightning_influence.solve.curvature import trainable_params
+from lightning_influence.solve.ekfac import (
     factor_eigh,
     fisher_rows,
     fit_ekfac,
@@ -23,7 +23,7 @@ from lightning_influence.ekfac import (
     layer_inputs,
     layer_output_grads,
 )
-from lightning_influence.gradients import per_sample_gradients
+from lightning_influence.solve.gradients import per_sample_gradients
 
 CE = nn.functional.cross_entropy
 
@@ -335,7 +335,7 @@ def test_cross_entropy_in_any_spelling_is_the_default_loss(mlp_problem):
     """F.cross_entropy and a plain nn.CrossEntropyLoss() get the default loss's sampled
     Fisher (the same scores, bit for bit); a loss that differs (label smoothing) or an opaque
     callable is custom: the empirical Fisher, and 'sampled' is refused."""
-    from lightning_influence.curvature import is_cross_entropy
+    from lightning_influence.solve.curvature import is_cross_entropy
 
     model, train, _ = mlp_problem
     ref = li.self_influence(model, train, damping=0.1)
@@ -353,7 +353,7 @@ def test_cross_entropy_in_any_spelling_is_the_default_loss(mlp_problem):
 
 
 def test_score_args_takes_the_settings_object_the_callback_takes():
-    from lightning_influence.scores import ScoreArguments, _settings
+    from lightning_influence.attribution.scores import ScoreArguments, _settings
 
     args = ScoreArguments(curvature="kfac", budget=64)
     assert _settings({}, args) == args
@@ -364,7 +364,7 @@ def test_score_args_takes_the_settings_object_the_callback_takes():
 
 
 def test_self_influence_with_score_args_equals_keywords():
-    from lightning_influence.scores import ScoreArguments
+    from lightning_influence.attribution.scores import ScoreArguments
 
     model = tiny_mlp()
     data = data_for(model, 16, seed=1)
@@ -416,8 +416,8 @@ def test_rotating_the_factors_equals_rotating_the_formed_per_sample_gradients():
     """Q_Sᵀ Gₙ Q_A from (gₙ Q_S)ᵀ (aₙ Q_A), both ways, equals the rotation of autograd's
     per-sample gradients (a strided, padded conv and a Linear layer, float64); and so does
     the self-influence quadratic computed from the factors."""
-    from lightning_influence.curvature import default_loss
-    from lightning_influence.ekfac import per_sample_factors
+    from lightning_influence.solve.curvature import default_loss
+    from lightning_influence.solve.ekfac import per_sample_factors
 
     model = tiny_cnn()
     model.conv.stride, model.conv.padding = (2, 2), (1, 1)
@@ -442,8 +442,8 @@ def test_rotating_the_factors_equals_rotating_the_formed_per_sample_gradients():
 def test_rotations_are_done_a_few_rows_at_a_time_with_the_same_numbers(monkeypatch):
     """With room for 40 rotated entries per part (fewer than one row of the conv block),
     the quadratic and the corrected eigenvalues are the same as in one part."""
-    import lightning_influence.ekfac as E
-    from lightning_influence.curvature import default_loss
+    import lightning_influence.solve.ekfac as E
+    from lightning_influence.solve.curvature import default_loss
 
     model = tiny_cnn()
     x, y = data_for(model, 9, seed=6)

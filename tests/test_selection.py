@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lightning_influence as li
-from lightning_influence.selection import units_per_layer
+from lightning_influence.unlearn.selection import units_per_layer
 
 
 class Net(nn.Module):
@@ -162,7 +162,7 @@ def _two_ranks(fn):
     are per module, so threads sharing one would record each other's outputs."""
     import threading
 
-    from lightning_influence.distributed import Shards, sharded
+    from lightning_influence.data.distributed import Shards, sharded
 
     barrier, slots, out = threading.Barrier(2), {}, [None, None]
 
@@ -208,7 +208,7 @@ def test_two_ranks_rank_units_on_their_blocks_as_one_process_does(method):
     for masks in ranks:
         assert masks is not None and set(masks) == set(one)
         assert all(torch.equal(masks[k], one[k]) for k in one)
-    from lightning_influence.selection import _scores, selectable_layers
+    from lightning_influence.unlearn.selection import _scores, selectable_layers
 
     gen = torch.Generator()
     whole = _scores(model, selectable_layers(model), data, method, None, gen)

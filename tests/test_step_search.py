@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_influence.step import Score, StepOutcome, radius_grid, step_search
+from lightning_influence.unlearn.step import Score, StepOutcome, radius_grid, step_search
 
 
 def _toy(score_of_radius):
@@ -195,7 +195,7 @@ def test_keep_largest_walks_on_while_the_f1_holds(keep):
 
 
 def test_step_keep_setting_is_checked():
-    from lightning_influence.settings import StepArguments
+    from lightning_influence.unlearn.settings import StepArguments
 
     assert StepArguments(keep="largest").keep == "largest"
     with pytest.raises(ValueError, match="step.keep"):
@@ -213,7 +213,7 @@ def test_the_function_defaults_are_the_callbacks_step_settings():
     describe (they differed: 12 radii up to 0.5 and 3 bisections against 8 up to 5.0 and 4)."""
     import inspect
 
-    from lightning_influence.settings import StepArguments
+    from lightning_influence.unlearn.settings import StepArguments
 
     params = inspect.signature(step_search).parameters
     defaults = StepArguments()

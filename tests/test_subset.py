@@ -7,10 +7,10 @@ import torch
 from engine_fixtures import data_for, tiny_mlp
 
 import lightning_influence as li
-from lightning_influence import scores
-from lightning_influence.pool import Rows
-from lightning_influence.settings import HessianArguments
-from lightning_influence.subset import capture_candidates, draw_subset, hessian_subset
+from lightning_influence.attribution import scores
+from lightning_influence.data.pool import Rows
+from lightning_influence.sample.subset import capture_candidates, draw_subset, hessian_subset
+from lightning_influence.unlearn.settings import HessianArguments
 
 CPU = torch.device("cpu")
 

@@ -14,11 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from trainer_fixtures import split_loaders
 
-from lightning_influence.batches import IndexedDataset
-from lightning_influence.callbacks import UnlearnCallback
+from lightning_influence.callbacks.unlearn import UnlearnCallback
+from lightning_influence.data.batches import IndexedDataset
 from lightning_influence.demos.models import ImageClassifier, train_classifier
-from lightning_influence.metrics import evaluate
-from lightning_influence.step import step_search
+from lightning_influence.measure.metrics import evaluate
+from lightning_influence.unlearn.step import step_search
 
 torch.set_num_threads(1)
 
@@ -293,7 +293,7 @@ def test_a_removed_class_does_not_come_back_after_five_fine_tuning_steps(digits,
     logit as far down as retraining does: 5 Adam steps with 4 class samples per batch of 32
     do not bring it back (digits seeds 0-4: 0.000 each; the smallest step relearnt 0.54-0.89,
     test predictions of the other classes identical)."""
-    from lightning_influence.faithfulness import relearn_accuracy
+    from lightning_influence.measure.faithfulness import relearn_accuracy
 
     train_loader, val_loader, _ = loaders(digits)
     train, _, test = digits

@@ -1,7 +1,7 @@
 """Sharded unlearning under DDP equals one process: 2 gloo processes vs a single run.
 
 Each pass (capture, gradients, every HVP, validation scoring) is split over the two ranks
-and summed (``lightning_influence.distributed``); the weights must match the single-process
+and summed (``lightning_influence.data.distributed``); the weights must match the single-process
 run to 1e-5 and the reports must take the same decisions.
 """
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_influence.batches import IndexedDataset
-from lightning_influence.callbacks import UnlearnCallback
+from lightning_influence.callbacks.unlearn import UnlearnCallback
+from lightning_influence.data.batches import IndexedDataset
+from lightning_influence.data.distributed import Shards
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import ImageClassifier
-from lightning_influence.distributed import Shards
 
 # timings and memory differ between runs; every other report field must be equal
 _TIMED = {"seconds", "stage_seconds", "peak_memory_bytes", "memory_kind"}

@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 from trainer_fixtures import digits_loaders, quiet_trainer
 
 from lightning_influence import CaptureCallback, IndexedDataset, UnlearnCallback
-from lightning_influence.checkpoints import UNLEARNED_CHECKPOINT
+from lightning_influence.callbacks.checkpoints import UNLEARNED_CHECKPOINT
 from lightning_influence.demos.models import ImageClassifier
-from lightning_influence.metrics import evaluate
+from lightning_influence.measure.metrics import evaluate
 
 torch.set_num_threads(1)
 EPOCHS = 6

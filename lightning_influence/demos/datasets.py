@@ -7,7 +7,7 @@
 
 Images are float32 ``[N, C, H, W]`` scaled to ``[0, 1]``; labels int64. Splits are stratified
 and deterministic for a given seed. Wrap a split in
-:class:`lightning_influence.batches.IndexedDataset` for ``(x, y, idx)`` batches.
+:class:`lightning_influence.data.batches.IndexedDataset` for ``(x, y, idx)`` batches.
 """
 
 from __future__ import annotations

@@ -22,15 +22,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_influence.batches import IndexedDataset
-from lightning_influence.callbacks import UnlearnCallback
+from lightning_influence.callbacks.unlearn import UnlearnCallback
+from lightning_influence.data.batches import IndexedDataset
 from lightning_influence.demos.models import (
     ImageClassifier,
     _quiet_lightning,
     quiet_cpu_trainer,
     train_classifier,
 )
-from lightning_influence.metrics import evaluate
+from lightning_influence.measure.metrics import evaluate
 
 KEYS = ("forget_acc", "retain_acc", "f1", "exclusive_loss", "self_loss", "seconds")
 

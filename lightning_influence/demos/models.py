@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_influence.batches import IndexedDataset, parse_batch
+from lightning_influence.data.batches import IndexedDataset, parse_batch
 from lightning_influence.demos.datasets import digits_splits
 
 __all__ = ["MLP", "DigitsDataModule", "ImageClassifier", "SmallCNN", "train_classifier"]
@@ -73,7 +73,7 @@ class ImageClassifier(L.LightningModule):
     """Cross-entropy image classifier around :class:`SmallCNN` or :class:`MLP`, trained with Adam.
 
     Plain typed arguments so LightningCLI can configure it. Batches may be ``(x, y)``,
-    ``(x, y, idx)`` or dicts (see :func:`~lightning_influence.batches.parse_batch`). Logs
+    ``(x, y, idx)`` or dicts (see :func:`~lightning_influence.data.batches.parse_batch`). Logs
     ``train_loss``, ``val_loss``, ``val_acc``, ``test_loss``, ``test_acc``. The network is
     ``self.net``; ``forward`` returns logits.
     """
@@ -136,7 +136,7 @@ class ImageClassifier(L.LightningModule):
 class DigitsDataModule(L.LightningDataModule):
     """scikit-learn digits (offline) as a DataModule; see :func:`digits_splits` for the splits.
 
-    ``with_ids=True`` wraps every split in :class:`~lightning_influence.batches.IndexedDataset`
+    ``with_ids=True`` wraps every split in :class:`~lightning_influence.data.batches.IndexedDataset`
     so batches are ``(x, y, idx)`` with ``idx`` the sample's position in its split (stable
     across epochs, shuffles and ranks). The training loader shuffles with a generator seeded
     by ``seed``.

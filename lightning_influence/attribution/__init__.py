@@ -1,0 +1,1 @@
+"""Influence scores, explanations of validation errors, training dynamics (find what to fix)."""

@@ -1,0 +1,1 @@
+"""Lightning glue: UnlearnCallback, checkpoints, loggers, progress bars, the unlearn command."""

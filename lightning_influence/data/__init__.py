@@ -1,0 +1,1 @@
+"""How the user's data and model are read: batches, ids, loaders, the model's logits and loss."""

@@ -1,0 +1,1 @@
+"""The unlearning field's measures and torchmetrics metrics."""

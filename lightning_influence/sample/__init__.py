@@ -1,0 +1,1 @@
+"""The Hessian subset: capture the candidates, let a sampler pick, weigh."""

@@ -1,0 +1,1 @@
+"""Curvature operators, operator algebra, estimators, solvers, EK-FAC: the influence solve."""

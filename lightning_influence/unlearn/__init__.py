@@ -1,0 +1,1 @@
+"""The unlearning pipeline: settings, tasks, selection, rounds, step search, response descent."""
