@@ -516,3 +516,36 @@ def test_the_default_layer_is_the_output_layer_that_runs_last_not_the_last_regis
 
     with pytest.raises(ValueError, match="'head', which \\(E\\)K-FAC does not cover"):
         li.self_influence(GroupedHead().double().eval(), (x, y), damping=0.1)
+
+
+class _DictScores(nn.Module):
+    """The model behind another output convention: {"scores": logits}."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return {"scores": self.net(x)}
+
+
+def test_a_model_task_reads_dict_batches_and_odd_outputs(mlp_problem):
+    """ModelTask(batch_parser, logits_fn) lets the scores read batches and outputs that the
+    defaults cannot, with the same numbers as the plain model on plain tensors."""
+    model, (xt, yt), (xq, yq) = mlp_problem
+    task = li.ModelTask(
+        batch_parser=lambda b: li.Batch(b["inp"], b["lab"], b["key"]),
+        logits_fn=lambda out: out["scores"],
+    )
+    train = [{"inp": xt[i : i + 7], "lab": yt[i : i + 7], "key": torch.arange(i, min(i + 7, 20))}
+             for i in range(0, 20, 7)]  # fmt: skip
+    query = [{"inp": xq, "lab": yq, "key": torch.arange(10)}]
+    odd = _DictScores(model)
+    for opts in ({"curvature": "gauss_newton", "solver": "dense"}, {"budget": 8}):
+        want = li.self_influence(model, (xt, yt), **opts)
+        assert torch.allclose(li.self_influence(odd, train, model_task=task, **opts), want)
+        want = li.influence_scores(model, (xt, yt), (xq, yq), **opts)
+        got = li.influence_scores(odd, train, query, model_task=task, **opts)
+        assert torch.allclose(got, want)
+    with pytest.raises(TypeError, match="logits"):
+        li.self_influence(odd, (xt, yt))  # without the task the output is not read

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from lightning_influence.attribution.figures import log_gallery
 from lightning_influence.attribution.scores import ScoreArguments, chunks, influence_scores
 from lightning_influence.data._modules import eval_mode, model_device
-from lightning_influence.data.batches import Batch, BatchParser, parse_batch
+from lightning_influence.data.batches import Batch, BatchParser
 from lightning_influence.data.forward import (
     call_model,
     inputs_cat,
@@ -37,7 +37,7 @@ from lightning_influence.data.forward import (
 )
 from lightning_influence.data.loaders import first_loader
 from lightning_influence.data.model_task import ModelTask
-from lightning_influence.solve.curvature import LossFn, default_loss, per_sample_loss
+from lightning_influence.solve.curvature import LossFn, per_sample_loss
 from lightning_influence.unlearn.settings import _check_positive_int
 
 __all__ = ["Explanation", "InfluenceCallback", "explain"]
@@ -130,6 +130,7 @@ def explain(
     num_queries: int = 8,
     loss_fn: LossFn | None = None,
     scores: ScoreArguments | None = None,
+    model_task: ModelTask | None = None,
 ) -> tuple[Explanation, Batch, dict[int, Any]]:
     """Explain the worst validation errors by their top-k proponents and opponents.
 
@@ -141,13 +142,17 @@ def explain(
         num_queries: how many validation samples to explain.
         loss_fn: a mean-reducing loss (``None``: cross-entropy).
         scores: how the scores are computed.
+        model_task: loss, batch parser and ``logits_fn`` as one
+            :class:`~lightning_influence.ModelTask` (give either it or ``loss_fn``).
 
     Returns:
         The :class:`Explanation`, the query batch and ``{training id: input}`` of the listed
         training samples (for images).
     """
     start = time.perf_counter()
-    loss_fn = loss_fn or default_loss
+    task = ModelTask.of(model_task, loss_fn=loss_fn)
+    model, loss_fn = task.logits_model(model), task.loss_fn
+    train_data, val_data = task.parsed(train_data), task.parsed(val_data)
     args = scores or ScoreArguments()
     queries, pred, loss = worst_errors(model, val_data, num_queries, loss_fn, args.batch_size)
     s, train_ids = influence_scores(
@@ -274,17 +279,14 @@ class InfluenceCallback(pl.Callback):
                 "InfluenceCallback needs training and validation loaders: pass them to "
                 "explain_now(trainer, model, train_dataloader, val_dataloader)."
             )
-        task = self.model_task
-        if task.batch_parser is not parse_batch:
-            train, val = _Parsed(train, task.batch_parser), _Parsed(val, task.batch_parser)
         exp, queries, inputs = explain(
-            task.logits_model(model),
+            model,
             train,
             val,
             top_k=self.top_k,
             num_queries=self.num_queries,
-            loss_fn=task.loss_fn,
             scores=self.scores,
+            model_task=self.model_task,
         )
         self.explanation = exp
         for logger in trainer.loggers:
@@ -297,19 +299,6 @@ class InfluenceCallback(pl.Callback):
                     logger, lambda lg: log_grids(lg, exp, queries, inputs, trainer.global_step)
                 )
         return exp
-
-
-class _Parsed:
-    """A loader whose batches go through ``parser`` (the user's ``batch_parser``)."""
-
-    def __init__(self, loader: Any, parser: BatchParser) -> None:
-        self.loader, self.parser = loader, parser
-
-    def __iter__(self):
-        return (self.parser(b) for b in self.loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)
 
 
 def _guarded(logger: Any, log: Callable[[Any], None]) -> None:

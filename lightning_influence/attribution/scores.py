@@ -33,6 +33,7 @@ from lightning_influence.data._modules import eval_mode, model_device
 from lightning_influence.data.batches import Batch, as_batches, iter_batches
 from lightning_influence.data.forward import inputs_finite, inputs_take
 from lightning_influence.data.loaders import data_pass
+from lightning_influence.data.model_task import ModelTask
 from lightning_influence.data.pool import BoundedPool, Rows, batch_ids
 from lightning_influence.sample.subset import hessian_subset as draw_hessian_subset
 from lightning_influence.solve.curvature import (
@@ -480,6 +481,7 @@ def influence_scores(
     progress_bar: bool = False,
     return_ids: bool = False,
     score_args: ScoreArguments | dict[str, Any] | None = None,
+    model_task: ModelTask | None = None,
     **settings: Any,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """I(q, z) = g_qᵀ (H + λI)⁻¹ g_z for every query q and training sample z.
@@ -499,6 +501,10 @@ def influence_scores(
         return_ids: also return the training ids of the columns.
         score_args: the settings as one :class:`ScoreArguments` (or a dict of its fields),
             as ``InfluenceCallback(scores=...)`` takes them; keyword fields override it.
+        model_task: loss, batch parser and ``logits_fn`` as one
+            :class:`~lightning_influence.ModelTask` (give either it or ``loss_fn``): every
+            data argument is read through its parser; with a ``logits_fn`` the model is
+            wrapped, so named ``layers`` take the prefix ``model.``.
         **settings: the fields of :class:`ScoreArguments` (``curvature``, ``damping``,
             ``fisher``, ``sampler``, ``budget``, ``batch_size``, ``solver`` ...).
 
@@ -508,6 +514,9 @@ def influence_scores(
         else the dataset index of a DataLoader, else the position).
     """
     args = _settings(settings, score_args)
+    model, loss_fn, (train_data, query_data, hessian_data) = _read_through(
+        model_task, loss_fn, model, train_data, query_data, hessian_data
+    )
     dtype = next(iter(trainable_params(model).values())).dtype
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
@@ -522,6 +531,15 @@ def influence_scores(
             parts.append((pq @ flat_rows(g, names).double().T).to(dtype))
             ids.append(chunk_ids)
     return _finish(parts, ids, return_ids)
+
+
+def _read_through(
+    model_task: ModelTask | None, loss_fn: LossFn | None, model: nn.Module, *data: Any
+) -> tuple[nn.Module, LossFn, tuple[Any, ...]]:
+    """The model (wrapped for a ``logits_fn``), the loss and each data argument read through
+    the task's batch parser."""
+    task = ModelTask.of(model_task, loss_fn=loss_fn)
+    return task.logits_model(model), task.loss_fn, tuple(task.parsed(d) for d in data)
 
 
 def _query_gradients(
@@ -554,6 +572,7 @@ def self_influence(
     progress_bar: bool = False,
     return_ids: bool = False,
     score_args: ScoreArguments | dict[str, Any] | None = None,
+    model_task: ModelTask | None = None,
     **settings: Any,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """g_zᵀ (H + λI)⁻¹ g_z for every training sample z; higher = more self-influential.
@@ -565,6 +584,9 @@ def self_influence(
         ``[n_train]`` scores in the model's dtype (with ``return_ids``: and their ids).
     """
     args = _settings(settings, score_args)
+    model, loss_fn, (train_data, hessian_data) = _read_through(
+        model_task, loss_fn, model, train_data, hessian_data
+    )
     dtype = next(iter(trainable_params(model).values())).dtype
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)

@@ -28,7 +28,7 @@ from lightning_influence.solve.curvature import (
     per_sample_loss,
 )
 
-__all__ = ["ModelTask"]
+__all__ = ["ModelTask", "ParsedLoader"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,27 @@ class ModelTask:
         """``model`` itself, or wrapped so that its forward returns the logits (``logits_fn``)."""
         return model if self.logits_fn is None else LogitsModel(model, self.logits_fn)
 
+    def parsed(self, data: Any) -> Any:
+        """``data`` whose batches go through the batch parser (unchanged for the default
+        parser, which every reader applies itself); ``None`` stays ``None``."""
+        if data is None or self.batch_parser is parse_batch:
+            return data
+        return ParsedLoader(data, self.batch_parser)
+
     def inputs_as(self, dtype: torch.dtype) -> ModelTask:
         """The same task whose parsed floating-point inputs are cast to ``dtype``."""
         return replace(self, batch_parser=inputs_as(self.batch_parser, dtype))
+
+
+class ParsedLoader:
+    """A loader whose batches go through ``parser``: it yields :class:`Batch` es, whose ids
+    are the parser's (else the running position)."""
+
+    def __init__(self, loader: Any, parser: BatchParser) -> None:
+        self.loader, self.parser = loader, parser
+
+    def __iter__(self):
+        return (self.parser(b) for b in self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
