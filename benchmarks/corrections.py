@@ -15,7 +15,7 @@ find-then-fix), deep-copied before each variant.
   a corner trigger and labelled 0. ``asr``: attack success rate after; ``acc_drop``: clean
   test accuracy lost.
 
-``meets`` applies the acceptance of ``tests/test_forget_tasks.py`` and ``tests/test_explain.py``
+``meets`` applies the acceptance of ``tests/unlearn/test_forget_tasks.py`` and ``tests/attribution/test_explain.py``
 to each seed. Run: ``python -m benchmarks.corrections [--seeds 0 1 2 3]``.
 """
 

@@ -1118,7 +1118,7 @@ def gpu_section(d: dict | None) -> list[str]:
             "(`python -m benchmarks run --suite gpu`) trains VGG11 and ResNet-18 by one recipe, "
             "retrains without each class and runs the callback default on the device, with the "
             "time per stage and the peak CUDA memory from the report. Its code path runs on "
-            "the CPU in `tests/test_benchmark_gpu_smoke.py` with a tiny ResNet.",
+            "the CPU in `tests/benchmark_smoke/test_benchmark_gpu_smoke.py` with a tiny ResNet.",
             "",
         ]
     out = [

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import common  # noqa: E402
 from benchmarks import gpu as bench  # noqa: E402

@@ -1,4 +1,4 @@
-"""Run by tests/test_unlearn_ddp.py: 2-process CPU DDP fit + UnlearnCallback; each rank saves its weights."""
+"""Run by tests/callbacks/test_unlearn_ddp.py: 2-process CPU DDP fit + UnlearnCallback; each rank saves its weights."""
 
 import sys
 

@@ -96,7 +96,7 @@ def test_ddp_gathers_the_union_without_duplicates(tmp_path: Path):
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [sys.executable, __file__, str(tmp_path)],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         env=env,
         capture_output=True,
         text=True,

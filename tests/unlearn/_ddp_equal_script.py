@@ -1,4 +1,4 @@
-"""Run by tests/test_unlearn_sharded.py: unlearn a saved model under 2-process CPU DDP.
+"""Run by tests/unlearn/test_unlearn_sharded.py: unlearn a saved model under 2-process CPU DDP.
 
 The fit trains nothing (``limit_train_batches=0``), it only starts the processes: both ranks
 unlearn the saved weights, so the result can be compared with one process doing the same.
