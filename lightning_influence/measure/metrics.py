@@ -66,10 +66,16 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 
 class _SplitMetric(Metric):
-    """Base: holds the forget rule and splits each batch into forget / retained samples."""
+    """Base: holds the forget rule and splits each batch into forget / retained samples.
+
+    A subclass names its states: float64 sums (``sum_states``) and integer counts
+    (``count_states``), each summed across processes.
+    """
 
     is_differentiable = False
     full_state_update = False
+    sum_states: tuple[str, ...] = ()
+    count_states: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -89,6 +95,12 @@ class _SplitMetric(Metric):
                 )
         self.forget_classes = classes
         self.num_classes = num_classes
+        for name in self.sum_states:
+            self.add_state(
+                name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
+            )
+        for name in self.count_states:
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _split(
         self, logits: Tensor, targets: Tensor, forget_mask: Tensor | None
@@ -126,28 +138,11 @@ class _SplitMetric(Metric):
         classes = torch.tensor(self.forget_classes, device=targets.device)
         return torch.isin(targets, classes), targets
 
-    def _add_count_states(self, *names: str) -> None:
-        for name in names:
-            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def _add_sum_states(self, *names: str) -> None:
-        for name in names:
-            self.add_state(
-                name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum"
-            )
-
 
 class _AccuracyCounts(_SplitMetric):
     """Correct/total counts for the forget and retained parts (used by the accuracies, F1)."""
 
-    def __init__(
-        self,
-        forget_classes: Sequence[int] | None = None,
-        num_classes: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(forget_classes, num_classes, **kwargs)
-        self._add_count_states("correct_f", "total_f", "correct_r", "total_r")
+    count_states = ("correct_f", "total_f", "correct_r", "total_r")
 
     def update(self, logits: Tensor, targets: Tensor, forget_mask: Tensor | None = None) -> None:
         """Count correct argmax predictions on each part of the batch."""
@@ -200,16 +195,8 @@ class _MeanCrossEntropy(_SplitMetric):
 
     higher_is_better = None  # judged against a retrained reference: |EL - EL_retrain|
     _on_forget: bool
-
-    def __init__(
-        self,
-        forget_classes: Sequence[int] | None = None,
-        num_classes: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(forget_classes, num_classes, **kwargs)
-        self._add_sum_states("loss_sum")
-        self._add_count_states("total")
+    sum_states = ("loss_sum",)
+    count_states = ("total",)
 
     def update(self, logits: Tensor, targets: Tensor, forget_mask: Tensor | None = None) -> None:
         """Accumulate per-sample cross-entropy (float64 sums) on this metric's part."""
