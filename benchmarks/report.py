@@ -1104,7 +1104,42 @@ def influence_section(d: dict | None) -> list[str]:
     out += _levers_table(d.get("levers"))
     for what, why in d.get("skipped", {}).items():
         out.append(f"Skipped {what}: {why}.")
+    out += _full_fashion_detection(load("influence_fashion_full.json"))
     return out + ["", "![influence](../benchmarks/results/influence.png)", ""]
+
+
+def _full_fashion_detection(d: dict | None) -> list[str]:
+    """The same ranking on the whole Fashion-MNIST training split (issue 26's setting)."""
+    cells = (d or {}).get("summary", {}).get("fashion")
+    if not cells:
+        return []
+    out = [
+        "",
+        f"The whole Fashion-MNIST training split (54,000 images; `{d['command']}`, "
+        f"{d['wall_seconds']:.0f} s; seeds {d['config']['seeds']}):",
+        "",
+        "| method | top-k precision | seconds |",
+        "|---|---|---|",
+    ]
+    for method, cell in cells.items():
+        out.append(
+            f"| {_INFLUENCE_METHODS.get(method, method)} | {ms(cell['precision'])} | "
+            f"{ms(cell['seconds'], 1)} |"
+        )
+    if "aum" in cells and "loss" in cells:
+        gap = cells["aum"]["precision"]["mean"] - cells["loss"]["precision"]["mean"]
+        out += [
+            "",
+            f"The margin ranking minus the loss ranking: {gap:+.3f} (issue 26 asks +0.05 of "
+            "the default find; the 10,000-image subset above gives "
+            f"{cells_gap(load('influence.json'))}).",
+        ]
+    return out
+
+
+def cells_gap(d: dict | None) -> str:
+    value = ((d or {}).get("summary") or {}).get("fashion_aum_minus_loss_precision")
+    return "–" if value is None else f"{value:+.3f}"
 
 
 def gpu_section(d: dict | None) -> list[str]:
