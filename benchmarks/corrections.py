@@ -65,6 +65,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
             "step": {"max_retain_drop": 0.03, "f1_tolerance": 0.02},
         },
         "no old-class floor": {"spec": {"old_class_drop": None}},
+        # the tolerance is both the gain a step must show and the window of the kept step;
+        # full Fashion-MNIST seed 4 kept nothing under 0.02 (best gain +0.013)
+        "tolerance 0.005": {"step": {"f1_tolerance": 0.005}},
         "smallest step, no old-class floor": {
             "step": {"keep": "smallest"},
             "spec": {"old_class_drop": None},
