@@ -151,8 +151,8 @@ def explain(
     """
     start = time.perf_counter()
     task = ModelTask.of(model_task, loss_fn=loss_fn)
-    model, loss_fn = task.logits_model(model), task.loss_fn
-    train_data, val_data = task.parsed(train_data), task.parsed(val_data)
+    model, (train_data, val_data) = task.read(model, train_data, val_data)
+    loss_fn = task.loss_fn
     args = scores or ScoreArguments()
     queries, pred, loss = worst_errors(model, val_data, num_queries, loss_fn, args.batch_size)
     s, train_ids = influence_scores(

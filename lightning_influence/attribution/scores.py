@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from lightning_influence.callbacks.progress import progress_bar as _bar
 from lightning_influence.data._modules import eval_mode, model_device
 from lightning_influence.data.batches import Batch, as_batches, iter_batches
-from lightning_influence.data.forward import inputs_finite, inputs_take
+from lightning_influence.data.forward import check_finite_inputs, inputs_take
 from lightning_influence.data.loaders import data_pass
 from lightning_influence.data.model_task import ModelTask
 from lightning_influence.data.pool import BoundedPool, Rows, batch_ids
@@ -209,10 +209,7 @@ def chunks(data: Any, name: str, size: int) -> Iterator[tuple[Batch, Tensor]]:
     dp = data_pass(data) if isinstance(data, DataLoader) else None
     start = 0
     for batch in iter_batches(dp if dp is not None else data, name):
-        if not inputs_finite(batch.x):
-            raise FloatingPointError(
-                f"The {name} inputs contain NaN or inf: clean them (or drop those samples) first."
-            )
+        check_finite_inputs(batch.x, name)
         ids = batch_ids(batch, start)
         if batch.ids is None and dp is not None and dp.position_ids is not None:
             ids = dp.position_ids[start : start + len(batch)]
@@ -514,9 +511,11 @@ def influence_scores(
         else the dataset index of a DataLoader, else the position).
     """
     args = _settings(settings, score_args)
-    model, loss_fn, (train_data, query_data, hessian_data) = _read_through(
-        model_task, loss_fn, model, train_data, query_data, hessian_data
+    task = ModelTask.of(model_task, loss_fn=loss_fn)
+    model, (train_data, query_data, hessian_data) = task.read(
+        model, train_data, query_data, hessian_data
     )
+    loss_fn = task.loss_fn
     dtype = next(iter(trainable_params(model).values())).dtype
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)
@@ -531,15 +530,6 @@ def influence_scores(
             parts.append((pq @ flat_rows(g, names).double().T).to(dtype))
             ids.append(chunk_ids)
     return _finish(parts, ids, return_ids)
-
-
-def _read_through(
-    model_task: ModelTask | None, loss_fn: LossFn | None, model: nn.Module, *data: Any
-) -> tuple[nn.Module, LossFn, tuple[Any, ...]]:
-    """The model (wrapped for a ``logits_fn``), the loss and each data argument read through
-    the task's batch parser."""
-    task = ModelTask.of(model_task, loss_fn=loss_fn)
-    return task.logits_model(model), task.loss_fn, tuple(task.parsed(d) for d in data)
 
 
 def _query_gradients(
@@ -584,9 +574,9 @@ def self_influence(
         ``[n_train]`` scores in the model's dtype (with ``return_ids``: and their ids).
     """
     args = _settings(settings, score_args)
-    model, loss_fn, (train_data, hessian_data) = _read_through(
-        model_task, loss_fn, model, train_data, hessian_data
-    )
+    task = ModelTask.of(model_task, loss_fn=loss_fn)
+    model, (train_data, hessian_data) = task.read(model, train_data, hessian_data)
+    loss_fn = task.loss_fn
     dtype = next(iter(trainable_params(model).values())).dtype
     with eval_mode(model):
         loss_fn, inverse, names = _setup(model, train_data, loss_fn, hessian_data, args)

@@ -24,6 +24,7 @@ __all__ = [
     "LogitsModel",
     "LossFn",
     "call_model",
+    "check_finite_inputs",
     "call_functional",
     "inputs_cat",
     "inputs_detach_cpu",
@@ -33,6 +34,7 @@ __all__ = [
     "inputs_take",
     "inputs_to",
     "is_inputs",
+    "logits_from",
     "logits_of",
 ]
 
@@ -92,6 +94,22 @@ def logits_of(output: Any) -> Tensor:
     )
 
 
+def logits_from(output: Any, logits_fn: Callable[[Any], Tensor] | None = None) -> Tensor:
+    """The logits of a model's output: ``logits_fn(output)``, checked to be a tensor, or
+    :func:`logits_of` without one.
+
+    Args:
+        output: what the model's forward returned.
+        logits_fn: the user's ``output -> logits``, if any.
+    """
+    if logits_fn is None:
+        return logits_of(output)
+    logits = logits_fn(output)
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"logits_fn must return a tensor, got {type(logits).__name__}.")
+    return logits
+
+
 class LogitsModel(nn.Module):
     """``model`` whose forward returns ``logits_fn(model(...))`` (parameters shared).
 
@@ -107,10 +125,7 @@ class LogitsModel(nn.Module):
         self.model, self.logits_fn = model, logits_fn
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        out = self.logits_fn(self.model(*args, **kwargs))
-        if not isinstance(out, Tensor):
-            raise TypeError(f"logits_fn must return a tensor, got {type(out).__name__}.")
-        return out
+        return logits_from(self.model(*args, **kwargs), self.logits_fn)
 
     @staticmethod
     def unwrap_name(name: str) -> str:
@@ -184,3 +199,11 @@ def inputs_finite(x: Inputs) -> bool:
         return not x.is_floating_point() or bool(torch.isfinite(x).all())
     values = x.values() if isinstance(x, Mapping) else x
     return all(inputs_finite(v) for v in values)
+
+
+def check_finite_inputs(x: Inputs, what: str) -> None:
+    """Raise, naming the data, if the inputs hold NaN or inf."""
+    if not inputs_finite(x):
+        raise FloatingPointError(
+            f"The {what} inputs contain NaN or inf: clean them (or drop those samples) first."
+        )

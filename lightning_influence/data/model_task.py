@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_influence.data.batches import Batch, BatchParser, inputs_as, parse_batch
-from lightning_influence.data.forward import LogitsModel, call_model, logits_of
+from lightning_influence.data.forward import LogitsModel, call_model, logits_from
 from lightning_influence.solve.curvature import (
     LossFn,
     default_loss,
@@ -101,12 +101,7 @@ class ModelTask:
 
     def logits_of(self, output: Any) -> Tensor:
         """The logits in a model's output."""
-        if self.logits_fn is None:
-            return logits_of(output)
-        logits = self.logits_fn(output)
-        if not isinstance(logits, Tensor):
-            raise TypeError(f"logits_fn must return a tensor, got {type(logits).__name__}.")
-        return logits
+        return logits_from(output, self.logits_fn)
 
     def logits(self, model: nn.Module, x: Any) -> Tensor:
         """The model's logits on inputs ``x`` (a tensor, a tuple of them or a dict)."""
@@ -130,6 +125,11 @@ class ModelTask:
         if data is None or self.batch_parser is parse_batch:
             return data
         return ParsedLoader(data, self.batch_parser)
+
+    def read(self, model: nn.Module, *data: Any) -> tuple[nn.Module, tuple[Any, ...]]:
+        """The model as the scores run it (:meth:`logits_model`) and each data argument
+        read through the batch parser (:meth:`parsed`)."""
+        return self.logits_model(model), tuple(self.parsed(d) for d in data)
 
     def inputs_as(self, dtype: torch.dtype) -> ModelTask:
         """The same task whose parsed floating-point inputs are cast to ``dtype``."""

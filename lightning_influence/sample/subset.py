@@ -26,7 +26,7 @@ from torch import nn
 from lightning_influence.callbacks.progress import progress_bar
 from lightning_influence.data.batches import Batch
 from lightning_influence.data.distributed import Shards, active_shards
-from lightning_influence.data.forward import inputs_finite
+from lightning_influence.data.forward import check_finite_inputs
 from lightning_influence.data.pool import Rows
 from lightning_influence.sample.capture import CaptureResult, capture_pool
 from lightning_influence.sample.sampling import SubsetSelection, get_sampler
@@ -48,14 +48,6 @@ class Counted:
         for k, batch in enumerate(self._loader, start=1):
             yield batch
             self._bar.advance(k, f"{k} {self._unit}")
-
-
-def check_finite_inputs(x: Any, what: str) -> None:
-    """Raise, naming the data, if the inputs hold NaN or inf."""
-    if not inputs_finite(x):
-        raise FloatingPointError(
-            f"The {what} inputs contain NaN or inf: clean them (or drop those samples) first."
-        )
 
 
 def capture_candidates(

@@ -31,7 +31,13 @@ from torch import Tensor, nn
 
 from lightning_influence.callbacks.progress import progress_bar
 from lightning_influence.data.batches import Batch, BatchParser
-from lightning_influence.data.forward import LossFn, call_model, inputs_take, inputs_to
+from lightning_influence.data.forward import (
+    LossFn,
+    call_model,
+    check_finite_inputs,
+    inputs_take,
+    inputs_to,
+)
 from lightning_influence.data.model_task import ModelTask
 from lightning_influence.data.pool import (
     Rows,
@@ -46,7 +52,6 @@ from lightning_influence.sample.sampling import SubsetSelection
 from lightning_influence.sample.subset import (
     Counted,
     capture_candidates,
-    check_finite_inputs,
     draw_subset,
     subset_rows,
 )

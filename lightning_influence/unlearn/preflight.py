@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_influence.data._modules import compute_dtype, eval_mode, model_device
@@ -89,10 +89,9 @@ def _logits_width(model: nn.Module, x: Any, model_task: ModelTask) -> int:
     with eval_mode(model), compute_dtype(model) as dtype, torch.no_grad():
         x = inputs_to(inputs_float_as(x, dtype), model_device(model))
         logits = model_task.logits(model, x)
-    if not isinstance(logits, Tensor) or logits.ndim != 2:
-        shape = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+    if logits.ndim != 2:  # a non-tensor raised already, naming logits_fn
         raise ValueError(
-            f"the logits must be a [batch, classes] tensor, got {shape}: pass logits_fn="
-            "(model output -> logits)."
+            f"the logits must be a [batch, classes] tensor, got {list(logits.shape)}: pass "
+            "logits_fn=(model output -> logits)."
         )
     return int(logits.shape[1])
