@@ -13,12 +13,12 @@ The read and capture passes have bars of their own (over batches).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-__all__ = ["ProgressBar", "RichBar", "TqdmBar", "progress_bar", "trainer_progress"]
+__all__ = ["Counted", "ProgressBar", "RichBar", "TqdmBar", "progress_bar", "trainer_progress"]
 
 #: the Trainer's progress bar callback while ``UnlearnCallback.unlearn`` runs
 _TRAINER_BAR: ContextVar[Any] = ContextVar("lightning_influence_trainer_bar", default=None)
@@ -163,3 +163,18 @@ def progress_bar(
         yield bar
     finally:
         bar.close()
+
+
+class Counted:
+    """``loader`` (its attributes too) whose iteration advances ``bar`` batch by batch."""
+
+    def __init__(self, loader: Iterable[Any], bar: Any, unit: str) -> None:
+        self._loader, self._bar, self._unit = loader, bar, unit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def __iter__(self) -> Any:
+        for k, batch in enumerate(self._loader, start=1):
+            yield batch
+            self._bar.advance(k, f"{k} {self._unit}")

@@ -17,13 +17,10 @@ run_unlearning`). Which rows, how many and by which rule are the fields of
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 import torch
 from torch import nn
 
-from lightning_influence.callbacks.progress import progress_bar
+from lightning_influence.callbacks.progress import Counted, progress_bar
 from lightning_influence.data.batches import Batch
 from lightning_influence.data.distributed import Shards, active_shards
 from lightning_influence.data.forward import check_finite_inputs
@@ -32,22 +29,7 @@ from lightning_influence.sample.capture import CaptureResult, capture_pool
 from lightning_influence.sample.sampling import SubsetSelection, get_sampler
 from lightning_influence.unlearn.settings import HessianArguments
 
-__all__ = ["Counted", "capture_candidates", "draw_subset", "hessian_subset", "subset_rows"]
-
-
-class Counted:
-    """``loader`` (its attributes too) whose iteration advances ``bar`` batch by batch."""
-
-    def __init__(self, loader: Iterable[Any], bar: Any, unit: str) -> None:
-        self._loader, self._bar, self._unit = loader, bar, unit
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-    def __iter__(self) -> Any:
-        for k, batch in enumerate(self._loader, start=1):
-            yield batch
-            self._bar.advance(k, f"{k} {self._unit}")
+__all__ = ["capture_candidates", "draw_subset", "hessian_subset", "subset_rows"]
 
 
 def capture_candidates(

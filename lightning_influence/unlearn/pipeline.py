@@ -29,7 +29,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_influence.callbacks.progress import progress_bar
+from lightning_influence.callbacks.progress import Counted, progress_bar
 from lightning_influence.data.batches import Batch, BatchParser
 from lightning_influence.data.forward import (
     LossFn,
@@ -50,7 +50,6 @@ from lightning_influence.data.pool import (
 from lightning_influence.sample.capture import CaptureResult
 from lightning_influence.sample.sampling import SubsetSelection
 from lightning_influence.sample.subset import (
-    Counted,
     capture_candidates,
     draw_subset,
     subset_rows,
