@@ -12,40 +12,27 @@ page from the JSON files under benchmarks/results.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 
-STUDIES = ("solvers", "samplers", "unlearning", "selection", "influence")
+#: ``run --only`` names: (module under benchmarks/, its function taking the suite's name)
+RUNNERS = {
+    "solvers": ("solvers", "run_suite"),
+    "samplers": ("samplers", "run"),
+    "unlearning": ("unlearning", "run_suite"),
+    "selection": ("selection_study", "run"),
+    "influence": ("influence", "run_suite"),
+}
+STUDIES = tuple(RUNNERS)
 #: What ``run`` does without ``--only`` (influence is opt-in: ``--only influence``).
 DEFAULT_STUDIES = ("solvers", "samplers", "unlearning", "selection")
 
 
 def run_study(name: str, suite: str) -> None:
-    if name == "solvers":
-        from benchmarks import solvers
-
-        solvers.run_suite(suite)
-    elif name == "samplers":
-        from benchmarks import samplers
-
-        samplers.run(suite=suite)
-    elif name == "unlearning":
-        from benchmarks import unlearning
-        from benchmarks.common import write_json
-
-        result = unlearning.run(suite)
-        write_json(unlearning.result_name(suite), result)
-        unlearning.plot(result)
-        unlearning.print_table(result)
-    elif name == "selection":
-        from benchmarks import selection_study
-
-        selection_study.run(suite)
-    elif name == "influence":
-        from benchmarks import influence
-
-        influence.main([])  # one result file: the full command whatever the suite
-    else:
+    if name not in RUNNERS:
         raise ValueError(f"Unknown study {name!r}: choose from {STUDIES}.")
+    module, function = RUNNERS[name]
+    getattr(importlib.import_module(f"benchmarks.{module}"), function)(suite)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import RESULTS, machine, mean_std, write_json
 from lightning_influence.demos.corruptions import (
     accuracy,
@@ -289,6 +290,81 @@ def main(argv: list[str] | None = None) -> None:
                 f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in s.items() if k != "meets"
             )
             print(f"{task:22s} {name:45s} meets {s['meets']}: {cells}")
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+CORRECTION_MEASURES = {
+    "relabel": [("recovered", "class-3 gap recovered"), ("other_drop", "other classes' acc lost")],
+    "find_fix": [
+        ("gain", "relabelled rows' true-label acc gained"),
+        ("test_drop", "test acc lost"),
+    ],
+    "backdoor_true_labels": [("asr", "ASR after"), ("acc_drop", "clean acc lost")],
+    "backdoor_no_labels": [("asr", "ASR after"), ("acc_drop", "clean acc lost")],
+}
+
+
+def corrections_section(
+    d: dict | None,
+    title: str = "Label change and backdoor repair on digits",
+    image: str = "corrections.png",
+    lead: str = "",
+) -> list[str]:
+    """Label change, find-then-fix and backdoor repair on digits (benchmarks/corrections.py)."""
+    if not d:
+        return []
+    seeds = sorted({r["seed"] for r in d["rows"]})
+    out = [
+        f"## {title}",
+        "",
+        *([lead, ""] if lead else []),
+        f"Command: `{d['command']}`. One model per corruption seed ({len(seeds)} seeds), every "
+        "variant on the same model, test split; `meets`: seeds passing the acceptance of the "
+        "task's test (relabel: ≥ half the gap recovered and ≤ 0.02 lost on the other "
+        "classes; find-then-fix: ≥ 0.2 gained, ≤ 0.01 test accuracy lost; backdoor with true "
+        "labels: ASR ≤ 0.10; backdoor: ≤ 0.03 clean accuracy lost). `previous` is the task's "
+        "earlier default, run with the current step search (whose floor follows the best "
+        "retained accuracy seen).",
+        *[f"Note: {n}" for n in d.get("notes", [])],
+        "",
+        f"![corrections](../benchmarks/results/{image})",
+        "",
+    ]
+    for task, variants in d["summary"].items():
+        measures = CORRECTION_MEASURES.get(task, [])
+        out += [
+            f"**{task}**",
+            "",
+            "| variant | " + " | ".join(label for _, label in measures) + " | seconds | meets |",
+            "|---|" + "---|" * (len(measures) + 2),
+        ]
+        for name, cell in variants.items():
+            vals = " | ".join(md.ms(cell[k]) for k, _ in measures)
+            out.append(f"| {name} | {vals} | {md.ms(cell['seconds'], 1)} | {cell['meets']} |")
+        out.append("")
+    return out
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    out = corrections_section(
+        md.load("corrections_backdoor.json"),
+        "Backdoor repair on digits: the current defaults and their levers",
+        "corrections_backdoor.png",
+        "The backdoor rows of the next section are the defaults before this study "
+        "(damping 0.1, budget 0.01, no repair rows, no response descent).",
+    )
+    out += corrections_section(
+        md.load("corrections_relabel_keep.json"),
+        "Label change on digits, 5 flip seeds: the old classes' floor and which step is kept",
+        "corrections_relabel_keep.png",
+        "'default' keeps the largest step within the F1 tolerance and floors the old labels' "
+        "classes' validation accuracy (0.05 below before); the 'previous' rows change only "
+        "the settings they name, so they keep both; the last two rows drop the floor.",
+    )
+    return out + corrections_section(md.load("corrections.json"))
 
 
 if __name__ == "__main__":

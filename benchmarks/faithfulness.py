@@ -64,8 +64,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, write_json
 from benchmarks.fashion import RECIPE, MaskedLogit, fit
+from benchmarks.markdown import Goal
 from lightning_influence.demos.corruptions import attack_success_rate, corner_trigger
 from lightning_influence.measure.faithfulness import (
     avg_gap,
@@ -147,6 +149,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "gif skip response": ({"response": {"skip_when_complete": True}}, {}),
     "gif no response": ({"response": {"steps": 0}}, {}),
     "gif no polish no response": ({"solve": {"polish": False}, "response": {"steps": 0}}, {}),
+    # the response descent's step size: the backdoor's best point came at step 192 of 200
+    "gif response lr 1e-3": ({"response": {"lr": 1e-3}}, {}),
+    "gif response lr 1e-3 steps 100": ({"response": {"lr": 1e-3, "steps": 100}}, {}),
     # the Hessian-subset sampler on the tasks whose curvature spans the network
     "gif sampler random": ({"hessian": {"sampler": "random"}}, {}),
     "gif sampler feature": ({"hessian": {"sampler": "feature"}}, {}),
@@ -695,7 +700,24 @@ def _retrain_kind(task: Task) -> str:
     return f"retain_{TWINS.get(task.name, task.name)}"
 
 
-def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str, Any]:
+def _reference_rows(path: str | None) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """The retrain and retrain' rows of an earlier result, keyed by (task, seed, method)."""
+    if path is None:
+        return {}
+    rows = json.loads((RESULTS / path).read_text())["rows"]
+    return {
+        (r["task"], r["seed"], r["method"]): {**r, "reference_from": path}
+        for r in rows
+        if r["method"] in ("retrain", "retrain'") and "error" not in r
+    }
+
+
+def run(
+    seeds, tasks, methods, train_samples, resume, out, notes=(), references=None
+) -> dict[str, Any]:
+    """The study; ``references``: a result file whose retrain and retrain' rows stand in for
+    retrainings not cached here (a lever study on another machine need not retrain: what a
+    retrained model measures does not depend on the base model)."""
     from lightning_influence.demos.datasets import fashion_mnist_splits
 
     torch.set_num_threads(1)
@@ -707,6 +729,7 @@ def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str
     commands.append(command)
     NOTES[:] = old.get("notes", []) + [n for n in notes if n not in old.get("notes", [])]
     done = {(r["task"], r["seed"], r["method"]) for r in rows}
+    refs = _reference_rows(references)
     for seed in seeds:
         data = fashion_mnist_splits(seed=seed, max_train_samples=train_samples)
         for name in tasks:
@@ -715,6 +738,8 @@ def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str
                                      task.train, task.val, seed, _epochs(task))  # fmt: skip
             retrains = {}
             for tag, s in (("retrain", seed), ("retrain'", seed + 1000)):
+                if (name, seed, tag) in refs:
+                    continue  # measured before (``references``): not trained here
                 kind = _retrain_kind(task) + ("" if tag == "retrain" else "_second")
                 model, info = cached(_cache_name(kind, task, train_samples), task.corrected,
                                      task.val if task.name != "class" else _without(task.val, task.forget_class), s,
@@ -728,6 +753,10 @@ def run(seeds, tasks, methods, train_samples, resume, out, notes=()) -> dict[str
                 if twin is not None:
                     rows.append(twin)
                     _print(twin)
+                    continue
+                if (name, seed, method) in refs:
+                    rows.append(dict(refs[(name, seed, method)]))
+                    _print(rows[-1])
                     continue
                 try:
                     if method in retrains:
@@ -949,9 +978,194 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--out", default=RESULT)
     p.add_argument("--note", action="append", default=[], help="a note kept in the result")
+    p.add_argument(
+        "--reference-rows",
+        default=None,
+        help="a result file under benchmarks/results whose retrain and retrain' rows are used "
+        "instead of training those models (lever studies on seeds not cached here)",
+    )
     a = p.parse_args(argv)
-    result = run(a.seeds, a.tasks, a.methods, a.train_samples, a.resume, a.out, a.note)
+    result = run(
+        a.seeds, a.tasks, a.methods, a.train_samples, a.resume, a.out, a.note, a.reference_rows
+    )
     print(json.dumps(result["summary"], indent=1))
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+#: the issue's acceptance on this study's summary (key, comparison, goal, what)
+GOAL_ROWS = [
+    ("random10_avg_gap_pp", "<=", 1.0, "delete 10 % random samples: Avg. Gap to retrain (pp)"),
+    ("memorized_avg_gap_pp", "<=", 5.0, "delete memorised samples: Avg. Gap to retrain (pp)"),
+    (
+        "nothing_avg_gap_pp.memorized",
+        ">",
+        5.0,
+        "delete memorised samples: doing nothing's Avg. Gap (at most 5.0: the goal above proves "
+        "nothing, the model never fitted the flipped labels)",
+    ),
+    ("class_avg_gap_pp", "<=", 0.5, "class removal: Avg. Gap to retrain (pp)"),
+    (
+        "class_relearn5_minus_retrain",
+        "<=",
+        0.25,
+        "class removal: relearn accuracy after 5 steps (rows reset), unlearned − retrained",
+    ),
+    ("backdoor_asr_no_labels_minus_retrain", "<=", 0.02, "backdoor, no labels: ASR − retrain's"),
+    ("backdoor_clean_acc_drop", "<=", 0.01, "backdoor, no labels: clean test accuracy lost"),
+    ("relabel_recovered_share", ">=", 0.8, "label change: share of the class's gap recovered"),
+    ("relabel_other_classes_drop", "<=", 0.01, "label change: other classes' accuracy lost"),
+    ("max_seconds_over_retrain", "<=", 0.05, "slowest task default: time / retraining's"),
+]
+
+
+GOALS = [
+    Goal(
+        "faithfulness_fashion.json",
+        ("summary", *key.split(".")),
+        op,
+        goal,
+        f"full Fashion-MNIST, {what}",
+    )
+    for key, op, goal, what in GOAL_ROWS
+]
+
+
+#: this study's result files on the page, in order: (result file, section title; None: the
+#: main study's)
+LEVER_STUDIES: list[tuple[str, str | None]] = [
+    ("faithfulness_fashion.json", None),
+    (
+        "faithfulness_fashion10k.json",
+        "Faithfulness on a 10,000-image Fashion-MNIST subset (a partial run, not the acceptance setting)",
+    ),
+    (
+        "faithfulness_fashion10k_levers.json",
+        "Levers of the default on the same subset (response descent, sample removal's budget rule)",
+    ),
+    (
+        "faithfulness_fashion_class_keep2.json",
+        "Class removal, full Fashion-MNIST: the largest step within the F1 tolerance, up to 2x the smallest that forgets (the default), vs the smallest",
+    ),
+    ("faithfulness_fashion10k_class_keep2.json", "The same on the 10,000-image subset"),
+    (
+        "faithfulness_fashion_class_keep.json",
+        "Superseded: the unbounded extension (to max_radius), full Fashion-MNIST",
+    ),
+    ("faithfulness_fashion10k_class_keep.json", "Superseded: the same on the 10,000-image subset"),
+    (
+        "faithfulness_fashion10k_class_probe.json",
+        "Do the features still hold a removed class? A linear probe on the frozen features",
+    ),
+    (
+        "faithfulness_fashion10k_class_levers.json",
+        "Class removal as a label change to the second choice (a lever that did not work)",
+    ),
+    (
+        "faithfulness_fashion10k_backdoor_cost.json",
+        "Backdoor cost on the same subset: how many added rows enter the Hessian subset",
+    ),
+    (
+        "faithfulness_fashion_relabel_keep.json",
+        "Label change, full Fashion-MNIST: which step is kept",
+    ),
+    (
+        "faithfulness_fashion_backdoor_levers.json",
+        "Backdoor repair, full Fashion-MNIST: what the time goes to (response descent, rounds)",
+    ),
+    (
+        "faithfulness_fashion_samplers.json",
+        "The Hessian-subset sampler on the tasks whose curvature spans the network (full Fashion-MNIST)",
+    ),
+    (
+        "faithfulness_fashion_cost.json",
+        "Cost levers on full Fashion-MNIST: fewer solver iterations, a smaller Hessian subset",
+    ),
+    (
+        "faithfulness_fashion_random10_response.json",
+        "Sample removal with response descent (full Fashion-MNIST, random10)",
+    ),
+    (
+        "faithfulness_fashion_samples_levers.json",
+        "Sample removal with memorised rows scored and the response descent (full Fashion-MNIST)",
+    ),
+    (
+        "faithfulness_fashion_memorized25.json",
+        "Memorised samples on full Fashion-MNIST, 25 fixed epochs (the flips fitted)",
+    ),
+]
+
+
+FAITHFULNESS_COLUMNS = [
+    ("avg_gap_pp", "Avg. Gap (pp)", 2),
+    ("ua", "UA", 3),
+    ("mia_efficacy", "MIA-eff.", 3),
+    ("ra", "RA", 3),
+    ("ta", "TA", 3),
+    ("relearn5", "relearn@5", 3),
+    ("relearn5_no_reset", "relearn@5 (no reset)", 3),
+    ("probe50", "probe@50", 3),
+    ("asr", "ASR", 3),
+    ("seconds", "seconds", 1),
+    ("cpu_seconds", "CPU s", 1),
+]
+
+
+def _time_by_task(s: dict) -> list[str]:
+    """One line: each task's default time over retraining's, slowest seed, wall and CPU."""
+    wall, cpu = s.get("seconds_over_retrain_by_task"), s.get("cpu_seconds_over_retrain_by_task")
+    if not wall:
+        return []
+    parts = [
+        f"{t} {w:.3f}x" + (f" ({cpu[t]:.3f}x CPU)" if cpu and cpu.get(t) is not None else "")
+        for t, w in wall.items()
+        if w is not None
+    ]
+    return [f"Default's time / retraining's, slowest seed, wall (CPU): {', '.join(parts)}.", ""]
+
+
+def faithfulness_section(
+    d: dict | None, title: str = "Faithfulness to retraining: the field's measures"
+) -> list[str]:
+    """Every forget task against retraining with the field's measures (faithfulness.py)."""
+    if not d:
+        return []
+    s = d["summary"]
+    out = [
+        f"## {title}",
+        "",
+        f"Commands: {md.commands(d)}. Training samples: "
+        f"{s['train_samples']}; seeds: {s['seeds']}; seeds passing every task's acceptance: "
+        f"{s['seeds_passing_every_task']}; retrain′ vs retrain (the noise floor): "
+        f"{s['retrain_vs_retrain_avg_gap_pp'] or float('nan'):.2f} pp. Mean ± std over seeds, "
+        "every number on test data (UA, MIA-efficacy on the forget set, RA on retained "
+        "training data); every method picks its steps on validation data.",
+        "",
+        *md.notes(d),
+        *_time_by_task(s),
+    ]
+    for task, methods in d["cells"].items():
+        cols = [c for c in FAITHFULNESS_COLUMNS if any(c[0] in m for m in methods.values())]
+        out += [
+            f"**{task}**",
+            "",
+            "| method | " + " | ".join(label for _, label, _ in cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        for name, cell in methods.items():
+            vals = " | ".join(md.ms(cell.get(k), digits) for k, _, digits in cols)
+            out.append(f"| {name} | {vals} |")
+        out.append("")
+    return out
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    out: list[str] = []
+    for name, title in LEVER_STUDIES:
+        out += faithfulness_section(md.load(name), *([title] if title else []))
+    return out
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, write_json
+from benchmarks.markdown import Goal
 from benchmarks.unlearning import PeakRSS, best_by_validation, train_epoch, val_f1
 from lightning_influence.demos.models import ImageClassifier
 
@@ -510,6 +512,141 @@ def main() -> None:
         a.seeds, a.classes, [] if a.train_only else a.methods, a.resume, tuple(a.supersede)
     )
     print(json.dumps(result["summary"], indent=2))
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "unlearning_fashion.json",
+        ("summary", "train_samples"),
+        ">=",
+        54000,
+        "Fashion-MNIST training images",
+    ),
+    Goal(
+        "unlearning_fashion.json",
+        ("summary", "f1_gap_to_retrain"),
+        "<=",
+        0.01,
+        "full Fashion-MNIST: retrain F1 − default F1",
+    ),
+    Goal(
+        "unlearning_fashion.json",
+        ("summary", "unlearn_over_retrain_seconds"),
+        "<=",
+        0.05,
+        "full Fashion-MNIST: default time / retraining time",
+    ),
+    Goal(
+        "unlearning_fashion.json",
+        ("summary", "f1_default_minus_best_baseline"),
+        ">=",
+        0,
+        "full Fashion-MNIST: default F1 − best baseline F1",
+    ),
+]
+
+
+def fashion_section(d: dict | None) -> list[str]:
+    """Full Fashion-MNIST class removal (benchmarks/fashion.py): rows so far, the goals."""
+    title = "## Class removal on full Fashion-MNIST (54,000 training images)"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.fashion --resume`.", ""]
+    s = d["summary"]
+    runs = ", ".join(f"class {c} seed {k}" for c, k in s["runs"]) or "none yet"
+    out = [
+        title,
+        "",
+        "Commands: "
+        + md.commands(d)
+        + f". Recipe (base and retrained models alike): {d['recipe']}. "
+        f"Finished (class, seed) runs: {runs}. Test split; every method chooses its steps or "
+        "epochs on validation data; seconds are wall time on this machine, one thread.",
+        "",
+        "| method | runs | forget acc | retained acc | F1 | seconds | × retrain time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ret = d["cells"].get("retrain", {}).get("seconds", {}).get("mean")
+    for name, c in d["cells"].items():
+        rel = f"{c['seconds']['mean'] / ret:.3f}" if ret else "–"
+        out.append(
+            f"| {name} | {c['runs']} | {md.ms(c['test_forget_acc'])} | {md.ms(c['test_retain_acc'])} | "
+            f"{md.ms(c['test_f1'])} | {md.ms(c['seconds'], 1)} | {rel} |"
+        )
+
+    def fmt(key: str) -> str:
+        v = s.get(key)
+        return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    out += ["", "| summary key | value | goal | verdict |", "|---|---|---|---|"]
+    out += [
+        f"| `{k}` | {fmt(k)} | {g} | {md.verdict(s.get(k), g)} |" for k, g in s["goals"].items()
+    ]
+    out += [
+        f"| `unlearn_over_retrain_seconds_epoch_adjusted` | "
+        f"{fmt('unlearn_over_retrain_seconds_epoch_adjusted')} | <= 0.05 | "
+        f"{md.verdict(s.get('unlearn_over_retrain_seconds_epoch_adjusted'), '<= 0.05')} |",
+        f"| best baseline | {s.get('best_baseline')} | | |",
+        "",
+    ]
+    out += [f"Definitions: {k}: {v}." for k, v in s.get("definitions", {}).items()]
+    out += [""]
+    out += [f"Note: {n}" for n in d.get("notes", [])] + ([""] if d.get("notes") else [])
+    out += _per_class_table(d)
+    stages = [
+        r["stage_seconds"]
+        for r in d["rows"]
+        if r.get("method") == "gif (default)" and "stage_seconds" in r
+    ]
+    if stages:
+        keys = [k for k in stages[0] if k != "total"]
+        mean = {k: sum(st.get(k, 0.0) for st in stages) / len(stages) for k in keys}
+        out += [
+            "Default's seconds per stage (mean over its runs): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in mean.items()),
+            "",
+        ]
+    return out
+
+
+def _per_class_table(d: dict) -> list[str]:
+    """Per forgotten class (mean over its seeds): the default, retraining, the best baseline."""
+    rows = [r for r in d["rows"] if "error" not in r]
+    out = [
+        "| class | seeds | default F1 | retrain F1 | best baseline (F1) | default − best baseline |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in sorted({r["forget_class"] for r in rows}):
+        seeds = sorted(
+            {r["seed"] for r in rows if r["forget_class"] == c and r["method"] == "gif (default)"}
+        )
+
+        def f1(method: str, c: int = c, seeds: list = seeds) -> float | None:
+            v = [
+                r["test_f1"]
+                for r in rows
+                if r["forget_class"] == c and r["seed"] in seeds and r["method"] == method
+            ]
+            return sum(v) / len(v) if v else None
+
+        base = {m: f1(m) for m in d["summary"]["baseline_f1"]}
+        base = {m: v for m, v in base.items() if v is not None}
+        if not seeds or not base:
+            continue
+        best = max(base, key=base.get)
+        dflt, ret = f1("gif (default)"), f1("retrain")
+        out.append(
+            f"| {c} | {len(seeds)} | {dflt:.4f} | {'–' if ret is None else f'{ret:.4f}'} | "
+            f"{best} ({base[best]:.4f}) | {dflt - base[best]:+.4f} |"
+        )
+    return out + [""]
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return fashion_section(md.load("unlearning_fashion.json"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import RESULTS, machine, write_json
 from benchmarks.fashion import cached_fit, splits, without
 
@@ -161,6 +162,40 @@ def main() -> None:
                         "rows": rows,
                     },
                 )
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+def levers_section(d: dict | None) -> list[str]:
+    """The lever study on full Fashion-MNIST (benchmarks/fashion_levers.py), one row each."""
+    if not d:
+        return []
+    out = [
+        "## Levers of the default on full Fashion-MNIST",
+        "",
+        "Commands: " + md.commands(d) + ": `UnlearnCallback` variants on the same trained model, "
+        "test split, seconds measured while other jobs shared the 2 cores (compare them with "
+        "each other, not with the table above). The retrained model is the reference.",
+        "",
+        "| class | seed | lever | F1 | retrain F1 | forget acc | retained acc | seconds | solve | search |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        st = r["stage_seconds"]
+        ret = r.get("retrain_f1")
+        out.append(
+            f"| {r['forget_class']} | {r['seed']} | {r['lever']} | {r['test_f1']:.4f} | "
+            f"{'–' if ret is None else f'{ret:.4f}'} | {r['test_forget_acc']:.3f} | "
+            f"{r['test_retain_acc']:.3f} | {r['seconds']:.1f} | {st.get('solve', 0):.1f} | "
+            f"{st.get('search', 0):.1f} |"
+        )
+    return out + [""]
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return levers_section(md.load("fashion_levers.json"))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, write_json
 
 RESULT = "gpu.json"
@@ -361,6 +362,46 @@ def main(argv: list[str] | None = None) -> None:
     else:
         out = run(a.archs, a.classes, a.seeds, resume=a.resume)
     print(json.dumps(out["summary"], indent=2))
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+def gpu_section(d: dict | None) -> list[str]:
+    """VGG11 / ResNet-18 class removal vs retraining (benchmarks/gpu.py)."""
+    title = "## GPU suite: VGG11 and ResNet-18 (Fashion-MNIST 32×32×3)"
+    if not d or "cuda" not in d.get("device", ""):
+        return [
+            title,
+            "",
+            "**GPU numbers pending**: no GPU has been lent to this project yet. The suite "
+            "(`python -m benchmarks run --suite gpu`) trains VGG11 and ResNet-18 by one recipe, "
+            "retrains without each class and runs the callback default on the device, with the "
+            "time per stage and the peak CUDA memory from the report. Its code path runs on "
+            "the CPU in `tests/benchmark_smoke/test_benchmark_gpu_smoke.py` with a tiny ResNet.",
+            "",
+        ]
+    out = [
+        title,
+        "",
+        f"`{d['command']}` on {d['machine'].get('device', d['device'])}.",
+        "",
+        "| arch | runs | F1 default | F1 retrain | gap | unlearn s | retrain s | × retrain | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arch, s in d["summary"].items():
+        out.append(
+            f"| {arch} | {s['runs']} | {md.ms(s['f1_default'])} | {md.ms(s['f1_retrain'])} | "
+            f"{md.ms(s['f1_gap_to_retrain'])} | {md.ms(s['unlearn_seconds'], 1)} | "
+            f"{md.ms(s['retrain_seconds'], 1)} | {md.ms(s['unlearn_over_retrain_seconds'])} | "
+            f"{s['peak_memory_bytes'] / 2**20:.0f} MiB ({s['memory_kind']}) |"
+        )
+    return out + [""]
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return gpu_section(md.load("gpu.json"))
 
 
 if __name__ == "__main__":

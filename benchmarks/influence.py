@@ -55,7 +55,9 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import CACHE, RESULTS, machine, mean_std, write_json
+from benchmarks.markdown import Goal
 from benchmarks.unlearning import PeakRSS
 from lightning_influence.demos.corruptions import flip_uniform
 from lightning_influence.demos.models import ImageClassifier, train_classifier
@@ -334,6 +336,12 @@ def plot(result: dict[str, Any]) -> None:
     fig.savefig(RESULTS / "influence.png", dpi=120)
 
 
+def run_suite(suite: str = "small") -> None:
+    """``python -m benchmarks run --only influence``: one result file, the full command
+    whatever the suite."""
+    main([])
+
+
 def main(argv: list[str] | None = None) -> None:
     global FASHION_TRAIN, AB_FIT
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -396,6 +404,220 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {write_json(a.out, result)}")
     if a.out == "influence.json":
         plot(result)
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "influence.json",
+        ("summary", "digits_li_ekfac_minus_loss_precision"),
+        ">=",
+        0.0,
+        "digits, 5 % flipped: li.self_influence top-k precision − the loss ranking's",
+    ),
+    Goal(
+        "influence.json",
+        ("summary", "digits_li_ekfac_seconds_max"),
+        "<=",
+        60,
+        "digits, 5 % flipped: li.self_influence seconds (slowest seed)",
+    ),
+    Goal(
+        "influence.json",
+        ("summary", "digits_aum_minus_loss_precision"),
+        ">=",
+        0.05,
+        "digits, 5 % flipped: AUM (li.MarginCallback) top-k precision − the loss ranking's",
+    ),
+    Goal(
+        "influence.json",
+        ("summary", "fashion_aum_minus_loss_precision"),
+        ">=",
+        0.05,
+        "Fashion-MNIST 10k, 5 % flipped: AUM top-k precision − the loss ranking's",
+    ),
+    Goal(
+        "influence.json",
+        ("summary", "aum_recording_overhead_max"),
+        "<=",
+        0.10,
+        "AUM recording: time in its hooks / the fit's time (worst run)",
+    ),
+]
+
+
+_INFLUENCE_METHODS = {
+    "aum": "area under the margin (`li.MarginCallback`, recorded during fit)",
+    "li_ekfac": '`li.self_influence` (EK-FAC, defaults: `layers="last"`)',
+    "li_ekfac_all": '`li.self_influence(layers="all")` (EK-FAC, every layer)',
+    "li_kfac": '`li.self_influence(curvature="kfac")`',
+    "loss": "training loss",
+    "random": "random",
+    "kronfluence_ekfac": "kronfluence EK-FAC self-influence",
+}
+
+
+_LEVER_ROWS = [
+    ("training loss (reference)", "loss"),
+    ("flipped samples the model fits (memorised share)", "memorised_flipped_share"),
+    (
+        'sampled Fisher, budget 1024, α 0.1, all layers (`layers="all"`)',
+        "sampled|1024|0.1|all|self",
+    ),
+    ("α 1 (more damping)", "sampled|1024|1|all|self"),
+    ("α 0.01", "sampled|1024|0.01|all|self"),
+    ("α 1e-4 (almost undamped)", "sampled|1024|0.0001|all|self"),
+    ("one λ for all layers (α 0.1 × mean of all eigenvalues)", "sampled|1024|0.1g|all|self"),
+    ("expected Fisher", "expected|1024|0.1|all|self"),
+    ("empirical Fisher (the data's labels)", "empirical|1024|0.1|all|self"),
+    ("curvature on the whole training set", "sampled|all|0.1|all|self"),
+    ("conv layers only", "sampled|1024|0.1|conv|self"),
+    ("fc1 + fc2", "sampled|1024|0.1|fc|self"),
+    ('**last layer (fc2): the default, `layers="last"`**', "sampled|1024|0.1|fc2|self"),
+    ("last layer, empirical Fisher", "empirical|1024|0.1|fc2|self"),
+    ("last layer, α 1e-4", "sampled|1024|0.0001|fc2|self"),
+    ("RelatIF gᵀH⁻¹g / ‖H⁻¹g‖, all layers", "sampled|1024|0.1|all|relatif"),
+    ("gᵀH⁻¹g / ‖g‖², all layers", "sampled|1024|0.1|all|cosine"),
+]
+
+
+def _lever_key(short: str) -> str:
+    if short in ("loss", "memorised_flipped_share"):
+        return short
+    fisher, budget, alpha, layers, variant = short.split("|")
+    return f"fisher={fisher} budget={budget} alpha={alpha} layers={layers} {variant}"
+
+
+def _levers_table(levers: dict | None) -> list[str]:
+    """Setting -> top-k precision on the validation flip seeds (benchmarks/influence_levers.py)."""
+    if not levers:
+        return []
+    datasets = list(levers)
+    out = ["", "### Levers, on validation flip seeds", ""]
+    for dataset, lv in levers.items():
+        out.append(
+            f"{dataset}: `{lv['command']}`, flip seeds {lv['validation_seeds']} ({lv['note']})."
+        )
+    out += [
+        "",
+        "α: λ_l = α × the layer's mean eigenvalue. Mean ± std of the top-k precision over the "
+        "validation seeds; the full grid (every Fisher × budget × α × layer set × score) is "
+        "in `benchmarks/results/influence_levers_*.json`.",
+        "",
+        "| setting | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    for label, short in _LEVER_ROWS:
+        key = _lever_key(short)
+        cells = [levers[ds]["table"].get(key) for ds in datasets]
+        if all(c is None for c in cells):
+            continue
+        out.append(f"| {label} | " + " | ".join(md.ms(c) if c else "–" for c in cells) + " |")
+    return out
+
+
+def influence_section(d: dict | None) -> list[str]:
+    """Mislabel detection by self-influence (benchmarks/influence.py)."""
+    title = "## Mislabel detection (influence scores)"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.influence`.", ""]
+    c = d["config"]
+    out = [
+        title,
+        "",
+        f"`{d['command']}` ({d['wall_seconds']:.0f} s, {c['threads']} thread; also "
+        "`python -m benchmarks run --only influence`). "
+        f"{c['flip_share']:.0%} of the training labels flipped to another class, seeds "
+        f"{c['seeds']}; a SmallCNN trained on the noisy labels by the demo recipe (epochs: "
+        + ", ".join(f"{k} {v}" for k, v in c["epochs"].items())
+        + f"); Fashion-MNIST uses a stratified {c['fashion_train_subset']:,}-image "
+        "training subset. Precision of the top k, k = the number flipped (mean ± std over "
+        "seeds). Seconds: the ranking alone. Memory: "
+        f"{c['memory']}. The exact curvature is {c['exact']}.",
+        "",
+        "| dataset | method | top-k precision | seconds | peak extra RSS (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset, cells in d["summary"].items():
+        if not isinstance(cells, dict):
+            continue
+        for method, cell in cells.items():
+            mem = cell["peak_extra_rss_mb"]
+            out.append(
+                f"| {dataset} | {_INFLUENCE_METHODS.get(method, method)} | "
+                f"{md.ms(cell['precision'])} | {md.ms(cell['seconds'], 1)} | "
+                f"{md.ms(mem, 0) if mem else '–'} |"
+            )
+    s = d["summary"]
+    for method in ("li_ekfac", "li_ekfac_all"):
+        if f"digits_{method}_minus_loss_precision" not in s:
+            continue
+        gap, secs = s[f"digits_{method}_minus_loss_precision"], s[f"digits_{method}_seconds_max"]
+        out += [
+            "",
+            f"Goals on digits, {_INFLUENCE_METHODS[method]}: under a minute: slowest run "
+            f"{secs:.1f} s ({'met' if secs < 60 else '**missed**'}); precision at least the "
+            f"loss ranking's: {gap:+.3f} ({'met' if gap >= 0 else '**missed**'}).",
+        ]
+    if "digits_li_ekfac_all_minus_loss_precision" in s:
+        out += [
+            "",
+            'Settings: the default `layers="last"` was chosen on the validation flip seeds '
+            "below (disjoint from the reported ones), where the output layer alone beat every "
+            "layer on both datasets; `influence_scores` has the same default, so self-influence "
+            "stays the diagonal of the scores (the study measured mislabel detection only, not "
+            "query attribution). Damping, Fisher and the curvature's "
+            "budget move the precision by at most a few hundredths. On Fashion-MNIST the loss "
+            "ranking stays ahead of every self-influence setting: the 8-epoch model fits "
+            "almost none of the flipped labels (memorised share in the table), so they are "
+            "simply its high-loss samples. See docs/scores.md.",
+        ]
+    out += _levers_table(d.get("levers"))
+    for what, why in d.get("skipped", {}).items():
+        out.append(f"Skipped {what}: {why}.")
+    out += _full_fashion_detection(md.load("influence_fashion_full.json"))
+    return out + ["", "![influence](../benchmarks/results/influence.png)", ""]
+
+
+def _full_fashion_detection(d: dict | None) -> list[str]:
+    """The same ranking on the whole Fashion-MNIST training split (issue 26's setting)."""
+    cells = (d or {}).get("summary", {}).get("fashion")
+    if not cells:
+        return []
+    out = [
+        "",
+        f"The whole Fashion-MNIST training split (54,000 images; `{d['command']}`, "
+        f"{d['wall_seconds']:.0f} s; seeds {d['config']['seeds']}):",
+        "",
+        "| method | top-k precision | seconds |",
+        "|---|---|---|",
+    ]
+    for method, cell in cells.items():
+        out.append(
+            f"| {_INFLUENCE_METHODS.get(method, method)} | {md.ms(cell['precision'])} | "
+            f"{md.ms(cell['seconds'], 1)} |"
+        )
+    if "aum" in cells and "loss" in cells:
+        gap = cells["aum"]["precision"]["mean"] - cells["loss"]["precision"]["mean"]
+        out += [
+            "",
+            f"The margin ranking minus the loss ranking: {gap:+.3f} (issue 26 asks +0.05 of "
+            "the default find; the 10,000-image subset above gives "
+            f"{cells_gap(md.load('influence.json'))}).",
+        ]
+    return out
+
+
+def cells_gap(d: dict | None) -> str:
+    value = ((d or {}).get("summary") or {}).get("fashion_aum_minus_loss_precision")
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return influence_section(md.load("influence.json"))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from benchmarks import faithfulness as F
+from benchmarks import markdown as md
 from benchmarks.common import RESULTS, machine, mean_std, write_json
+from benchmarks.markdown import Goal
 from lightning_influence.demos.datasets import digits_splits
 from lightning_influence.demos.models import train_classifier
 
@@ -160,6 +162,69 @@ def main(argv: list[str] | None = None) -> None:
         }
         write_json(NAME, result)
     plot(summarise(rows))
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "memorised_digits.json",
+        ("summary", "default_avg_gap_pp"),
+        "<=",
+        5.0,
+        "digits, delete memorised samples (3 % flipped, 40 epochs): Avg. Gap to retrain (pp)",
+    ),
+    Goal(
+        "memorised_digits.json",
+        ("summary", "nothing_avg_gap_pp"),
+        ">",
+        5.0,
+        "digits, the same: doing nothing's Avg. Gap (above 5.0: the set-up memorises, so "
+        "the goal above is a test)",
+    ),
+    Goal(
+        "memorised_digits.json",
+        ("summary", "default_minus_best_baseline_pp"),
+        "<=",
+        0.0,
+        "digits, the same: the default's Avg. Gap − the best baseline's",
+    ),
+]
+
+
+def memorised_section(d: dict | None) -> list[str]:
+    """Deleting memorised samples on digits (memorised.py)."""
+    if not d:
+        return []
+    s = d["summary"]
+    out = [
+        "## Deleting memorised samples (digits, 3 % of the labels flipped, 40 epochs)",
+        "",
+        f"Command: `{d['command']}`. Seeds: {s['seeds']}. The base model fits "
+        f"{md.ms(s['fitted_before'], 2)} of its flipped samples; a model retrained without them "
+        "fits none (it predicts their true class). Mean ± std over seeds on the test split; "
+        "`fitted` = 1 − UA, the share of the forgotten samples still predicted as their "
+        "flipped label; every method picks its steps on validation data.",
+        "",
+        *md.notes(d),
+        "| method | Avg. Gap (pp) | UA | MIA-eff. | RA | TA | CPU s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = d["rows"]
+    for m in dict.fromkeys(r["method"] for r in rows):
+        cells = [mean_std([r[k] for r in rows if r["method"] == m]) for k in
+                 ("avg_gap_pp", "ua", "mia_efficacy", "ra", "ta", "cpu_seconds")]  # fmt: skip
+        digits = (2, 3, 3, 3, 3, 1)
+        out.append(
+            f"| {m} | " + " | ".join(md.ms(c, n) for c, n in zip(cells, digits, strict=True)) + " |"
+        )
+    return [*out, "", "![memorised](../benchmarks/results/memorised_digits.png)", ""]
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return memorised_section(md.load("memorised_digits.json"))
 
 
 if __name__ == "__main__":

@@ -37,8 +37,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import RESULTS, machine, write_json
 from benchmarks.faithfulness import RELABEL_FROM, RELABEL_TO, TARGET, TRIGGER
+from benchmarks.markdown import Goal
 from benchmarks.unlearning import PeakRSS, train_epoch
 
 RESULT = "resnet.json"
@@ -387,6 +389,125 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(one(a.one, a.variant, a.seed)), flush=True)
         return
     run(a.tasks, a.variant, a.seed, a.limit, a.resume, a.out, a.note)
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "resnet.json",
+        ("summary", "max_task_seconds_over_epoch"),
+        "<=",
+        1.0,
+        "ResNet-18, 3,000 Fashion-MNIST images: slowest task default / one training epoch",
+    ),
+    Goal(
+        "resnet.json",
+        ("summary", "max_extra_memory_gb"),
+        "<=",
+        2.0,
+        "ResNet-18: peak resident memory above the level before a task (GB)",
+    ),
+    Goal(
+        "resnet.json",
+        ("summary", "self_influence_all_layers_seconds_over_epoch"),
+        "<=",
+        2.0,
+        "ResNet-18: li.self_influence(layers='all') / one training epoch",
+    ),
+    Goal(
+        "resnet.json",
+        ("summary", "self_influence_all_layers_cpu_seconds_over_epoch"),
+        "<=",
+        2.0,
+        "ResNet-18: the same in CPU seconds / the epoch's (default projection='auto': 64 here)",
+    ),
+    Goal(
+        "resnet.json",
+        (
+            "summary",
+            "self_influence_all_layers_projected",
+            "default (auto)",
+            "spearman_to_unprojected",
+        ),
+        ">=",
+        0.99,
+        "ResNet-18: the default all-layer ranking's Spearman to the exact (unprojected) EK-FAC's",
+    ),
+]
+
+
+def resnet_section(d: dict | None) -> list[str]:
+    """A user's own model at a real size (benchmarks/resnet.py)."""
+    title = "## A user's own model: ResNet-18 on 3,000 Fashion-MNIST images, cost per task"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.resnet --resume`.", ""]
+    s = d["summary"]
+    out = [
+        title,
+        "",
+        " ".join(d["setup"].split()),
+        "",
+        f"Commands: {md.commands(d)}.",
+        "",
+        f"One training epoch (one thread, measured as the tasks are): {s['epoch_seconds']:.1f} s "
+        f"wall, {s['epoch_cpu_seconds']:.1f} s CPU."
+        if s.get("epoch_seconds")
+        else "One training epoch: not measured.",
+        "",
+        "| task | variant | seconds | × epoch | CPU s | peak extra memory | stages (s) | "
+        "solve | applied | forget score | test before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    epoch = s.get("epoch_seconds")
+    for r in d["rows"]:
+        if r["task"] == "epoch":
+            continue
+        if r.get("timed_out"):
+            ratio = f"> {r['seconds'] / epoch:.1f}" if epoch else ""
+            out.append(f"| {r['task']} | {r.get('variant') or 'default'} | > {r['seconds']:.0f} "
+                       f"(stopped at the limit) | {ratio} | | not measured | | | | | |")  # fmt: skip
+            continue
+        if "error" in r:
+            continue
+        stages = ", ".join(
+            f"{k} {v:.0f}" for k, v in r.get("stage_seconds", {}).items() if k != "total" and v >= 1
+        )
+        solver = r.get("solver") or {}
+        solve = f"{solver.get('iterations')} it." if solver.get("iterations") is not None else ""
+        mem = r.get("peak_extra_bytes")
+        before, after = r.get("before") or {}, r.get("after") or {}
+        change = ", ".join(
+            f"{k} {before[k]:.3f} → {after[k]:.3f}"
+            for k in after
+            if k in before and k != "test_acc"
+        )
+        if r["task"].startswith("self"):  # a ranking: its agreement with the default's
+            change = ", ".join(
+                f"{label} {r[k]:.3f}"
+                for k, label in (
+                    ("spearman_to_unprojected", "Spearman to unprojected"),
+                    ("top_k_overlap_with_unprojected", "top-k shared with unprojected"),
+                    ("corrupted_precision", "corrupted rows in top k"),
+                )
+                if r.get(k) is not None
+            )
+        score = r.get("forget_score")
+        out.append(
+            f"| {r['task']} | {r.get('variant') or 'default'} | {r['seconds']:.1f} | "
+            f"{r['seconds'] / epoch:.2f} | {r.get('cpu_seconds', 0):.1f} | "
+            f"{mem / 2**30:.2f} GB | {stages} | {solve} | {r.get('applied', '')} | "
+            f"{'' if score is None else f'{score:.3f}'} | {change} |"
+            if epoch
+            else f"| {r['task']} | {r.get('variant') or 'default'} | {r['seconds']:.1f} |"
+        )
+    return out + [""] + [f"- {n}" for n in d.get("notes", [])] + [""]
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return resnet_section(md.load("resnet.json"))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import sys
@@ -42,6 +43,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import (
     CACHE,
     RESULTS,
@@ -53,6 +55,7 @@ from benchmarks.common import (
     unlearn_callback,
     write_json,
 )
+from benchmarks.markdown import Goal
 
 SAMPLERS = ("random", "feature", "logit")
 
@@ -698,6 +701,87 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=None)
     args = ap.parse_args(argv)
     run(suite=args.suite, budgets=args.budgets, seeds=args.seeds)
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "samplers.json",
+        ("summary", "time_ratio_at_equal_f1"),
+        "<=",
+        0.5,
+        "logit / random time at equal F1",
+    ),
+    Goal(
+        "samplers.json",
+        ("summary", "memory_ratio_at_equal_f1"),
+        "<=",
+        0.5,
+        "logit / random Hessian memory at equal F1",
+    ),
+    Goal(
+        "samplers.json",
+        ("summary", "f1_gain_at_equal_budget"),
+        ">=",
+        0.025,
+        "logit − random F1 at equal budget",
+    ),
+    Goal(
+        "samplers.json",
+        ("summary", "std_ratio_logit"),
+        "<=",
+        0.5,
+        "logit / random std across seeds",
+    ),
+    Goal(
+        "samplers.json",
+        ("summary", "std_ratio_feature"),
+        "<=",
+        0.5,
+        "feature / random std across seeds",
+    ),
+]
+
+
+def samplers_section(d: dict | None) -> list[str]:
+    if not d:
+        return ["## Samplers", "", "Not run yet: `python -m benchmarks run --only samplers`.", ""]
+    cfg = d.get("config", {})
+    out = [
+        "## Samplers (random vs feature vs logit)",
+        "",
+        f"Command: `{d['command']}` ({d['wall_seconds']:.0f} s). Datasets/classes: {cfg.get('datasets')}; seeds: "
+        f"{len(cfg.get('seeds', []))}; fixed unlearning configuration: {cfg.get('fixed_unlearning_config', 'callback defaults at the time of the run')}. "
+        "Cosine: the GIF direction with H on the sampled subset against H on the whole retained pool. "
+        "F1/EL/SL on the test split after the step picked on validation.",
+        "",
+        "| dataset | class | sampler | budget | cosine to full-pool direction | test F1 | |EL−EL_retrain| | |SL−SL_retrain| | seconds | Hessian bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in d["cells"]:
+        out.append(
+            f"| {c['dataset']} | {c['forget_class']} | {c['sampler']} | {c['budget']} | {md.ms(c.get('cosine_to_reference'))} | "
+            f"{md.ms(c.get('test_f1'))} | {md.ms(c.get('el_gap'))} | {md.ms(c.get('sl_gap'), 2)} | {md.ms(c.get('seconds_total'), 2)} | "
+            f"{int(c['hessian_bytes']['mean']) if c.get('hessian_bytes') else '–'} |"
+        )
+    out += [
+        "",
+        f"Memory: {d.get('memory_definition', '')}",
+        "",
+        "Summary: `"
+        + json.dumps({k: v for k, v in d["summary"].items() if not isinstance(v, (dict, list))})
+        + "`",
+        "",
+    ]
+    out += ["![samplers](../benchmarks/results/samplers.png)", ""]
+    return out
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return samplers_section(md.load("samplers.json"))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import (
     RESULTS,
     geometric_mean_or_none,
@@ -57,6 +58,7 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.fashion import cached_fit, splits, without
+from benchmarks.markdown import Goal
 from benchmarks.unlearning import PeakRSS
 from lightning_influence.data._modules import eval_mode
 from lightning_influence.solve.curvature import default_loss
@@ -375,6 +377,101 @@ def main() -> None:
     cells, _ = summarise(rows)
     plot(cells)
     print(json.dumps(summarise(rows)[1], indent=2))
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "samplers_fashion.json",
+        ("summary", "time_ratio_at_equal_f1"),
+        "<=",
+        0.5,
+        "full Fashion-MNIST: logit / random time at equal F1",
+    ),
+    Goal(
+        "samplers_fashion.json",
+        ("summary", "memory_ratio_at_equal_f1_measured"),
+        "<=",
+        0.5,
+        "full Fashion-MNIST: logit / random measured solve memory at equal F1",
+    ),
+    Goal(
+        "samplers_fashion.json",
+        ("summary", "f1_gain_at_equal_budget"),
+        ">=",
+        0.025,
+        "full Fashion-MNIST: logit − random F1 at equal budget",
+    ),
+    Goal(
+        "samplers_fashion.json",
+        ("summary", "std_ratio_logit"),
+        "<=",
+        0.5,
+        "full Fashion-MNIST: logit / random std across seeds",
+    ),
+]
+
+
+def samplers_fashion_section(d: dict | None) -> list[str]:
+    """Samplers on full Fashion-MNIST with measured solve memory (benchmarks/samplers_fashion.py)."""
+    title = "## Samplers on full Fashion-MNIST (measured memory)"
+    if not d:
+        return [title, "", "Not run yet: `python -m benchmarks.samplers_fashion --resume`.", ""]
+    s = d["summary"]
+    out = [
+        title,
+        "",
+        "Commands: " + md.commands(d) + ". " + d["setup"].replace("\n", " "),
+        "",
+        "| class | sampler | budget | cosine to full-pool direction | test F1 | callback seconds | solve peak MiB (measured) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in d["cells"]:
+        mem = c["solve_peak_bytes"]
+        out.append(
+            f"| {c['forget_class']} | {c['sampler']} | {c['budget']} | {md.ms(c['cosine_to_reference'])} | "
+            f"{md.ms(c['test_f1'])} | {md.ms(c['seconds_total'], 1)} | "
+            f"{mem['mean'] / 2**20:.1f} ± {mem['std'] / 2**20:.1f} |"
+        )
+
+    def fmt(v: Any) -> str:
+        return "–" if v is None else f"{v:+.4f}" if isinstance(v, float) else str(v)
+
+    out += ["", "| summary key | value | the paper |", "|---|---|---|"]
+    paper = {
+        "time_ratio_at_equal_f1": "0.699 (−30.1 %)",
+        "memory_ratio_at_equal_f1_measured": "0.578 (−42.2 %)",
+        "f1_gain_at_equal_budget": "+0.025",
+    }
+    for k in (
+        "std_ratio_logit",
+        "std_ratio_feature",
+        "f1_gain_at_equal_budget",
+        "f1_gain_feature_at_equal_budget",
+        "time_ratio_at_equal_f1",
+        "memory_ratio_at_equal_f1_measured",
+    ):
+        out.append(f"| `{k}` | {fmt(s.get(k))} | {paper.get(k, '')} |")
+    out += [
+        "",
+        "Equal-F1 budgets: "
+        + "; ".join(
+            f"class {e['forget_class']} (target {e['target_f1']:.4f}): {e['budget_reaching_target']}"
+            for e in s["equal_f1"]
+        )
+        + ".",
+    ]
+    out += [f"Definitions: {k}: {v}." for k, v in s.get("definitions", {}).items()]
+    out += [""] + [f"Note: {n}" for n in d.get("notes", [])]
+    out += ["", "![samplers on Fashion-MNIST](../benchmarks/results/samplers_fashion.png)", ""]
+    return out
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return samplers_fashion_section(md.load("samplers_fashion.json"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import statistics
 import sys
@@ -31,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import (
     RESULTS,
     machine,
@@ -325,6 +327,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--suite", default="small", choices=sorted(SUITES))
     args = parser.parse_args(argv)
     run(args.suite)
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+def selection_section(d: dict | None) -> list[str]:
+    if not d:
+        return [
+            "## Parameter selection",
+            "",
+            "Not run yet: `python -m benchmarks run --only selection`.",
+            "",
+        ]
+    out = [
+        "## Parameter selection (ratio × selector)",
+        "",
+        f"Command: `{d.get('command')}` ({d.get('wall_seconds', 0):.0f} s). Test F1 after the validation-picked step; "
+        f"the rest of the configuration: `{json.dumps(d.get('config', {}).get('callback_defaults', {}))}`.",
+        "",
+        "| class | selector | ratio | test F1 | forget acc | retained acc | selected share | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in d.get("cells", []):
+        share = c.get("selected_fraction")
+        share_s = f"{share:.3f}" if isinstance(share, (int, float)) else md.ms(share)
+        out.append(
+            f"| {c.get('forget_class')} | {c.get('selector')} | {c.get('ratio')} | {md.ms(c.get('test_f1'))} | {md.ms(c.get('test_forget_acc'))} | "
+            f"{md.ms(c.get('test_retain_acc'))} | {share_s} | {md.ms(c.get('seconds'), 2)} |"
+        )
+    out += [
+        "",
+        "Summary: `" + json.dumps(d.get("summary", {})) + "`",
+        "",
+        "![selection](../benchmarks/results/selection.png)",
+        "",
+    ]
+    return out
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return selection_section(md.load("selection.json"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ import warnings
 import torch
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import RESULTS, machine, mean_std, trained_digits_cnn, write_json
+from benchmarks.markdown import Goal
 
 THRESHOLDS = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4]
 
@@ -238,6 +240,65 @@ def main() -> None:
         f"at tol {result['setup']['tol']}: {result['krylov_over_lissa_hvps_at_tol']:.4f} (bound if LiSSA did not converge); "
         f"seconds ratio {result['krylov_over_lissa_seconds']:.4f}; wall {result['wall_seconds']:.0f}s"
     )
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "solvers.json",
+        ("krylov_over_lissa_hvps",),
+        "<=",
+        0.2,
+        "Krylov HVPs / LiSSA HVPs to the same residual",
+    ),
+]
+
+
+def solvers_section(d: dict | None) -> list[str]:
+    if not d:
+        return ["## Solvers", "", "Not run yet: `python -m benchmarks run --only solvers`.", ""]
+    s = d["setup"]
+    out = [
+        "## Solvers",
+        "",
+        f"GIF ({s['selection']}) on the {s['model']}, H on {s['hessian_budget']} random retained samples, "
+        f"{s['dtype']}; both solvers stop at the relative normal-equation residual tol = {s['tol']:g}. "
+        f"Command: `{d['command']}` ({d['wall_seconds']:.0f} s).",
+        "",
+        "| class | CGLS HVPs | CGLS s | CGLS residual | LiSSA HVPs | LiSSA s | LiSSA residual | LiSSA converged | cosine(CGLS, LiSSA) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        k, li_ = r["krylov"], r["lissa"]
+        out.append(
+            f"| {r['forget_class']} | {k['hvps']} | {k['seconds']:.2f} | {k['residual']:.2e} | {li_['hvps']} | "
+            f"{li_['seconds']:.1f} | {li_['residual']:.2e} | {li_['converged']} | {r['cosine_krylov_lissa']:.3f} |"
+        )
+    ratio = d.get("krylov_over_lissa_hvps")
+    out += [
+        "",
+        f"**`krylov_over_lissa_hvps` = {ratio:.4f}**, measured at the tightest residual both solvers reached on every "
+        f"class ({d['common_residual']:g}); at tol = {s['tol']:g} the ratio is ≤ {d['krylov_over_lissa_hvps_at_tol']:.4f} "
+        + (
+            "(LiSSA never got there, so this is an upper bound)."
+            if not d["lissa_all_converged"]
+            else "."
+        ),
+        f"Wall-time ratio: {d['krylov_over_lissa_seconds']:.4f}. The low cosine between the two end points shows "
+        "how far LiSSA still is from the solution when it stops: its convergence rate is 1 − λ_min/s², and these "
+        "normal equations are very ill-conditioned.",
+        "",
+        "![solvers](../benchmarks/results/solvers.png)",
+        "",
+    ]
+    return out
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return solvers_section(md.load("solvers.json"))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import lightning_influence as li
+from benchmarks import markdown as md
 from benchmarks.common import (
     CACHE,
     RESULTS,
@@ -33,6 +34,7 @@ from benchmarks.common import (
     unlearn_callback,
     write_json,
 )
+from benchmarks.markdown import Goal
 from lightning_influence.demos.models import train_classifier
 
 GRID = "gif (grid: ratio [.05,.2] × λ [1e-4,1e-3,1e-2], tol 1e-4, budget 256)"
@@ -422,6 +424,15 @@ def summarise(rows, methods, suite, notes, wall) -> dict[str, Any]:
     }
 
 
+def run_suite(suite: str = "small") -> dict[str, Any]:
+    """Run a suite, write its JSON and plot, print its table (``python -m benchmarks run``)."""
+    result = run(suite)
+    write_json(result_name(suite), result)
+    plot(result)
+    print_table(result)
+    return result
+
+
 def plot(result: dict[str, Any]) -> None:
     import matplotlib
 
@@ -497,6 +508,80 @@ def main() -> None:
     write_json(result_name(a.suite), result)
     plot(result)
     print_table(result)
+
+
+# ----------------------------------------------------------------------------- docs/benchmarks.md
+
+
+GOALS = [
+    Goal(
+        "unlearning.json",
+        ("summary", "unlearn_over_retrain_seconds"),
+        "<=",
+        0.05,
+        "GIF time / retraining time",
+    ),
+    Goal("unlearning.json", ("summary", "f1_gap_to_retrain"), "<=", 0.01, "retrain F1 − GIF F1"),
+]
+
+
+def unlearning_section(d: dict | None, suite: str = "small") -> list[str]:
+    if not d and suite != "small":
+        return []
+    if not d:
+        return [
+            "## Unlearning vs baselines",
+            "",
+            "Not run yet: `python -m benchmarks run --only unlearning`.",
+            "",
+        ]
+    cfg = d["config"]
+    title = "## Unlearning: GIF and its variants vs the baselines"
+    out = [
+        title
+        if suite == "small"
+        else f"{title} ({', '.join(cfg['datasets'])}, 10,000 training images: the earlier study)"
+        if suite == "fashion10k"
+        else f"{title} ({', '.join(cfg['datasets'])})",
+        "",
+        f"Command: `{d['command']}` ({d['wall_seconds'] / 60:.1f} min). Datasets {cfg['datasets']}, classes {cfg['classes']}, "
+        f"seeds {cfg['seeds']} (Hessian subset / training seed). Every method picks its step, epochs or learning rate on "
+        "validation F1; every number is on the test split, mean ± std over classes and seeds.",
+        "",
+        "| dataset | method | runs | forget acc | retained acc | F1 | |EL−EL_retrain| | |SL−SL_retrain| | seconds | × retrain time | peak extra RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    retrain_s = {c["dataset"]: c["seconds"]["mean"] for c in d["cells"] if c["method"] == "retrain"}
+    for c in d["cells"]:
+        mem = c.get("peak_extra_rss_bytes")
+        mem_s = f"{mem['mean'] / 2**20:.1f} ± {mem['std'] / 2**20:.1f}" if mem else "–"
+        ref = retrain_s.get(c["dataset"])
+        rel = f"{c['seconds']['mean'] / ref:.2f}" if ref and "seconds" in c else "–"
+        out.append(
+            f"| {c['dataset']} | {c['method']} | {c.get('runs', '–')} | {md.ms(c.get('test_forget_acc'))} | {md.ms(c.get('test_retain_acc'))} | {md.ms(c.get('test_f1'))} | "
+            f"{md.ms(c.get('el_gap'))} | {md.ms(c.get('sl_gap'), 2)} | {md.ms(c.get('seconds'), 2)} | {rel} | {mem_s} |"
+        )
+    s = d["summary"]
+    out += [
+        "",
+        f"`unlearn_over_retrain_seconds` = {s['unlearn_over_retrain_seconds']:.3f}, `f1_gap_to_retrain` = {s['f1_gap_to_retrain']:.4f} "
+        f"(GIF {md.ms(s['gif_f1'], 4)} vs retrain {md.ms(s['retrain_f1'], 4)}).",
+        "",
+        f"Memory: {d['memory_definition']}",
+        "",
+    ]
+    if d.get("notes"):
+        out += ["Notes: " + "; ".join(d["notes"]), ""]
+    png = d.get("result_file", "unlearning.json").replace(".json", ".png")
+    out += [f"![unlearning](../benchmarks/results/{png})", ""]
+    return out
+
+
+def render() -> list[str]:
+    """This study's part of docs/benchmarks.md."""
+    return unlearning_section(md.load("unlearning.json")) + unlearning_section(
+        md.load("unlearning_fashion10k.json"), suite="fashion10k"
+    )
 
 
 if __name__ == "__main__":
