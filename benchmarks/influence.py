@@ -64,16 +64,15 @@ from lightning_influence.demos.models import ImageClassifier, train_classifier
 
 FLIP_SHARE = 0.05
 FASHION_TRAIN = 10_000  # 0: the whole training split (--fashion-train 0)
-#: whether the AUM row also times a plain fit for the A/B overhead (--no-ab-fit: not)
-AB_FIT = True
 EPOCHS = {"digits": 15, "fashion": 8}
 METHODS = ("aum", "li_ekfac", "li_ekfac_all", "li_kfac", "loss", "random", "kronfluence_ekfac")
 #: The lever study's outputs (validation flip seeds), copied into influence.json.
 LEVER_FILES = ("influence_levers_digits.json", "influence_levers_fashion.json")
 
 
-def splits(dataset: str) -> tuple[TensorDataset, TensorDataset]:
-    """(train, val) of the dataset (Fashion-MNIST: a 10,000-image training subset)."""
+def splits(dataset: str, fashion_train: int = FASHION_TRAIN) -> tuple[TensorDataset, TensorDataset]:
+    """(train, val) of the dataset (Fashion-MNIST: a ``fashion_train``-image stratified
+    training subset, 0: the whole split)."""
     if dataset == "digits":
         from lightning_influence.demos.datasets import digits_splits
 
@@ -81,7 +80,7 @@ def splits(dataset: str) -> tuple[TensorDataset, TensorDataset]:
         return train, val
     from lightning_influence.demos.datasets import fashion_mnist_splits
 
-    train, val, _ = fashion_mnist_splits(seed=0, max_train_samples=FASHION_TRAIN or None)
+    train, val, _ = fashion_mnist_splits(seed=0, max_train_samples=fashion_train or None)
     return train, val
 
 
@@ -91,12 +90,18 @@ def flip_labels(y: torch.Tensor, seed: int, classes: int = 10) -> tuple[torch.Te
 
 
 def trained(
-    dataset: str, train: TensorDataset, val: TensorDataset, seed: int, epochs: int | None = None
+    dataset: str,
+    train: TensorDataset,
+    val: TensorDataset,
+    seed: int,
+    epochs: int | None = None,
+    fashion_train: int = FASHION_TRAIN,
 ) -> ImageClassifier:
-    """The model trained on the noisy labels (cached); ``epochs`` None: ``EPOCHS[dataset]``."""
+    """The model trained on the noisy labels (cached); ``epochs`` None: ``EPOCHS[dataset]``;
+    ``fashion_train``: the training images ``train`` was cut to (names the cache file)."""
     epochs = epochs or EPOCHS[dataset]
     CACHE.mkdir(parents=True, exist_ok=True)
-    size_tag = "" if dataset == "digits" or FASHION_TRAIN == 10_000 else f"_n{FASHION_TRAIN}"
+    size_tag = "" if dataset == "digits" or fashion_train == 10_000 else f"_n{fashion_train}"
     path = CACHE / f"influence_{dataset}{size_tag}_flip{seed}_ep{epochs}.pt"
     size = int(train.tensors[0].shape[-1])
     if path.exists():
@@ -188,13 +193,14 @@ def rank(method: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 def rank_aum(
-    dataset: str, train: TensorDataset, val: TensorDataset, seed: int
+    dataset: str, train: TensorDataset, val: TensorDataset, seed: int, ab_fit: bool = True
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """-AUM of every training sample, recorded by ``li.MarginCallback`` during a fit with the
-    same recipe and seed, and the fit's seconds with and without the recording."""
+    same recipe and seed, and the fit's seconds with and without the recording (``ab_fit``
+    False: without the plain fit)."""
     epochs = EPOCHS[dataset]
     plain = math.nan
-    if AB_FIT:  # a plain fit of the same recipe, for the A/B time difference only
+    if ab_fit:  # a plain fit of the same recipe, for the A/B time difference only
         start = time.perf_counter()
         train_classifier(train, val, epochs=epochs, seed=seed, num_classes=10)
         plain = time.perf_counter() - start
@@ -217,11 +223,17 @@ def rank_aum(
     return scores, timing
 
 
-def run_one(dataset: str, seed: int, methods: list[str]) -> list[dict[str, Any]]:
-    train, val = splits(dataset)
+def run_one(
+    dataset: str,
+    seed: int,
+    methods: list[str],
+    fashion_train: int = FASHION_TRAIN,
+    ab_fit: bool = True,
+) -> list[dict[str, Any]]:
+    train, val = splits(dataset, fashion_train)
     x, y = train.tensors
     noisy, flipped = flip_labels(y, seed)
-    model = trained(dataset, TensorDataset(x, noisy), val, seed)
+    model = trained(dataset, TensorDataset(x, noisy), val, seed, fashion_train=fashion_train)
     truth = torch.zeros(len(y), dtype=torch.bool)
     truth[flipped] = True
     k = len(flipped)
@@ -232,7 +244,7 @@ def run_one(dataset: str, seed: int, methods: list[str]) -> list[dict[str, Any]]
             start = time.perf_counter()
             extra: dict[str, float] = {}
             if method == "aum":  # recorded during a fit: its cost is the recording's time
-                scores, extra = rank_aum(dataset, TensorDataset(x, noisy), val, seed)
+                scores, extra = rank_aum(dataset, TensorDataset(x, noisy), val, seed, ab_fit)
                 seconds = extra["recording_seconds"]
             else:
                 scores = rank(method, model, x, noisy, seed)
@@ -343,7 +355,6 @@ def run_suite(suite: str = "small") -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global FASHION_TRAIN, AB_FIT
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=["digits", "fashion"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -364,7 +375,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    FASHION_TRAIN, AB_FIT = a.fashion_train, not a.no_ab_fit
     skipped = {}
     methods = list(a.methods)
     why = kronfluence_status() if "kronfluence_ekfac" in methods else None
@@ -375,19 +385,19 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for dataset in a.datasets:
         try:
-            splits(dataset)
+            splits(dataset, a.fashion_train)
         except (FileNotFoundError, ValueError) as err:
             skipped[dataset] = f"not available: {err}"
             continue
         for seed in a.seeds:
-            rows += run_one(dataset, seed, methods)
+            rows += run_one(dataset, seed, methods, a.fashion_train, not a.no_ab_fit)
     result = {
         "command": " ".join(["python -m benchmarks.influence", *argv]),
         "machine": machine(),
         "wall_seconds": time.perf_counter() - start,
         "config": {
             "flip_share": FLIP_SHARE,
-            "fashion_train_subset": FASHION_TRAIN,
+            "fashion_train_subset": a.fashion_train,
             "epochs": EPOCHS,
             "seeds": a.seeds,
             "validation_seeds": "settings (the default layers='last', any default) are "
