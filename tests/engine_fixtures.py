@@ -105,3 +105,31 @@ def saddle_net() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
 
 def scalar_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return ((outputs.squeeze(1) - targets.to(outputs.dtype)) ** 2).mean()
+
+
+# ----------------------------------------------------------------------------- references
+# Dense per-sample gradients by torch.func on the flat parameters, independent of the
+# package's code (the scores' and EK-FAC's tests compare against them).
+
+
+def flat_loss(model, theta, x, y, names=None):
+    params = trainable_params(model)
+    p = V.unflatten(theta, {k: params[k].double() for k in (names or params)})
+    buffers = dict(model.named_buffers())
+    fixed = {k: v for k, v in model.named_parameters() if k not in p}
+    return nn.functional.cross_entropy(
+        torch.func.functional_call(model, ({**fixed, **p, **buffers},), (x,)), y
+    )
+
+
+def ref_grads(model, x, y, names=None):
+    """[n, P] per-sample gradients, one torch.func.grad call per sample."""
+    params = trainable_params(model)
+    theta = V.flatten({k: params[k] for k in (names or params)})
+    rows = [
+        torch.func.grad(lambda t, i=i: flat_loss(model, t, x[i : i + 1], y[i : i + 1], names))(
+            theta
+        )
+        for i in range(len(y))
+    ]
+    return torch.stack(rows)

@@ -24,15 +24,14 @@ import lightning_influence as li
 from lightning_influence import UnlearnCallback
 from lightning_influence.callbacks.checkpoints import CheckpointWriteError
 from lightning_influence.demos.datasets import read_idx
-from lightning_influence.demos.models import ImageClassifier, train_classifier
+from lightning_influence.demos.models import ImageClassifier
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def trained(digits):
-    train, val, _ = digits
-    return train_classifier(train, val, epochs=8, seed=0)
+def trained(trained_digits):
+    return trained_digits(8)
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_fixtures import data_for, tiny_cnn, tiny_mlp
+from engine_fixtures import data_for, flat_loss, ref_grads, tiny_cnn, tiny_mlp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -26,27 +26,6 @@ from lightning_influence.solve.ekfac import (
 from lightning_influence.solve.gradients import per_sample_gradients
 
 CE = nn.functional.cross_entropy
-
-
-def flat_loss(model, theta, x, y, names=None):
-    params = trainable_params(model)
-    p = V.unflatten(theta, {k: params[k].double() for k in (names or params)})
-    buffers = dict(model.named_buffers())
-    fixed = {k: v for k, v in model.named_parameters() if k not in p}
-    return CE(torch.func.functional_call(model, ({**fixed, **p, **buffers},), (x,)), y)
-
-
-def ref_grads(model, x, y, names=None):
-    """[n, P] per-sample gradients, one torch.func.grad call per sample."""
-    params = trainable_params(model)
-    theta = V.flatten({k: params[k] for k in (names or params)})
-    rows = [
-        torch.func.grad(lambda t, i=i: flat_loss(model, t, x[i : i + 1], y[i : i + 1], names))(
-            theta
-        )
-        for i in range(len(y))
-    ]
-    return torch.stack(rows)
 
 
 def ref_hessian(model, x, y):

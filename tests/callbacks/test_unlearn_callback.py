@@ -24,9 +24,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def trained(digits):
-    train, val, _ = digits
-    return train_classifier(train, val, epochs=12, seed=0)
+def trained(trained_digits):
+    return trained_digits(12)
 
 
 @pytest.fixture()

@@ -23,15 +23,13 @@ from torch.utils.data import (
 )
 
 from lightning_influence import IndexedDataset, UnlearnCallback
-from lightning_influence.demos.models import train_classifier
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def trained(digits):
-    train, val, _ = digits
-    return train_classifier(train, val, epochs=4, seed=0)
+def trained(trained_digits):
+    return trained_digits(4)
 
 
 def _state(model):

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_influence import CaptureCallback, IndexedDataset, ModelTask, UnlearnCallback
-from lightning_influence.demos.models import train_classifier
 
 torch.set_num_threads(1)
 FORGET = [3]
@@ -80,9 +79,8 @@ class DictInputs(Dataset):
 
 
 @pytest.fixture(scope="module")
-def trained(digits):
-    train, val, _ = digits
-    return train_classifier(train, val, epochs=6, seed=0)
+def trained(trained_digits):
+    return trained_digits(6)
 
 
 def _unlearn(model, train_loader, val_loader, **kwargs):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_fixtures import data_for, tiny_cnn
-from test_scores import ref_grads
+from engine_fixtures import data_for, ref_grads, tiny_cnn
 from torch import nn
 
 import lightning_influence as li
@@ -139,14 +138,12 @@ def test_projection_reaches_the_scores_and_bad_values_name_the_fix():
         li.ScoreArguments(curvature="gauss_newton", projection=4)
 
 
-def test_projected_self_influence_ranks_as_the_unprojected_one_on_digits(digits):
+def test_projected_self_influence_ranks_as_the_unprojected_one_on_digits(digits, trained_digits):
     """SmallCNN on digits, every layer, k = 16 (conv2's and fc1's inputs are 145 and 513
     wide with the bias): Spearman 0.9989-0.9996 and top-5 % overlap 0.966-0.983 on seeds 0-4 (k = 8:
     >= 0.9973 and >= 0.931), at about half the CPU time."""
-    from lightning_influence.demos.models import train_classifier
-
-    train, val, _ = digits
-    model = train_classifier(train, val, epochs=4, seed=0)
+    train, _, _ = digits
+    model = trained_digits(4)
     full = li.self_influence(model, train.tensors, layers="all")
     projected = li.self_influence(model, train.tensors, layers="all", projection=16)
 
