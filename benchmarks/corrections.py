@@ -85,6 +85,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "no repair rows": {"backdoor_repair_rows": 0},
         "no response descent": {"response": {"steps": 0}},
         "response lr 1e-4": {"response": {"lr": 1e-4}},
+        # full Fashion-MNIST seed 4: the descent at 3e-4 was still repairing at step 192 of 200
+        "response lr 1e-3": {"response": {"lr": 1e-3}},
         # end the descent once forgetting is complete and retained accuracy is back
         "stop when repaired": {"response": {"stop_when_repaired": True}},
     },

@@ -77,6 +77,8 @@ class ForgetSpec(ABC):
     curvature: ClassVar[str] = "hessian"
     #: default optimiser steps of the response descent after the rounds (0: none)
     response_steps: ClassVar[int] = 0
+    #: default learning rate of the response descent's Adam steps
+    response_lr: ClassVar[float] = 3e-4
     #: defaults of ``response.skip_when_complete`` and ``response.stop_when_complete``
     skip_response_when_complete: ClassVar[bool] = False
     stop_response_when_complete: ClassVar[bool] = False

@@ -717,7 +717,7 @@ def _respond(
             problem.search_scorer.score,
             loss_fn,
             steps=total,
-            lr=r.lr,
+            lr=problem.plan.response_lr,
             every=r.every,
             patience=r.patience,
             backtracks=r.backtracks,

@@ -63,6 +63,8 @@ class Plan:
     min_units: int
     #: ``response.steps``
     response_steps: int
+    #: ``response.lr``
+    response_lr: float
     #: ``response.skip_when_complete``
     skip_response_when_complete: bool
     #: ``response.stop_when_complete``
@@ -102,6 +104,7 @@ def _resolve(spec: type[ForgetSpec], settings: UnlearnSettings, min_units: int) 
         ratios=tuple(sel.ratios or [spec.ratio]),
         min_units=min_units,
         response_steps=_given(r.steps, spec.response_steps),
+        response_lr=_given(r.lr, spec.response_lr),
         skip_response_when_complete=_given(r.skip_when_complete, spec.skip_response_when_complete),
         stop_response_when_complete=_given(r.stop_when_complete, spec.stop_response_when_complete),
         added_budget=_given(settings.hessian.added_budget, settings.hessian.budget),
@@ -120,6 +123,7 @@ TASK_SETTINGS: dict[str, str] = {
     "selection.layers": "selection_layers",
     "selection.ratio": "ratios",
     "response.steps": "response_steps",
+    "response.lr": "response_lr",
     "response.skip_when_complete": "skip_response_when_complete",
     "response.stop_when_complete": "stop_response_when_complete",
 }

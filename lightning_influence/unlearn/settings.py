@@ -420,7 +420,10 @@ class ResponseArguments:
             "repair and sample removal, 0 for the other tasks)."
         ),
     )
-    lr: float = field(default=3e-4, metadata=_help("Adam's learning rate."))
+    lr: float | None = field(
+        default=None,
+        metadata=_help("Adam's learning rate. None: the task's own (3e-4 for every task)."),
+    )
     every: int = field(default=4, metadata=_help("Score on validation data every this many steps."))
     patience: int | None = field(
         default=None,
@@ -509,6 +512,8 @@ class ResponseArguments:
                 _check_bool(getattr(self, name), f"response.{name}")
         for name in ("lr", "remove_weight", "retain_weight"):
             value = getattr(self, name)
+            if name == "lr" and value is None:
+                continue  # the task's own
             _check_number(value, f"response.{name}")
             if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
                 raise ValueError(
