@@ -376,12 +376,17 @@ class LabelChange(ForgetSpec):
     task: ClassVar[str] = "relabel"
     # Measured on digits (docs/benchmarks.md, benchmarks/corrections.py, 4 flip seeds): fitting
     # the last relabelled rows costs a step several times larger and accuracy on the old
-    # labels' classes that validation barely sees. So the step is the smallest within 0.02 F1
+    # labels' classes that validation barely sees. So the step is the smallest within 0.02 F1 (the rule then)
     # of the best, the floor is 0.005 below the best retained accuracy seen, and the
     # curvature is the (positive semi-definite) Gauss-Newton matrix: other classes' test
     # accuracy lost 0.012 +- 0.007 (was 0.031 +- 0.010 with hessian, 0.03, no tolerance).
     max_retain_drop: ClassVar[float] = 0.005
-    f1_tolerance: ClassVar[float] = 0.02
+    # 0.02 until full Fashion-MNIST seed 4 kept nothing under it (its best step beat the
+    # unchanged model's validation F1 by 0.013, the tolerance also being the gain a step must
+    # show): at 0.005 that seed wins back 1.79 of the class's gap (Avg. Gap 0.99 pp instead
+    # of 1.63), seeds 0-3 keep the same step (faithfulness_fashion_relabel_tol*.json); digits,
+    # 5 flip seeds: the same share won back, other classes -0.013 (at 0.02: -0.011).
+    f1_tolerance: ClassVar[float] = 0.005
     # Measured on full Fashion-MNIST (benchmarks/results/lev_relabel_full.json, 30 % of the
     # pullovers labelled shirt): the smallest step within the tolerance is a token step
     # (radius 0.001 of 0.0067 that the floor allows), and the class recovers 0.66 of its

@@ -367,7 +367,7 @@ class StepArguments:
         metadata=_help(
             "Keep the smallest step whose validation F1 lies within this of the best one "
             "(the unchanged model counts, so a step must beat it by more). None: the task's "
-            "own: 0.02 for label change, 0 for the other tasks."
+            "own: 0.005 for label change, 0 for the other tasks."
         ),
     )
 
@@ -422,7 +422,9 @@ class ResponseArguments:
     )
     lr: float | None = field(
         default=None,
-        metadata=_help("Adam's learning rate. None: the task's own (3e-4 for every task)."),
+        metadata=_help(
+            "Adam's learning rate. None: the task's own (3e-4 for every task)."
+        ),
     )
     every: int = field(default=4, metadata=_help("Score on validation data every this many steps."))
     patience: int | None = field(
