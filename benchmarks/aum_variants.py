@@ -6,7 +6,13 @@ Whole Fashion-MNIST training split, 5 % of the labels flipped (seeds disjoint fr
 reported 0-2 of :mod:`benchmarks.influence`), one 8-epoch fit of the demo recipe per seed
 recorded by four ``li.MarginCallback`` s: the area under the margin from epoch 0 (the
 default), 2, 4 and 6; the noisy model's loss; and the rank average of the loss and the AUM
-(from epoch 0 and 4). Top-k precision, k = the number flipped. Writes
+(from epoch 0 and 4). The same fit also records, per sample and training step, what
+influence along the training run needs for the output layer (:class:`InRunRecorder`): the
+TracIn self-influence with a checkpoint at every step (Pruthi et al., NeurIPS 2020; its
+"ideal" form: the sum over the steps that saw a sample of its output-layer gradient's squared
+norm, ||p - y||^2 (||h||^2 + 1) for softmax cross-entropy with inputs h; a constant step
+size), the mean training loss along the run and the mean squared error of the probabilities
+(Brier). Top-k precision, k = the number flipped. Writes
 ``benchmarks/results/aum_variants_fashion.json``.
 """
 
@@ -17,7 +23,9 @@ import time
 import warnings
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 import lightning_influence as li
@@ -26,6 +34,41 @@ from benchmarks.common import machine, mean_std, write_json
 from lightning_influence.demos.models import train_classifier
 
 START_EPOCHS = (0, 2, 4, 6)
+
+
+class InRunRecorder(pl.Callback):
+    """Per training sample, sums over the training steps that saw it: the output layer's
+    per-sample gradient's squared norm (``tracin``), the loss and the Brier error, read by a
+    forward hook on the last ``nn.Linear`` during training batches ``(x, y, ids)``."""
+
+    def __init__(self, n: int) -> None:
+        self.sums = {k: torch.zeros(n, dtype=torch.float64) for k in ("tracin", "loss", "brier")}
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._handle = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        last = [m for m in pl_module.modules() if isinstance(m, torch.nn.Linear)][-1]
+        self._handle = last.register_forward_hook(self._record)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._handle.remove()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _, y, ids = batch
+        self._pending = (ids.long(), y.long())
+
+    def _record(self, module, args, output) -> None:
+        if self._pending is None or not module.training:
+            return
+        ids, y = self._pending
+        self._pending = None
+        h, z = args[0].detach().double(), output.detach().double()
+        error = z.softmax(-1)
+        error[torch.arange(len(y)), y] -= 1.0  # p - onehot(y): dloss/dlogits
+        brier = error.pow(2).sum(-1)
+        self.sums["tracin"].index_add_(0, ids, brier * (h.pow(2).sum(-1) + 1.0))
+        self.sums["brier"].index_add_(0, ids, brier)
+        self.sums["loss"].index_add_(0, ids, F.cross_entropy(z, y, reduction="none"))
 
 
 def _ranks(s: torch.Tensor) -> torch.Tensor:
@@ -43,10 +86,11 @@ def one_seed(seed: int) -> dict[str, Any]:
     truth[flipped] = True
     k = len(flipped)
     callbacks = {e: li.MarginCallback(start_epoch=e) for e in START_EPOCHS}
+    in_run = InRunRecorder(len(y))
     start = time.perf_counter()
     model = train_classifier(
         TensorDataset(x, noisy), val, epochs=I.EPOCHS["fashion"], seed=seed, num_classes=10,
-        callbacks=list(callbacks.values()),
+        callbacks=[*callbacks.values(), in_run],
     )  # fmt: skip
     row: dict[str, Any] = {"seed": seed, "k": k, "fit_seconds": time.perf_counter() - start}
     scores = {"loss": I.rank_loss(model.eval(), x, noisy).double()}
@@ -59,6 +103,8 @@ def one_seed(seed: int) -> dict[str, Any]:
         scores[f"rankavg_loss_aum_from{e}"] = _ranks(scores["loss"]) + _ranks(
             scores[f"aum_from{e}"]
         )
+    for name, total in in_run.sums.items():  # every sample is seen once per epoch
+        scores[f"in_run_{name}"] = total
     for name, s in scores.items():
         row[name] = int(truth[torch.topk(s, k).indices].sum()) / k
     print(row, flush=True)
