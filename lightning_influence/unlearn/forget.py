@@ -499,6 +499,14 @@ class BackdoorRepair(ForgetSpec):
     # attack working on unseen inputs on some seeds (the linearisation barely sees the
     # trigger's features); 200 response-descent steps on every parameter finish the repair.
     response_steps: ClassVar[int] = 200
+    # Measured on full Fashion-MNIST (benchmarks/results/faithfulness_fashion_backdoor_lr.json):
+    # at 3e-4 the descent was still repairing clean accuracy when its 200 steps ran out (seed
+    # 4: best point at step 192, 0.0114 of clean test accuracy lost, the goal's bound 0.01);
+    # at 1e-3 the same steps reach lower attack success and keep more clean accuracy. On
+    # digits (corrections_backdoor_lr.json, 6 poison seeds, with and without labels) the
+    # acceptance holds on every seed as before (attack success <= 0.0062, accuracy lost
+    # <= 0.0223).
+    response_lr: ClassVar[float] = 1e-3
 
     def __post_init__(self) -> None:
         self.ids = self.forgotten_ids = _ids(self.ids, "forget_ids (the poisoned samples)")
