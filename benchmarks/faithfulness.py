@@ -1071,6 +1071,16 @@ LEVER_STUDIES: list[tuple[str, str | None]] = [
         "Label change, full Fashion-MNIST: which step is kept",
     ),
     (
+        "faithfulness_fashion_relabel_tol.json",
+        "Label change, full Fashion-MNIST: the F1 tolerance (0.005, the default since; 0.02 before), seeds 1 and 4",
+    ),
+    ("faithfulness_fashion_relabel_tol9.json", "The same on seeds 0, 2 and 3"),
+    (
+        "faithfulness_fashion_backdoor_lr.json",
+        "Backdoor repair, full Fashion-MNIST: the response descent's learning rate (1e-3, the default since; 3e-4 before)",
+    ),
+    ("faithfulness_fashion_backdoor_labels_lr.json", "The same with true labels"),
+    (
         "faithfulness_fashion_backdoor_levers.json",
         "Backdoor repair, full Fashion-MNIST: what the time goes to (response descent, rounds)",
     ),
