@@ -1081,6 +1081,10 @@ LEVER_STUDIES: list[tuple[str, str | None]] = [
     ),
     ("faithfulness_fashion_backdoor_labels_lr.json", "The same with true labels"),
     (
+        "faithfulness_fashion_random10_lr.json",
+        "Deleting 10 % random samples, full Fashion-MNIST: the response descent at learning rate 1e-3 (a lever; sample removal's default stays 3e-4)",
+    ),
+    (
         "faithfulness_fashion_backdoor_levers.json",
         "Backdoor repair, full Fashion-MNIST: what the time goes to (response descent, rounds)",
     ),
