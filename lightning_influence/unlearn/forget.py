@@ -376,8 +376,8 @@ class LabelChange(ForgetSpec):
     task: ClassVar[str] = "relabel"
     # Measured on digits (docs/benchmarks.md, benchmarks/corrections.py, 4 flip seeds): fitting
     # the last relabelled rows costs a step several times larger and accuracy on the old
-    # labels' classes that validation barely sees. So the step is the smallest within 0.02 F1 (the rule then)
-    # of the best, the floor is 0.005 below the best retained accuracy seen, and the
+    # labels' classes that validation barely sees. So the step was the smallest within 0.02
+    # F1 of the best (the rule then), the floor is 0.005 below the best retained accuracy seen, and the
     # curvature is the (positive semi-definite) Gauss-Newton matrix: other classes' test
     # accuracy lost 0.012 +- 0.007 (was 0.031 +- 0.010 with hessian, 0.03, no tolerance).
     max_retain_drop: ClassVar[float] = 0.005
